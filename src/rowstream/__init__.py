@@ -1,0 +1,40 @@
+"""rowstream: stream very large SQL result sets with flat memory, on async SQLAlchemy 2.x.
+
+async with rowstream.stream("postgresql://app@db/shop", select(Order)) as orders:
+    async for order in orders:
+        ...
+"""
+
+from ._exceptions import (
+    ConfigurationError,
+    ConnectionLostError,
+    QueryError,
+    ResumeError,
+    RowstreamError,
+    SinkError,
+    SourceError,
+    StreamKeyError,
+    UnsupportedQueryError,
+)
+from ._sizing import DEFAULT_BATCH_BYTES
+from ._source import create_engine
+from ._stream import RowStream, Stats, stream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "ConfigurationError",
+    "ConnectionLostError",
+    "QueryError",
+    "ResumeError",
+    "RowStream",
+    "RowstreamError",
+    "SinkError",
+    "SourceError",
+    "Stats",
+    "StreamKeyError",
+    "UnsupportedQueryError",
+    "create_engine",
+    "stream",
+]

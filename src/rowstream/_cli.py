@@ -1,0 +1,68 @@
+"""The ``rowstream`` command: a thin layer that turns arguments into API calls.
+
+Each subcommand lives in its own module with ``register(subparsers)``, which adds its parser and
+sets ``run`` (an ``async`` function taking the parsed arguments and returning an exit code).
+rowstream's errors become one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ._exceptions import ConfigurationError, RowstreamError
+
+COMMANDS = ("rowstream._demo",)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, not argparse's usage block: say what is wrong and where help is.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="rowstream",
+        description="Stream very large SQL result sets with flat memory.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for name in COMMANDS:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"rowstream {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = asyncio.run(args.run(args))
+    except KeyboardInterrupt:
+        print("rowstream: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ConfigurationError as exc:
+        print(f"rowstream: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RowstreamError as exc:
+        print(f"rowstream: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

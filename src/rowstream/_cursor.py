@@ -1,0 +1,128 @@
+"""The server-side cursor strategy: one connection, one transaction, one cursor.
+
+PostgreSQL (asyncpg) binds a protocol-level portal and fetches it with Execute(n), which needs
+an open transaction; MySQL/MariaDB read an unbuffered result (SSCursor); SQLite steps its
+statement. Batches are fetched with ``fetchmany(n)``, so each batch may have its own size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
+from sqlalchemy.ext.asyncio.result import AsyncResult, AsyncScalarResult
+
+from ._exceptions import UnsupportedQueryError
+from ._plan import Plan
+from ._sizing import FIRST_BATCH_ROWS
+from ._source import ResolvedSource
+from ._strategy import CLEANUP_TIMEOUT
+from ._translate import raise_translated
+
+_MYSQL = {"mysql", "mariadb"}
+
+
+class CursorStrategy:
+    """Read ``plan`` through one server-side cursor."""
+
+    name = "cursor"
+
+    def __init__(self, source: ResolvedSource, plan: Plan) -> None:
+        if plan.side_queries and source.dialect in _MYSQL:
+            raise UnsupportedQueryError(
+                "on MySQL/MariaDB a server-side cursor cannot share its connection with the "
+                "queries selectinload() sends: use strategy='keyset' (each page is a complete "
+                "query), or load the related objects after the stream"
+            )
+        self._source = source
+        self._plan = plan
+        self._conn: AsyncConnection | None = None
+        self._trans: AsyncTransaction | None = None
+        self._session: AsyncSession | None = None
+        self._result: AsyncResult[Any] | AsyncScalarResult[Any] | None = None
+        self._keys: list[str] = []
+        self.exhausted = False
+
+    async def open(self) -> None:
+        source = self._source
+        url = source.engine.url
+        if source.borrowed is not None:
+            self._conn = source.borrowed
+        else:
+            try:
+                self._conn = await source.engine.connect()
+            except Exception as exc:
+                raise_translated(exc, url=url, connecting=True)
+        conn = self._conn
+        assert conn is not None
+        try:
+            if not conn.in_transaction():
+                self._trans = await conn.begin()
+            statement = self._plan.statement.execution_options(yield_per=FIRST_BATCH_ROWS)
+            result: AsyncResult[Any]
+            if self._plan.orm:
+                self._session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
+                result = await self._session.stream(statement)
+            else:
+                result = await conn.stream(statement)
+            self._keys = list(result.keys())
+            self._result = result.scalars() if self._plan.scalars else result
+        except Exception as exc:
+            raise_translated(exc, url=url)
+
+    async def fetch(self, size: int) -> list[Any]:
+        assert self._result is not None
+        if self._session is not None:
+            # Objects of earlier batches are the caller's to keep; the stream's session must
+            # not keep them alive (modified objects would be held strongly, see ERRATA 7).
+            self._session.sync_session.expunge_all()
+        try:
+            batch = await self._result.fetchmany(size)
+        except Exception as exc:
+            raise_translated(exc, url=self._source.engine.url)
+        if len(batch) < size:
+            self.exhausted = True
+        return list(batch)
+
+    def keys(self) -> list[str]:
+        return self._keys
+
+    async def aclose(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                await self._release(conn)
+        except Exception:
+            # The connection is in an unknown state: drop it rather than pool it.
+            if self._source.borrowed is None:
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    async def _release(self, conn: AsyncConnection) -> None:
+        owned = self._source.borrowed is None
+        if (
+            owned
+            and not self.exhausted
+            and self._result is not None
+            and self._source.dialect in _MYSQL
+        ):
+            # Closing an unbuffered MySQL result reads every remaining row; on an early exit
+            # close the socket instead, which also stops the query on the server.
+            await conn.invalidate()
+            await conn.close()
+            return
+        if self._result is not None:
+            await self._result.close()
+        if self._session is not None:
+            await self._session.close()
+        if self._trans is not None and self._trans.is_active:
+            await self._trans.rollback()
+        if owned:
+            await conn.close()

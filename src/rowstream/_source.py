@@ -1,0 +1,203 @@
+"""Where rows come from: URL strings, engines, connections and sessions.
+
+Plain URLs map to the async driver rowstream ships with (``postgresql://`` -> asyncpg,
+``mysql://`` and ``mariadb://`` -> asyncmy, ``sqlite:///path`` -> aiosqlite); an explicit
+``+driver`` is honoured when it is an async one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
+from sqlalchemy.pool import NullPool
+
+from ._exceptions import ConfigurationError
+
+APPLICATION_NAME = "rowstream"
+
+# The async driver each backend gets when a URL names none.
+DEFAULT_DRIVERS = {
+    "postgresql": "asyncpg",
+    "mysql": "asyncmy",
+    "mariadb": "asyncmy",
+    "sqlite": "aiosqlite",
+}
+_BACKEND_ALIASES = {"postgres": "postgresql", "pgsql": "postgresql"}
+_ASYNC_DRIVERS = {
+    "postgresql": {"asyncpg", "psycopg", "psycopg_async"},
+    "mysql": {"asyncmy", "aiomysql"},
+    "mariadb": {"asyncmy", "aiomysql"},
+    "sqlite": {"aiosqlite"},
+}
+
+Source = str | URL | AsyncEngine | AsyncConnection | AsyncSession
+
+
+def resolve_url(url: str | URL) -> URL:
+    """Parse ``url`` and give it an async driver.
+
+    >>> resolve_url("postgresql://app@db/shop").drivername
+    'postgresql+asyncpg'
+    """
+    if isinstance(url, str):
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ConfigurationError(
+                f"malformed database URL {mask_url(url)!r}: expected something like "
+                "postgresql://user@host:5432/dbname, mysql://user@host/dbname or "
+                "sqlite:///path/to/file.db"
+            ) from None
+    else:
+        parsed = url
+    backend, _, driver = parsed.drivername.partition("+")
+    backend = _BACKEND_ALIASES.get(backend, backend)
+    if backend not in DEFAULT_DRIVERS:
+        raise ConfigurationError(
+            f"unsupported database {backend!r} in {mask_url(parsed)!r}: rowstream reads "
+            "postgresql://, mysql://, mariadb:// and sqlite:/// URLs"
+        )
+    if not driver:
+        driver = DEFAULT_DRIVERS[backend]
+    elif driver not in _ASYNC_DRIVERS[backend]:
+        choices = ", ".join(sorted(_ASYNC_DRIVERS[backend]))
+        raise ConfigurationError(
+            f"{backend}+{driver} is not an async driver: use one of {choices} "
+            f"(or leave the driver out), or rowstream.sync for synchronous code"
+        )
+    return parsed.set(drivername=f"{backend}+{driver}")
+
+
+def mask_url(url: str | URL) -> str:
+    """Render ``url`` with its password hidden; safe for messages and logs."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not parseable: still hide anything that looks like user:password@.
+        scheme, sep, rest = url.partition("://")
+        if sep and "@" in rest:
+            creds, _, host = rest.rpartition("@")
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+        return url
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """Create an AsyncEngine with defaults that are safe for streaming.
+
+    - asyncpg: statement caches off (``statement_cache_size=0`` and SQLAlchemy's
+      ``prepared_statement_cache_size=0``), so statements are unnamed and survive a
+      transaction-pooling PgBouncer; ``application_name=rowstream``.
+    - every connection's session time zone is UTC (a ``connect`` event).
+    - ``pool_pre_ping`` on, and a pool large enough for several concurrent streams.
+
+    Keyword arguments are passed to SQLAlchemy's ``create_async_engine`` and win over these
+    defaults; ``connect_args`` are merged.
+
+    Example::
+
+        engine = rowstream.create_engine("postgresql://app@db/shop", poolclass=NullPool)
+        async with rowstream.stream(engine, select(Order)) as orders:
+            ...
+    """
+    resolved = resolve_url(url)
+    backend = resolved.get_backend_name()
+    driver = resolved.get_driver_name()
+    connect_args: dict[str, Any] = {}
+    if driver == "asyncpg":
+        connect_args = {
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "server_settings": {"application_name": APPLICATION_NAME},
+        }
+    connect_args.update(kwargs.pop("connect_args", {}))
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if kwargs.get("poolclass") is not NullPool and backend != "sqlite":
+        options.update(pool_size=10, max_overflow=20)
+    options.update(kwargs)
+    try:
+        engine = _sa_create_async_engine(resolved, connect_args=connect_args, **options)
+    except (ArgumentError, NoSuchModuleError, TypeError) as exc:
+        raise ConfigurationError(
+            f"cannot create an engine for {mask_url(resolved)!r}: {exc}"
+        ) from None
+    _set_utc_on_connect(engine)
+    return engine
+
+
+def _set_utc_on_connect(engine: AsyncEngine) -> None:
+    statement = {
+        "postgresql": "SET TIME ZONE 'UTC'",
+        "mysql": "SET time_zone = '+00:00'",
+        "mariadb": "SET time_zone = '+00:00'",
+    }.get(engine.dialect.name)
+    if statement is None:
+        return
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _utc(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+
+
+@dataclass
+class ResolvedSource:
+    """A source reduced to the engine to connect with, or a caller's connection to borrow."""
+
+    engine: AsyncEngine
+    borrowed: AsyncConnection | None = None
+    owns_engine: bool = False
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def aclose(self) -> None:
+        if self.owns_engine:
+            await self.engine.dispose()
+
+
+def resolve_source(source: Source) -> ResolvedSource:
+    """Turn what the caller passed into an engine (or a connection to use as is).
+
+    A URL gets a private engine without a pool, disposed when the stream closes; an
+    AsyncSession lends its engine (the session itself is never used, so it stays usable);
+    an AsyncConnection is used as it is, inside its transaction when it has one.
+    """
+    if isinstance(source, (str, URL)):
+        return ResolvedSource(create_engine(source, poolclass=NullPool), owns_engine=True)
+    if isinstance(source, AsyncEngine):
+        return ResolvedSource(source)
+    if isinstance(source, AsyncConnection):
+        return ResolvedSource(source.engine, borrowed=source)
+    if isinstance(source, AsyncSession):
+        bind = source.bind
+        if isinstance(bind, AsyncConnection):
+            return ResolvedSource(bind.engine, borrowed=bind)
+        if isinstance(bind, AsyncEngine):
+            return ResolvedSource(bind)
+        raise ConfigurationError(
+            "the AsyncSession has no bind: create it with async_sessionmaker(engine) "
+            "or pass the engine to rowstream instead"
+        )
+    if isinstance(source, (sa.Engine, sa.Connection, sa.orm.Session)):
+        raise ConfigurationError(
+            f"{type(source).__name__} is synchronous: use rowstream.sync.stream() with it, "
+            "or pass an AsyncEngine, AsyncSession or URL to rowstream.stream()"
+        )
+    raise ConfigurationError(
+        f"cannot stream from a {type(source).__name__}: pass a database URL string, an "
+        "AsyncEngine, an AsyncConnection or an AsyncSession"
+    )

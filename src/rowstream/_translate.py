@@ -1,0 +1,141 @@
+"""Translate driver and SQLAlchemy errors into rowstream's tree, at the boundary.
+
+Each driver reports the same failure differently (asyncpg by SQLSTATE, the MySQL drivers by
+error number, aiosqlite by message), so classification looks at all three and falls back to
+:class:`QueryError` for anything the server said about the statement.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import sqlalchemy.exc as sa_exc
+from sqlalchemy.engine import URL
+
+from ._exceptions import (
+    ConnectionLostError,
+    QueryError,
+    RowstreamError,
+    SourceError,
+    UnsupportedQueryError,
+)
+
+# SQLSTATE classes and codes (PostgreSQL) and error numbers (MySQL/MariaDB client and server).
+_PG_CONNECTION_LOST = {"57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004"}
+_PG_MISSING_DATABASE = "3D000"
+_PG_AUTH = {"28P01", "28000"}
+_PG_NO_PREPARED_STATEMENT = "26000"
+_MY_CONNECTION_LOST = {2006, 2013, 2055}
+_MY_CANNOT_CONNECT = {2002, 2003, 2005}
+_MY_MISSING_DATABASE = 1049
+_MY_AUTH = {1045, 1044}
+
+_EAGER_FIX = (
+    "collection joinedload(), subqueryload() and unique() need the whole result in memory, "
+    "which defeats streaming: load collections with selectinload() instead (a many-to-one "
+    "joinedload() is fine)"
+)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _scrub(text: str, url: URL | None) -> str:
+    if url is not None and url.password:
+        text = text.replace(str(url.password), "***")
+    return text
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The innermost driver exception behind SQLAlchemy's wrappers."""
+    inner: BaseException = exc
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        inner = exc.orig
+    # SQLAlchemy's async adapters raise their own DBAPI-style error from the driver's.
+    while inner.__cause__ is not None and type(inner).__module__.startswith("sqlalchemy"):
+        inner = inner.__cause__
+    return inner
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return str(code) if code else None
+
+
+def _mysql_errno(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0]
+    return None
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """True when ``exc`` means the connection is gone (the stream may be resumed)."""
+    if isinstance(exc, ConnectionLostError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    inner = _driver_error(exc)
+    if isinstance(inner, (ConnectionError, socket.timeout, EOFError)):
+        return True
+    state = _sqlstate(inner)
+    if state in _PG_CONNECTION_LOST:
+        return True
+    if _mysql_errno(inner) in _MY_CONNECTION_LOST:
+        return True
+    name = type(inner).__name__
+    text = str(inner).lower()
+    return name in {"ConnectionDoesNotExistError", "InternalClientError"} or (
+        "connection" in text
+        and ("closed" in text or "lost" in text or "reset" in text or "terminat" in text)
+    )
+
+
+def translate(exc: BaseException, *, url: URL | None, connecting: bool = False) -> RowstreamError:
+    """Map ``exc`` to the most specific rowstream error, with a message that says what to do."""
+    if isinstance(exc, RowstreamError):
+        return exc
+    where = url.render_as_string(hide_password=True) if url is not None else "the database"
+    if isinstance(exc, sa_exc.InvalidRequestError) and not isinstance(exc, sa_exc.DBAPIError):
+        text = str(exc)
+        if "yield_per" in text or "unique()" in text:
+            return UnsupportedQueryError(f"cannot stream this statement: {_EAGER_FIX}")
+        return UnsupportedQueryError(f"cannot stream this statement: {_first_line(text)}")
+    inner = _driver_error(exc)
+    state = _sqlstate(inner)
+    errno = _mysql_errno(inner)
+    text = str(inner.args[1]) if errno is not None and len(inner.args) > 1 else str(inner)
+    detail = _scrub(_first_line(text) or type(inner).__name__, url)
+
+    if state == _PG_MISSING_DATABASE or errno == _MY_MISSING_DATABASE:
+        return SourceError(f"cannot use {where}: {detail}; create the database or fix the URL")
+    if state in _PG_AUTH or errno in _MY_AUTH:
+        return SourceError(
+            f"cannot log in to {where}: {detail}; check the user name and password in the URL"
+        )
+    if state == _PG_NO_PREPARED_STATEMENT or "prepared statement" in detail:
+        return SourceError(
+            f"{where}: {detail}; a transaction-pooling pooler (PgBouncer) sits in the path: "
+            "use a URL or rowstream.create_engine(), which turn statement caches off, or pass "
+            "connect_args={'statement_cache_size': 0, 'prepared_statement_cache_size': 0}"
+        )
+    if connecting or errno in _MY_CANNOT_CONNECT or isinstance(inner, OSError):
+        if isinstance(inner, socket.gaierror):
+            detail = "unknown host"
+        return SourceError(
+            f"cannot connect to {where}: {detail}; check that the server is running and "
+            "that host, port and database in the URL are right"
+        )
+    if is_connection_lost(exc):
+        return ConnectionLostError(
+            f"lost the connection to {where}: {detail}; rowstream resumes by itself when the "
+            "stream has a key, otherwise run the stream again"
+        )
+    return QueryError(f"the server rejected the query: {detail}")
+
+
+def raise_translated(exc: BaseException, *, url: URL | None, connecting: bool = False) -> Any:
+    """``raise translate(exc) from exc``, for use in ``except`` blocks."""
+    raise translate(exc, url=url, connecting=connecting) from exc

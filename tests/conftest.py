@@ -1,0 +1,1 @@
+"""Fixtures live in small plugins under tests/plugins (loaded from pyproject's addopts)."""

@@ -1,0 +1,72 @@
+"""Real database servers for the tests: PostgreSQL, MariaDB, SQLite and PgBouncer.
+
+Servers at the standard local ports are used when they answer; environment variables override:
+
+    ROWSTREAM_TEST_PG_URL        default postgresql://postgres@127.0.0.1:5432/test
+    ROWSTREAM_TEST_MYSQL_URL     default mysql://root@127.0.0.1:3306/test
+    ROWSTREAM_TEST_PGBOUNCER_URL default: a private PgBouncer (transaction mode) started here
+
+What does not answer is brought up by :mod:`tests.plugins._bringup` (apt-get when root,
+private instances in a temporary directory). No database is ever mocked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from . import _bringup
+
+DIALECTS = ("postgresql", "mariadb", "sqlite")
+
+
+@dataclass
+class Servers:
+    pg_url: str
+    mysql_url: str
+    pgbouncer_url: str
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    workdir = tmp_path_factory.mktemp("servers")
+    with _bringup.Stack(workdir) as stack:
+        pg_url = os.environ.get("ROWSTREAM_TEST_PG_URL") or stack.postgresql()
+        mysql_url = os.environ.get("ROWSTREAM_TEST_MYSQL_URL") or stack.mariadb()
+        bouncer_url = os.environ.get("ROWSTREAM_TEST_PGBOUNCER_URL") or stack.pgbouncer(pg_url)
+        yield Servers(pg_url=pg_url, mysql_url=mysql_url, pgbouncer_url=bouncer_url)
+
+
+@pytest.fixture
+def pg_url(servers: Servers) -> str:
+    return servers.pg_url
+
+
+@pytest.fixture
+def mysql_url(servers: Servers) -> str:
+    return servers.mysql_url
+
+
+@pytest.fixture
+def pgbouncer_url(servers: Servers) -> str:
+    return servers.pgbouncer_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture(params=DIALECTS)
+def db_url(request: pytest.FixtureRequest, servers: Servers, tmp_path: Path) -> str:
+    """The URL of each database a test applies to: the test runs once per database."""
+    dialect: str = request.param
+    if dialect == "postgresql":
+        return servers.pg_url
+    if dialect == "mariadb":
+        return servers.mysql_url
+    return f"sqlite:///{tmp_path / 'test.db'}"
