@@ -59,6 +59,7 @@ def register(subparsers: Any) -> None:
 
 
 def build_database(path: Path, rows: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     with sqlite3.connect(path) as db:
         db.execute(ORDERS_DDL)
@@ -71,7 +72,6 @@ def peak_rss_mb() -> float:
 
 async def run(args: argparse.Namespace) -> int:
     directory: Path = args.dir
-    directory.mkdir(parents=True, exist_ok=True)
     database = directory / "orders.db"
     output = directory / "orders.csv"
     print(f"building {args.rows:,} orders in {database} ...", file=sys.stderr)
