@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.ext.asyncio.result import AsyncResult, AsyncScalarResult
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from ._exceptions import UnsupportedQueryError
 from ._plan import Plan
@@ -25,11 +27,21 @@ _MYSQL = {"mysql", "mariadb"}
 
 
 class CursorStrategy:
-    """Read ``plan`` through one server-side cursor."""
+    """Read ``statement`` (``plan``'s, unless given) through one server-side cursor.
+
+    ``setup`` statements run first in the transaction (``SET LOCAL ...``).
+    """
 
     name = "cursor"
 
-    def __init__(self, source: ResolvedSource, plan: Plan) -> None:
+    def __init__(
+        self,
+        source: ResolvedSource,
+        plan: Plan,
+        *,
+        statement: Select[Any] | TextualSelect | TextClause | None = None,
+        setup: tuple[str, ...] = (),
+    ) -> None:
         if plan.side_queries and source.dialect in _MYSQL:
             raise UnsupportedQueryError(
                 "on MySQL/MariaDB a server-side cursor cannot share its connection with the "
@@ -38,11 +50,14 @@ class CursorStrategy:
             )
         self._source = source
         self._plan = plan
+        self._statement = plan.statement if statement is None else statement
+        self._setup = setup
         self._conn: AsyncConnection | None = None
         self._trans: AsyncTransaction | None = None
         self._session: AsyncSession | None = None
         self._result: AsyncResult[Any] | AsyncScalarResult[Any] | None = None
         self._keys: list[str] = []
+        self._previous: list[Any] = []
         self.exhausted = False
 
     async def open(self) -> None:
@@ -60,7 +75,9 @@ class CursorStrategy:
         try:
             if not conn.in_transaction():
                 self._trans = await conn.begin()
-            statement = self._plan.statement.execution_options(yield_per=FIRST_BATCH_ROWS)
+            for sql in self._setup:
+                await conn.exec_driver_sql(sql)
+            statement = self._statement.execution_options(yield_per=FIRST_BATCH_ROWS)
             result: AsyncResult[Any]
             if self._plan.orm:
                 self._session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
@@ -74,17 +91,29 @@ class CursorStrategy:
 
     async def fetch(self, size: int) -> list[Any]:
         assert self._result is not None
-        if self._session is not None:
-            # Objects of earlier batches are the caller's to keep; the stream's session must
-            # not keep them alive (modified objects would be held strongly, see ERRATA 7).
-            self._session.sync_session.expunge_all()
+        if self._session is not None and self._previous:
+            self._let_go(self._previous)
         try:
-            batch = await self._result.fetchmany(size)
+            batch = list(await self._result.fetchmany(size))
         except Exception as exc:
             raise_translated(exc, url=self._source.engine.url)
         if len(batch) < size:
             self.exhausted = True
-        return list(batch)
+        if self._session is not None:
+            self._previous = batch
+        return batch
+
+    def _let_go(self, batch: list[Any]) -> None:
+        """Expunge the previous batch's instances: they are the caller's to keep, and the
+        stream's session must not keep them alive (it holds modified objects strongly, see
+        ERRATA 7). expunge_all() is no option: the loading result holds the identity map."""
+        assert self._session is not None
+        session = self._session.sync_session
+        entities = batch if self._plan.scalars else [e for row in batch for e in row]
+        for entity in entities:
+            if hasattr(entity, "_sa_instance_state") and entity in session:
+                session.expunge(entity)
+        self._previous = []
 
     def keys(self) -> list[str]:
         return self._keys

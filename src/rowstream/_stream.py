@@ -6,21 +6,40 @@ sized by bytes -> the caller, one item at a time or one batch at a time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+from sqlalchemy.sql.selectable import Select
+
 from ._cursor import CursorStrategy
-from ._exceptions import ConfigurationError, RowstreamError
+from ._exceptions import (
+    ConfigurationError,
+    ConnectionLostError,
+    ResumeError,
+    RowstreamError,
+    SourceError,
+    StreamKeyError,
+)
+from ._keys import Key, KeyArg, resolve_key
+from ._keyset import KeysetStrategy, pageable
 from ._plan import Plan, Statement, make_plan
+from ._pooler import PathInfo, inspect_path
 from ._sizing import DEFAULT_BATCH_BYTES, BatchSizer
 from ._source import ResolvedSource, Source, resolve_source
 from ._strategy import Strategy, shielded
 
-StrategyName = Literal["auto", "cursor"]
-STRATEGIES = ("auto", "cursor")
+StrategyName = Literal["auto", "cursor", "keyset"]
+STRATEGIES = ("auto", "cursor", "keyset")
+DEFAULT_RETRIES = 5
+DEFAULT_BACKOFF = 0.5
+MAX_BACKOFF = 10.0
+_MYSQL = {"mysql", "mariadb"}
+# Behind a pooler, session settings do not stick: set them for each transaction.
+_POOLED_SETUP = ("SET LOCAL jit = off",)
 
 
 @dataclass
@@ -64,19 +83,31 @@ class RowStream:
         batch_rows: int | None = None,
         batch_bytes: int | None = DEFAULT_BATCH_BYTES,
         strategy: StrategyName = "auto",
-        key: Any = None,
+        key: KeyArg = None,
+        start_after: tuple[Any, ...] | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ConfigurationError(
                 f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}"
             )
+        if retries < 0 or backoff < 0:
+            raise ConfigurationError("retries and backoff must not be negative")
         self._plan: Plan = make_plan(statement)
         self._sizer = BatchSizer(batch_rows=batch_rows, batch_bytes=batch_bytes)
         self._source_arg = source
         self._strategy_name = strategy
-        self._key = key
+        self._key_arg = key
+        self._key: Key | None = None
+        self._last_key = tuple(start_after) if start_after is not None else None
+        self._retries = retries
+        self._backoff = backoff
+        self._resumable = False
         self._source: ResolvedSource | None = None
         self._strategy: Strategy | None = None
+        self._setup: tuple[str, ...] = ()
+        self._cursor_statement = self._plan.statement
         self._state: Literal["new", "open", "closed"] = "new"
         self._done = False
         self.stats = Stats()
@@ -92,6 +123,24 @@ class RowStream:
         assert self._strategy is not None
         return self._strategy.keys()
 
+    @property
+    def key_columns(self) -> tuple[str, ...] | None:
+        """The names of the key's columns (attributes for ORM instances), None without a key."""
+        return self._key.names if self._key is not None else None
+
+    def key_of(self, item: Any) -> tuple[Any, ...]:
+        """The key of a delivered item, as a tuple (``start_after=`` takes it back)."""
+        if self._key is None:
+            raise StreamKeyError(
+                "this stream has no key: pass key= naming unique, non-null columns"
+            )
+        return self._key.of(item)
+
+    @property
+    def last_key(self) -> tuple[Any, ...] | None:
+        """The key of the last item delivered (or ``start_after``), None before any."""
+        return self._last_key
+
     async def __aenter__(self) -> RowStream:
         if self._state != "new":
             raise RowstreamError("a stream can be opened once: call rowstream.stream() again")
@@ -99,7 +148,7 @@ class RowStream:
         self.stats.started = time.perf_counter()
         try:
             self._source = resolve_source(self._source_arg)
-            self._strategy = self._choose_strategy(self._source)
+            self._strategy = await self._choose_strategy(self._source)
             self.stats.strategy = self._strategy.name
             await self._strategy.open()
         except BaseException:
@@ -126,8 +175,58 @@ class RowStream:
         if self._source is not None:
             await shielded(self._source.aclose())
 
-    def _choose_strategy(self, source: ResolvedSource) -> Strategy:
-        return CursorStrategy(source, self._plan)
+    async def _choose_strategy(self, source: ResolvedSource) -> Strategy:
+        """Pick the strategy and settle the key; nothing is read yet."""
+        plan, name = self._plan, self._strategy_name
+        self._key = await resolve_key(source, plan, self._key_arg)
+        key = self._key
+        if key is None and (name == "keyset" or self._last_key is not None):
+            raise StreamKeyError(
+                "no usable key: keyset paging and start_after need one; the primary key of the "
+                "single table selected is used by default, or pass key= naming unique, "
+                "non-null selected columns"
+            )
+        statement = plan.statement
+        path = PathInfo()
+        if source.dialect == "postgresql" and source.borrowed is None:
+            try:
+                path = await inspect_path(source.engine)
+            except Exception as exc:
+                from ._translate import raise_translated
+
+                raise_translated(exc, url=source.engine.url, connecting=True)
+        self._setup = _POOLED_SETUP if path.pooler else ()
+        can_page = (
+            key is not None and isinstance(statement, Select) and pageable(statement, key) is None
+        )
+        if name == "auto":
+            wants_keyset = path.wants_short_transactions or (
+                plan.side_queries and source.dialect in _MYSQL
+            )
+            name = "keyset" if can_page and wants_keyset else "cursor"
+        if name == "keyset":
+            assert key is not None
+            self._resumable = True
+            return self._keyset(source, key)
+        # A cursor resumes by key when its rows come in key order: ask for that order when
+        # the statement has none (any order is then ours to choose).
+        if key is not None and can_page and isinstance(statement, Select):
+            self._cursor_statement = (
+                statement if statement._order_by_clauses else (statement.order_by(*key.columns))
+            )
+            self._resumable = True
+        else:
+            self._cursor_statement = statement
+        return self._cursor(source)
+
+    def _keyset(self, source: ResolvedSource, key: Key) -> Strategy:
+        return KeysetStrategy(source, self._plan, key, after=self._last_key, setup=self._setup)
+
+    def _cursor(self, source: ResolvedSource) -> Strategy:
+        statement = self._cursor_statement
+        if self._key is not None and self._last_key is not None and isinstance(statement, Select):
+            statement = statement.where(self._key.after(self._last_key, dialect=source.dialect))
+        return CursorStrategy(source, self._plan, statement=statement, setup=self._setup)
 
     def _check_open(self) -> None:
         if self._state == "new":
@@ -143,8 +242,16 @@ class RowStream:
         self._check_open()
         if self._done:
             return []
-        assert self._strategy is not None
-        batch = await self._strategy.fetch(self._sizer.next_rows())
+        size = self._sizer.next_rows()
+        attempt = 0
+        while True:
+            assert self._strategy is not None
+            try:
+                batch = await self._strategy.fetch(size)
+                break
+            except ConnectionLostError as exc:
+                attempt += 1
+                await self._resume(exc, attempt)
         if not batch:
             self._done = True
             return batch
@@ -152,7 +259,52 @@ class RowStream:
         stats.rows += len(batch)
         stats.batches += 1
         stats.bytes += self._sizer.observe(batch)
+        if self._key is not None:
+            self._last_key = self._key.of(batch[-1])
         return batch
+
+    async def _resume(self, lost: ConnectionLostError, attempt: int) -> None:
+        """Reconnect with backoff and go on after the last key delivered."""
+        source, old = self._source, self._strategy
+        assert source is not None and old is not None
+        if not self._resumable:
+            why = (
+                "it has no key"
+                if self._key is None
+                else "its rows are not in key order (order it by its key or drop order_by())"
+            )
+            raise ResumeError(
+                f"the connection dropped and the stream cannot resume: {why}", last_key=None
+            ) from lost
+        if source.borrowed is not None:
+            raise ResumeError(
+                "the connection dropped and the stream cannot resume on a borrowed "
+                "connection: pass the engine or a URL instead"
+            ) from lost
+        await shielded(old.aclose())
+        while True:
+            if attempt > self._retries:
+                raise ResumeError(
+                    f"the connection dropped and {self._retries} reconnects failed; "
+                    "check the server and run the stream again with start_after=last_key",
+                    last_key=self._last_key,
+                ) from lost
+            await asyncio.sleep(min(MAX_BACKOFF, self._backoff * 2 ** (attempt - 1)))
+            self.stats.reconnects += 1
+            strategy = (
+                self._keyset(source, self._key)
+                if old.name == "keyset" and self._key
+                else (self._cursor(source))
+            )
+            try:
+                await strategy.open()
+            except SourceError as exc:
+                await shielded(strategy.aclose())
+                lost = ConnectionLostError(str(exc))
+                attempt += 1
+                continue
+            self._strategy = strategy
+            return
 
     async def batches(self) -> AsyncIterator[list[Any]]:
         """Yield the rows in lists, each about ``batch_bytes`` large (or ``batch_rows`` long)."""
@@ -175,7 +327,10 @@ def stream(
     batch_rows: int | None = None,
     batch_bytes: int | None = DEFAULT_BATCH_BYTES,
     strategy: StrategyName = "auto",
-    key: Any = None,
+    key: KeyArg = None,
+    start_after: tuple[Any, ...] | None = None,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF,
 ) -> RowStream:
     """Stream the rows of ``statement`` from ``source`` with flat memory.
 
@@ -183,6 +338,17 @@ def stream(
     ``sqlite:///path``), an AsyncEngine, an AsyncConnection or an AsyncSession (whose engine
     lends a connection; the session itself stays usable). The stream runs in a transaction on a
     connection of its own, which is rolled back and returned on every exit path.
+
+    ``strategy``: ``"cursor"`` reads one server-side cursor in one transaction; ``"keyset"``
+    reads pages by key, each in its own short transaction; ``"auto"`` (the default) takes the
+    cursor unless a transaction-pooling pooler is in the path, the server ends idle
+    transactions (``idle_in_transaction_session_timeout``), or MySQL must serve
+    selectinload()'s queries, and a key allows paging.
+
+    ``key`` defaults to the primary key of the single table selected; it must be unique and
+    non-null. With a key, the stream resumes after a dropped connection (up to ``retries``
+    reconnects, waiting ``backoff`` seconds, doubling) right after the last key delivered, and
+    ``start_after`` starts it after a given key. Unordered statements are then read in key order.
 
     Example::
 
@@ -198,4 +364,7 @@ def stream(
         batch_bytes=batch_bytes,
         strategy=strategy,
         key=key,
+        start_after=start_after,
+        retries=retries,
+        backoff=backoff,
     )

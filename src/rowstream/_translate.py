@@ -8,7 +8,7 @@ error number, aiosqlite by message), so classification looks at all three and fa
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import NoReturn
 
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import URL
@@ -136,6 +136,6 @@ def translate(exc: BaseException, *, url: URL | None, connecting: bool = False) 
     return QueryError(f"the server rejected the query: {detail}")
 
 
-def raise_translated(exc: BaseException, *, url: URL | None, connecting: bool = False) -> Any:
+def raise_translated(exc: BaseException, *, url: URL | None, connecting: bool = False) -> NoReturn:
     """``raise translate(exc) from exc``, for use in ``except`` blocks."""
     raise translate(exc, url=url, connecting=connecting) from exc
