@@ -63,12 +63,25 @@ class Key:
         )
 
 
-def _requested(statement: Select[Any], key: KeyArg) -> list[ColumnElement[Any]] | None:
+async def _requested(
+    source: ResolvedSource, statement: Select[Any], key: KeyArg
+) -> list[ColumnElement[Any]] | None:
     if key is None:
         froms = statement.get_final_froms()
-        if len(froms) != 1 or not isinstance(froms[0], sa.Table):
+        if len(froms) != 1 or not isinstance(froms[0], sa.TableClause):
             return None
-        primary: list[ColumnElement[Any]] = list(froms[0].primary_key.columns)
+        table = froms[0]
+        primary: list[ColumnElement[Any]] = (
+            list(table.primary_key.columns) if isinstance(table, sa.Table) else []
+        )
+        if not primary and not isinstance(table, sa.Table):
+            # A lightweight sa.table() knows no primary key: the catalog does.
+            catalog = await _reflect_table(source, table)
+            if catalog is None or not catalog.primary_key:
+                return None
+            if any(name not in table.c for name in catalog.primary_key):
+                return None
+            primary = [table.c[name] for name in catalog.primary_key]
         return primary or None
     items = [key] if isinstance(key, str) or not isinstance(key, Sequence) else list(key)
     columns: list[ColumnElement[Any]] = []
@@ -102,7 +115,7 @@ async def resolve_key(source: ResolvedSource, plan: Plan, key: KeyArg) -> Key | 
                 "a key needs a select(): text() statements cannot be paged or resumed by key"
             )
         return None
-    columns = _requested(statement, key)
+    columns = await _requested(source, statement, key)
     if not columns:
         return None
     try:
@@ -150,34 +163,34 @@ def _same(a: Any, b: Any) -> bool:
 
 async def _check_unique_not_null(source: ResolvedSource, columns: list[ColumnElement[Any]]) -> None:
     tables = {getattr(c, "table", None) for c in columns}
-    if len(tables) != 1 or not isinstance(next(iter(tables)), sa.Table):
+    table = next(iter(tables))
+    if len(tables) != 1 or not isinstance(table, sa.TableClause):
         raise StreamKeyError(
             "a key's columns must all belong to one table, so that it can be checked unique"
         )
-    table = next(iter(tables))
-    assert isinstance(table, sa.Table)
     names = {str(c.name) for c in columns}
-    nullable = {str(c.name) for c in columns if getattr(c, "nullable", True)}
-    pk = {str(c.name) for c in table.primary_key.columns}
-    unique = [pk] if pk else []
-    unique += [
-        {str(c.name) for c in constraint.columns}
-        for constraint in table.constraints
-        if isinstance(constraint, sa.UniqueConstraint)
-    ]
-    unique += [{str(c.name) for c in index.columns} for index in table.indexes if index.unique]
-    unique += [{str(c.name)} for c in table.columns if c.unique]
-    if names == pk:
-        nullable = set()
-    if any(u and u <= names for u in unique) and not nullable:
-        return
-    # The metadata does not show it (a Table built by hand, a lightweight sa.table()): ask
-    # the database's catalog.
-    reflected = await _reflect_table(source, table)
-    if reflected is None:
+    if isinstance(table, sa.Table):
+        nullable = {str(c.name) for c in columns if getattr(c, "nullable", True)}
+        pk = {str(c.name) for c in table.primary_key.columns}
+        unique = [pk] if pk else []
+        unique += [
+            {str(c.name) for c in constraint.columns}
+            for constraint in table.constraints
+            if isinstance(constraint, sa.UniqueConstraint)
+        ]
+        unique += [{str(c.name) for c in index.columns} for index in table.indexes if index.unique]
+        unique += [{str(c.name)} for c in table.columns if c.unique]
+        if names == pk:
+            nullable = set()
+        if any(u and u <= names for u in unique) and not nullable:
+            return
+    # The metadata does not show it (a Table declared loosely, a lightweight sa.table()):
+    # ask the database's catalog.
+    catalog = await _reflect_table(source, table)
+    if catalog is None:
         raise StreamKeyError(f"cannot check the key of {table.name}: the table was not found")
-    db_unique, db_nullable = reflected
-    if not any(u and u <= names for u in db_unique):
+    db_nullable = catalog.nullable
+    if not any(u and u <= names for u in catalog.unique):
         raise StreamKeyError(
             f"key ({', '.join(sorted(names))}) of {table.name} is not unique: keyset paging and "
             "resume need a primary key or a unique constraint; pass key= with one"
@@ -189,9 +202,16 @@ async def _check_unique_not_null(source: ResolvedSource, columns: list[ColumnEle
         )
 
 
-async def _reflect_table(
-    source: ResolvedSource, table: sa.Table
-) -> tuple[list[set[str]], set[str]] | None:
+@dataclass(frozen=True)
+class _Catalog:
+    """What the database's catalog says of a table's keys."""
+
+    primary_key: list[str]
+    unique: list[set[str]]
+    nullable: set[str]
+
+
+async def _reflect_table(source: ResolvedSource, table: sa.TableClause) -> _Catalog | None:
     if source.borrowed is not None:
         return await source.borrowed.run_sync(_reflect, table.name, table.schema)
     try:
@@ -201,9 +221,7 @@ async def _reflect_table(
         raise_translated(exc, url=source.engine.url)
 
 
-def _reflect(
-    sync_conn: Any, name: str, schema: str | None
-) -> tuple[list[set[str]], set[str]] | None:
+def _reflect(sync_conn: Any, name: str, schema: str | None) -> _Catalog | None:
     inspector = sa.inspect(sync_conn)
     if not inspector.has_table(name, schema=schema):
         return None
@@ -221,4 +239,4 @@ def _reflect(
         for column in inspector.get_columns(name, schema=schema)
         if column.get("nullable", True) and column["name"] not in pk
     }
-    return unique, nullable
+    return _Catalog(primary_key=list(pk), unique=unique, nullable=nullable)
