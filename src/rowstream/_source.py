@@ -49,7 +49,7 @@ def resolve_url(url: str | URL) -> URL:
     if isinstance(url, str):
         try:
             parsed = make_url(url)
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a non-numeric port
             raise ConfigurationError(
                 f"malformed database URL {mask_url(url)!r}: expected something like "
                 "postgresql://user@host:5432/dbname, mysql://user@host/dbname or "
@@ -81,7 +81,7 @@ def mask_url(url: str | URL) -> str:
         return url.render_as_string(hide_password=True)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         # Not parseable: still hide anything that looks like user:password@.
         scheme, sep, rest = url.partition("://")
         if sep and "@" in rest:
