@@ -1,13 +1,17 @@
 """Real database servers for the tests: PostgreSQL, MariaDB, SQLite and PgBouncer.
 
-Servers at the standard local ports are used when they answer; environment variables override:
+Servers at the standard local ports are used when we can log in there; environment variables
+override:
 
-    ROWSTREAM_TEST_PG_URL        default postgresql://postgres@127.0.0.1:5432/test
-    ROWSTREAM_TEST_MYSQL_URL     default mysql://root@127.0.0.1:3306/test
-    ROWSTREAM_TEST_PGBOUNCER_URL default: a private PgBouncer (transaction mode) started here
+    ROWSTREAM_TEST_PG_URL           default postgresql://postgres@127.0.0.1:5432/test
+    ROWSTREAM_TEST_MYSQL_URL        default mysql://root@127.0.0.1:3306/test
+    ROWSTREAM_TEST_PGBOUNCER_URL    default: a private PgBouncer (transaction mode) started here
+    ROWSTREAM_TEST_PRIVATE_SERVERS  1: ignore the standard ports, start private instances
 
-What does not answer is brought up by :mod:`tests.plugins._bringup` (apt-get when root,
-private instances in a temporary directory). No database is ever mocked.
+What is missing is brought up by :mod:`tests.plugins._bringup` (apt-get when root, private
+instances in a temporary directory). Each test session gets a database of its own on each
+server (``rowstream_test_<pid>``), so two test runs on one machine do not collide. No database
+is ever mocked.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ class Servers:
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     workdir = tmp_path_factory.mktemp("servers")
     with _bringup.Stack(workdir) as stack:
-        pg_url = os.environ.get("ROWSTREAM_TEST_PG_URL") or stack.postgresql()
-        mysql_url = os.environ.get("ROWSTREAM_TEST_MYSQL_URL") or stack.mariadb()
+        pg_server = os.environ.get("ROWSTREAM_TEST_PG_URL") or stack.postgresql()
+        mysql_server = os.environ.get("ROWSTREAM_TEST_MYSQL_URL") or stack.mariadb()
+        pg_url = stack.run_database(pg_server)
+        mysql_url = stack.run_database(mysql_server)
         bouncer_url = os.environ.get("ROWSTREAM_TEST_PGBOUNCER_URL") or stack.pgbouncer(pg_url)
         yield Servers(pg_url=pg_url, mysql_url=mysql_url, pgbouncer_url=bouncer_url)
 
