@@ -5,6 +5,7 @@ async with rowstream.stream("postgresql://app@db/shop", select(Order)) as orders
         ...
 """
 
+from ._checkpoint import Checkpoint, CheckpointStore, FileCheckpoint, TableCheckpoint
 from ._exceptions import (
     ConfigurationError,
     ConnectionLostError,
@@ -16,6 +17,8 @@ from ._exceptions import (
     StreamKeyError,
     UnsupportedQueryError,
 )
+from ._export import ExportReport, export
+from ._process import BatchFailure, ProcessReport, process
 from ._sizing import DEFAULT_BATCH_BYTES
 from ._source import create_engine
 from ._stream import RowStream, Stats, stream
@@ -24,8 +27,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
+    "BatchFailure",
+    "Checkpoint",
+    "CheckpointStore",
     "ConfigurationError",
     "ConnectionLostError",
+    "ExportReport",
+    "FileCheckpoint",
+    "ProcessReport",
     "QueryError",
     "ResumeError",
     "RowStream",
@@ -34,7 +43,10 @@ __all__ = [
     "SourceError",
     "Stats",
     "StreamKeyError",
+    "TableCheckpoint",
     "UnsupportedQueryError",
     "create_engine",
+    "export",
+    "process",
     "stream",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ._exceptions import ConfigurationError, RowstreamError
 
-COMMANDS = ("rowstream._demo",)
+COMMANDS = ("rowstream._demo", "rowstream._cli_export", "rowstream._doctor")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -1,0 +1,83 @@
+"""``rowstream export``: a table or query into CSV, JSON Lines or Parquet, atomically.
+
+rowstream export postgresql://app@db/shop --table sales.orders -o orders.parquet
+rowstream export mysql://root@db/shop --query "SELECT id, total FROM orders" -o - --format jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import sqlalchemy as sa
+
+from ._exceptions import ConfigurationError
+from ._export import FORMATS, export
+from ._sinks import COMPRESSIONS
+from ._sizing import parse_size
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a table or query to CSV, JSON Lines or Parquet",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("url", metavar="URL", help="database URL, e.g. postgresql://user@host/db")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--table", metavar="NAME", help="table to export: table or schema.table")
+    what.add_argument("--query", metavar="SQL", help="a SELECT to export")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="PATH", help="output file, or - for stdout"
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="output format (default: from the suffix .csv, .csv.gz, .jsonl, .ndjson, .parquet)",
+    )
+    parser.add_argument("--where", metavar="EXPR", help="SQL condition on the table's rows")
+    parser.add_argument("--columns", metavar="A,B,C", help="columns of the table to export")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--batch-rows", type=int, metavar="N", help="rows per batch")
+    size.add_argument(
+        "--batch-bytes", metavar="SIZE", help="bytes per batch, e.g. 4MB (the default)"
+    )
+    parser.add_argument(
+        "--compression",
+        choices=sorted({*COMPRESSIONS, "gzip", "none"}),
+        help="zstd (Parquet's default), snappy, gzip, brotli, lz4 or none; gzip for CSV/JSONL",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    parser.set_defaults(run=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    if args.query is not None and (args.where is not None or args.columns is not None):
+        raise ConfigurationError(
+            "--where and --columns narrow a --table: with --query, put them in the SQL"
+        )
+    columns = None
+    if args.columns is not None:
+        columns = [c.strip() for c in args.columns.split(",")]
+        if not all(columns):
+            raise ConfigurationError(f"bad --columns {args.columns!r}: write a,b,c")
+    target: Any = args.table if args.table is not None else sa.text(args.query)
+    if args.query is not None and not args.query.strip():
+        raise ConfigurationError("--query is empty: give a SELECT")
+    report = await export(
+        args.url,
+        target,
+        args.output,
+        format=args.format,
+        where=args.where,
+        columns=columns,
+        batch_rows=args.batch_rows,
+        batch_bytes=parse_size(args.batch_bytes) if args.batch_bytes else None,
+        compression=args.compression,
+        progress=not args.quiet,
+    )
+    if not args.quiet and sys.stderr.isatty():
+        print(report.summary(), file=sys.stderr)
+    return 0

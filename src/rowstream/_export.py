@@ -1,0 +1,559 @@
+"""``rowstream.export``: a table or query into a CSV, JSON Lines or Parquet file.
+
+Data path: source -> statement (a table name becomes a quoted ``select``) -> strategy -> sink
+-> atomic file -> report.
+
+- ``copy`` (PostgreSQL, when rowstream owns the connection): the server renders the rows with
+  ``COPY ... TO STDOUT`` (:mod:`rowstream._pgcopy`); Parquet parses COPY CSV with Arrow's C++
+  reader when every column allows it, and reads a cursor otherwise.
+- ``stream`` (every database): rows come through :func:`rowstream.stream` in byte-sized
+  batches and are rendered by the sink. On PostgreSQL the server still renders each value as
+  text, so both strategies write the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import Select, TextualSelect
+
+from ._arrow import ArrowColumn, sqla_column
+from ._atomic import STDOUT, AtomicFile, check_writable
+from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError
+from ._pgcopy import (
+    PgColumn,
+    copy_csv,
+    copy_jsonl,
+    copy_parquet,
+    csv_parseable,
+    pg_transaction,
+    probe,
+    quote_ident,
+    select_list,
+)
+from ._progress import ExportProgress, format_bytes, peak_memory_mb
+from ._sinks import CsvSink, JsonlSink, ParquetSink, Sink, check_compression
+from ._sizing import DEFAULT_BATCH_BYTES
+from ._source import ResolvedSource, Source, mask_url, resolve_source
+from ._strategy import shielded
+from ._stream import stream
+from ._translate import raise_translated
+
+__all__ = ["FORMATS", "ExportReport", "export", "format_for_path"]
+
+Format = Literal["csv", "jsonl", "parquet"]
+ExportStrategy = Literal["auto", "copy", "stream"]
+FORMATS: tuple[Format, ...] = ("csv", "jsonl", "parquet")
+TEXT_COMPRESSIONS = ("gzip", "none")
+EXPORT_STRATEGIES = ("auto", "copy", "stream")
+
+# Longest suffixes first: "orders.csv.gz" is gzip'd CSV, not a ".gz" format.
+_SUFFIXES: tuple[tuple[str, Format, str | None], ...] = (
+    (".csv.gz", "csv", "gzip"),
+    (".jsonl.gz", "jsonl", "gzip"),
+    (".ndjson.gz", "jsonl", "gzip"),
+    (".csv", "csv", None),
+    (".jsonl", "jsonl", None),
+    (".ndjson", "jsonl", None),
+    (".parquet", "parquet", None),
+    (".pq", "parquet", None),
+)
+
+TableOrStatement = str | sa.Table | Select[Any] | TextualSelect | TextClause
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export wrote.
+
+    ``bytes`` is the size of the output file; ``peak_memory_mb`` the process's peak resident
+    memory at the end (it includes whatever the process held before the export).
+    """
+
+    path: str
+    format: str
+    rows: int
+    bytes: int
+    seconds: float
+    strategy: str
+    peak_memory_mb: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line: rows, seconds, rows/s, output size, peak memory."""
+        return (
+            f"exported {self.rows:,} rows to {self.path} in {self.seconds:.1f} s "
+            f"({self.rows_per_second:,.0f} rows/s), {format_bytes(self.bytes)}, "
+            f"peak memory {self.peak_memory_mb:.0f} MB"
+        )
+
+
+def format_for_path(
+    path: str | Path, format: str | None = None, compression: str | None = None
+) -> tuple[Format, str | None]:
+    """The format and compression an export to ``path`` uses: explicit ones win, else the suffix.
+
+    >>> format_for_path("orders.csv.gz")
+    ('csv', 'gzip')
+    """
+    name = str(path).lower()
+    by_suffix = next(((f, c) for s, f, c in _SUFFIXES if name.endswith(s)), None)
+    if format is None:
+        if name == STDOUT:
+            format = "csv"
+        elif by_suffix is None:
+            raise ConfigurationError(
+                f"cannot tell the format of {str(path)!r} from its suffix: pass --format "
+                "csv, jsonl or parquet, or name the file .csv, .csv.gz, .jsonl, .ndjson or .parquet"
+            )
+        else:
+            format = by_suffix[0]
+    if format not in FORMATS:
+        raise ConfigurationError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
+    if compression is None and by_suffix is not None and by_suffix[0] == format:
+        compression = by_suffix[1]
+    if format == "parquet":
+        if name == STDOUT:
+            raise ConfigurationError(
+                "Parquet cannot be written to standard output (its footer points back into "
+                "the file): give a file name, or use --format csv or jsonl with -o -"
+            )
+        return "parquet", check_compression(compression or "zstd")
+    if compression not in (None, *TEXT_COMPRESSIONS):
+        raise ConfigurationError(
+            f"unknown compression {compression!r} for {format}: use gzip or none"
+        )
+    return format, None if compression == "none" else compression
+
+
+class _Counter:
+    """A write-only file that counts bytes and cannot be closed by the writers above it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.bytes = 0
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = self._out.write(data)
+        self.bytes += len(data)
+        return n
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        # Parquet and gzip writers close their file; the atomic file must stay open to fsync.
+        pass
+
+
+@dataclass
+class _Job:
+    format: Format
+    compression: str | None
+    batch_rows: int | None
+    batch_bytes: int | None
+    progress: ExportProgress
+    out: BinaryIO
+    counter: _Counter
+    rows: int = 0
+    strategy: str = ""
+
+
+async def export(
+    source: Source,
+    table_or_statement: TableOrStatement,
+    path: str | Path,
+    *,
+    format: Format | None = None,
+    where: str | None = None,
+    columns: Sequence[str] | None = None,
+    batch_rows: int | None = None,
+    batch_bytes: int | None = DEFAULT_BATCH_BYTES,
+    compression: str | None = None,
+    strategy: ExportStrategy = "auto",
+    progress: bool = False,
+) -> ExportReport:
+    """Export a table or a query to ``path`` (CSV, JSON Lines or Parquet), atomically.
+
+    ``table_or_statement`` is a table name (``"orders"``, ``"sales.orders"``; quoted by
+    SQLAlchemy, never pasted), a ``Table``, a ``select()`` or a ``text()``. ``where`` (SQL) and
+    ``columns`` narrow a table. The format follows the suffix (``.csv``, ``.csv.gz``,
+    ``.jsonl``, ``.ndjson``, ``.parquet``) unless given; ``"-"`` is standard output (CSV or
+    JSONL). The file appears only when complete: on an error or cancellation the target is
+    untouched and the query is cancelled on the server.
+
+    Example::
+
+        report = await rowstream.export(
+            "postgresql://app@db/shop", "orders", "orders.parquet", where="status = 'paid'"
+        )
+        print(report.summary())
+    """
+    started = time.perf_counter()
+    fmt, compression = format_for_path(path, format, compression)
+    if strategy not in EXPORT_STRATEGIES:
+        raise ConfigurationError(
+            f"unknown export strategy {strategy!r}: choose one of {', '.join(EXPORT_STRATEGIES)}"
+        )
+    if batch_rows is not None and batch_rows < 1:
+        raise ConfigurationError(f"batch_rows must be at least 1, not {batch_rows}")
+    if batch_bytes is not None and batch_bytes < 1:
+        raise ConfigurationError(f"batch_bytes must be positive, not {batch_bytes}")
+    if str(path) != STDOUT:
+        check_writable(Path(path))
+    resolved = resolve_source(source)
+    target = AtomicFile(path)
+    try:
+        statement = await _statement(resolved, table_or_statement, where, columns)
+        with ExportProgress(enabled=progress) as bar, target as raw:
+            counter = _Counter(raw)
+            out: BinaryIO = counter  # type: ignore[assignment]
+            zipped: gzip.GzipFile | None = None
+            if compression == "gzip":
+                # mtime=0: the same rows give the same bytes.
+                zipped = gzip.GzipFile(fileobj=out, mode="wb", mtime=0)
+                out = zipped  # type: ignore[assignment]
+            job = _Job(fmt, compression, batch_rows, batch_bytes, bar, out, counter)
+            use_copy = (
+                resolved.dialect == "postgresql"
+                and resolved.borrowed is None
+                and strategy != "stream"
+            )
+            if strategy == "copy" and not use_copy:
+                raise ConfigurationError(
+                    "strategy='copy' needs PostgreSQL and a URL or engine (not a connection)"
+                )
+            try:
+                if use_copy:
+                    await _export_copy(resolved, statement, job)
+                else:
+                    await _export_stream(resolved, source, statement, job)
+                if zipped is not None:
+                    zipped.close()
+            except OSError as exc:
+                raise SinkError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    finally:
+        await shielded(resolved.aclose())
+    return ExportReport(
+        path=str(path),
+        format=fmt,
+        rows=job.rows,
+        bytes=target.size or counter.bytes,
+        seconds=time.perf_counter() - started,
+        strategy=job.strategy,
+        peak_memory_mb=peak_memory_mb(),
+    )
+
+
+# ---------------------------------------------------------------- statement
+
+
+def _split_name(name: str) -> tuple[str | None, str]:
+    if not name or any(not part for part in name.split(".")) or name.count(".") > 1:
+        raise ConfigurationError(f"bad table name {name!r}: write table or schema.table")
+    schema, _, table = name.rpartition(".")
+    return schema or None, table
+
+
+async def _statement(
+    resolved: ResolvedSource,
+    table_or_statement: TableOrStatement,
+    where: str | None,
+    columns: Sequence[str] | None,
+) -> Select[Any] | TextualSelect | TextClause:
+    if isinstance(table_or_statement, (Select, TextualSelect, TextClause)):
+        if where is not None or columns is not None:
+            raise ConfigurationError(
+                "where= and columns= narrow a table: with a statement, put them in it"
+            )
+        return table_or_statement
+    if isinstance(table_or_statement, str):
+        schema, name = _split_name(table_or_statement)
+        if resolved.dialect == "postgresql":
+            # Types come from the server later; here only names, quoted by SQLAlchemy.
+            table: sa.TableClause = sa.table(
+                name, *(sa.column(c) for c in columns or ()), schema=schema
+            )
+            selected: list[Any] = list(table.c) if columns else [sa.literal_column("*")]
+        else:
+            table = await _reflect(resolved, schema, name)
+            selected = _pick(table, columns, table_or_statement)
+    elif isinstance(table_or_statement, sa.Table):
+        table = table_or_statement
+        selected = _pick(table, columns, table.fullname)
+    else:
+        raise ConfigurationError(
+            f"cannot export a {type(table_or_statement).__name__}: pass a table name, a "
+            "Table, a select() or a text()"
+        )
+    statement = sa.select(*selected).select_from(table)
+    if where is not None:
+        if not where.strip():
+            raise ConfigurationError("--where is empty: give a condition, or leave it out")
+        statement = statement.where(sa.text(f"({where})"))
+    return statement
+
+
+def _pick(table: sa.TableClause, columns: Sequence[str] | None, label: str) -> list[Any]:
+    if not columns:
+        return list(table.c)
+    missing = [c for c in columns if c not in table.c]
+    if missing:
+        raise QueryError(
+            f"unknown column {missing[0]!r} in table {label!r}: it has "
+            + ", ".join(c.name for c in table.c)
+        )
+    return [table.c[c] for c in columns]
+
+
+async def _reflect(resolved: ResolvedSource, schema: str | None, name: str) -> sa.Table:
+    engine = resolved.engine
+    try:
+        conn = await engine.connect()
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, connecting=True)
+    try:
+        return await conn.run_sync(
+            lambda sync: sa.Table(name, sa.MetaData(), schema=schema, autoload_with=sync)
+        )
+    except NoSuchTableError:
+        label = f"{schema}.{name}" if schema else name
+        raise QueryError(
+            f"unknown table {label!r} in {mask_url(engine.url)}: check the name (schema.table)"
+        ) from None
+    except Exception as exc:
+        raise_translated(exc, url=engine.url)
+    finally:
+        await shielded(conn.close())
+
+
+def _sql(engine: AsyncEngine, statement: Select[Any] | TextualSelect | TextClause) -> str:
+    try:
+        compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot render this statement for export: {str(exc).splitlines()[0]}; "
+            "use literal values instead of bound parameters"
+        ) from None
+    return str(compiled)
+
+
+# ---------------------------------------------------------------- PostgreSQL COPY
+
+
+async def _pg_connection(engine: AsyncEngine) -> AsyncConnection:
+    try:
+        return await engine.connect()
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, connecting=True)
+
+
+async def _export_copy(
+    resolved: ResolvedSource, statement: Select[Any] | TextualSelect | TextClause, job: _Job
+) -> None:
+    engine = resolved.engine
+    sql = _sql(engine, statement)
+    conn = await _pg_connection(engine)
+    try:
+        async with pg_transaction(conn) as apg:
+            columns, estimate = await probe(apg, sql)
+            job.progress.set_estimate(estimate)
+            await _copy(apg, sql, columns, job)
+    except RowstreamError:
+        raise
+    except Exception as exc:
+        raise_translated(exc, url=engine.url)
+    finally:
+        await shielded(_close(conn))
+
+
+async def _close(conn: AsyncConnection) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
+async def _copy(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> None:
+    out, progress = job.out, job.progress
+
+    async def write(chunk: bytes) -> None:
+        out.write(chunk)
+        progress.advance(rows=chunk.count(b"\n"), nbytes=job.counter.bytes - progress.bytes)
+
+    names = [c.name for c in columns]
+    if job.format == "csv":
+        job.strategy = "copy"
+        job.rows = await copy_csv(apg, sql, write)
+        return
+    if job.format == "jsonl":
+        job.strategy = "copy"
+        job.rows = await copy_jsonl(apg, sql, names, write)
+        return
+    arrow = [c.arrow for c in columns]
+    sink = ParquetSink(out, arrow, compression=job.compression or "zstd")
+    sink.begin(names)
+    if csv_parseable(arrow):
+        job.strategy = "copy"
+
+        def fed(chunk: bytes) -> None:
+            # Rows are counted as COPY's CSV lines: near enough for a progress bar.
+            progress.advance(rows=chunk.count(b"\n"), nbytes=job.counter.bytes - progress.bytes)
+
+        job.rows = await copy_parquet(apg, sql, arrow, sink, fed)
+    else:
+        # Arrays, bytea, time: no exact CSV parse in Arrow; read them through a cursor.
+        job.strategy = "cursor"
+        query = f"SELECT {select_list(arrow)} FROM ({sql}) AS t"
+        size = job.batch_rows or 10_000
+        cursor = await apg.cursor(query)
+        while rows := await cursor.fetch(size):
+            sink.write_rows(rows)
+            job.rows += len(rows)
+            progress.advance(rows=len(rows), nbytes=job.counter.bytes - progress.bytes)
+    sink.finish()
+
+
+# ---------------------------------------------------------------- generic stream
+
+
+async def _pg_columns(engine: AsyncEngine, sql: str) -> tuple[list[PgColumn], int | None]:
+    conn = await _pg_connection(engine)
+    try:
+        async with pg_transaction(conn) as apg:
+            return await probe(apg, sql)
+    except Exception as exc:
+        raise_translated(exc, url=engine.url)
+    finally:
+        await shielded(_close(conn))
+
+
+def _pg_text(column: PgColumn, fmt: Format) -> str:
+    """The server's own text of a column, as COPY (CSV) or to_jsonb() (JSONL) renders it."""
+    ref = f"t.{quote_ident(column.name)}"
+    if fmt == "jsonl":
+        if column.typname == "timestamptz":
+            # Whatever the session's time zone: UTC, as the COPY path writes it.
+            return f"rtrim(to_jsonb({ref} AT TIME ZONE 'UTC')::text, '\"') || '+00:00\"'"
+        return f"to_jsonb({ref})::text"
+    if column.typname == "bool":
+        return f"CASE WHEN {ref} THEN 't' WHEN NOT {ref} THEN 'f' END"
+    if column.typname == "timestamptz":
+        return f"({ref} AT TIME ZONE 'UTC')::text || '+00'"
+    return f"{ref}::text"
+
+
+class _RawJsonl(JsonlSink):
+    """JSONL from values the server already rendered as JSON text."""
+
+    def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        keys = self._keys
+        lines = [
+            "{"
+            + ", ".join(k + ("null" if v is None else v) for k, v in zip(keys, row, strict=True))
+            + "}\n"
+            for row in rows
+        ]
+        self._out.write("".join(lines).encode())
+
+
+async def _export_stream(
+    resolved: ResolvedSource,
+    source: Source,
+    statement: Select[Any] | TextualSelect | TextClause,
+    job: _Job,
+) -> None:
+    engine = resolved.engine
+    job.strategy = "stream"
+    stream_source: Any = resolved.borrowed or engine
+    sink: Sink
+    if resolved.dialect == "postgresql":
+        sql = _sql(engine, statement)
+        pg, estimate = await _pg_columns(engine, sql)
+        job.progress.set_estimate(estimate)
+        names = [c.name for c in pg]
+        if job.format == "parquet":
+            arrow = [c.arrow for c in pg]
+            query = f"SELECT {select_list(arrow)} FROM ({sql}) AS t"
+            sink = ParquetSink(job.out, arrow, compression=job.compression or "zstd")
+        else:
+            query = f"SELECT {', '.join(_pg_text(c, job.format) for c in pg)} FROM ({sql}) AS t"
+            sink = CsvSink(job.out) if job.format == "csv" else _RawJsonl(job.out)
+        statement = sa.text(query)
+    else:
+        names = []
+        arrow = []
+        if isinstance(statement, Select):
+            names = [c.name for c in statement.selected_columns]
+            arrow = [
+                sqla_column(c.name, c.type, resolved.dialect) for c in statement.selected_columns
+            ]
+        job.progress.set_estimate(await _estimate(resolved, statement))
+        sink = _text_sink(job, arrow)
+    async with stream(
+        stream_source, statement, batch_rows=job.batch_rows, batch_bytes=job.batch_bytes
+    ) as rows:
+        keys = list(rows.keys())
+        if not names or len(names) != len(keys):
+            names = keys
+        if isinstance(sink, ParquetSink) and resolved.dialect != "postgresql" and not arrow:
+            sink = ParquetSink(
+                job.out,
+                [ArrowColumn(n, None) for n in names],
+                compression=job.compression or "zstd",
+            )
+        sink.begin(names)
+        async for batch in rows.batches():
+            sink.write_rows(batch)
+            job.rows += len(batch)
+            job.progress.advance(rows=len(batch), nbytes=job.counter.bytes - job.progress.bytes)
+    sink.finish()
+
+
+def _text_sink(job: _Job, arrow: list[ArrowColumn]) -> Sink:
+    if job.format == "csv":
+        return CsvSink(job.out)
+    if job.format == "jsonl":
+        return JsonlSink(job.out)
+    return ParquetSink(job.out, arrow, compression=job.compression or "zstd")
+
+
+async def _estimate(
+    resolved: ResolvedSource, statement: Select[Any] | TextualSelect | TextClause
+) -> int | None:
+    """MySQL's TABLE_ROWS for a whole table (an estimate for InnoDB); None otherwise."""
+    if resolved.dialect not in ("mysql", "mariadb") or not isinstance(statement, Select):
+        return None
+    if statement.whereclause is not None:
+        return None
+    froms = statement.get_final_froms()
+    if len(froms) != 1 or not isinstance(froms[0], sa.TableClause):
+        return None
+    table = froms[0]
+    query = sa.text(
+        "SELECT TABLE_ROWS FROM information_schema.TABLES "
+        "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :name"
+    )
+    with contextlib.suppress(Exception):
+        async with resolved.engine.connect() as conn:
+            value = await conn.scalar(query, {"schema": table.schema, "name": table.name})
+            return int(value) if value is not None else None
+    return None

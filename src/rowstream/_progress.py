@@ -1,0 +1,120 @@
+"""Progress of an export: a live bar on a terminal, silence elsewhere, one summary line.
+
+The bar shows rows, rows/s, bytes written and an ETA from the planner's row estimate (an
+estimate: PostgreSQL's EXPLAIN, MySQL's TABLE_ROWS; SQLite has none, so no ETA there). It goes
+to stderr, so ``-o -`` keeps stdout clean, and it is off when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from types import TracebackType
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+__all__ = ["ExportProgress", "format_bytes", "peak_memory_mb"]
+
+# Redrawing costs time: at most this many updates per second reach the terminal.
+_REFRESH_PER_SECOND = 4
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def format_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+class ExportProgress:
+    """Counts rows and bytes; draws a bar when ``enabled`` and the stream is a terminal.
+
+    Example::
+
+        with ExportProgress(enabled=True, estimate=5_000_000) as progress:
+            progress.advance(rows=10_000, nbytes=1_200_000)
+    """
+
+    def __init__(
+        self, *, enabled: bool, estimate: int | None = None, stream: TextIO | None = None
+    ) -> None:
+        out = stream if stream is not None else sys.stderr
+        self.enabled = enabled and out.isatty()
+        self.rows = 0
+        self.bytes = 0
+        self._estimate = estimate
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._out = out
+        self._last = 0.0
+
+    def __enter__(self) -> ExportProgress:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]export[/]"),
+                BarColumn(),
+                TextColumn("{task.completed:,.0f} rows"),
+                TextColumn("{task.fields[rate]} rows/s"),
+                TextColumn("{task.fields[size]}"),
+                TimeRemainingColumn(),
+                console=Console(file=self._out),
+                transient=True,
+                auto_refresh=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "export", total=self._estimate, rate="-", size="0 B"
+            )
+        return self
+
+    def set_estimate(self, estimate: int | None) -> None:
+        self._estimate = estimate
+        if self._progress is not None and self._task is not None and estimate:
+            self._progress.update(self._task, total=max(estimate, self.rows))
+
+    def advance(self, *, rows: int = 0, nbytes: int = 0) -> None:
+        self.rows += rows
+        self.bytes += nbytes
+        if self._progress is None or self._task is None:
+            return
+        now = time.monotonic()
+        if now - self._last < 1 / _REFRESH_PER_SECOND:
+            return
+        self._last = now
+        task = self._progress.tasks[0]
+        elapsed = task.elapsed or 0.0
+        rate = f"{self.rows / elapsed:,.0f}" if elapsed > 0 else "-"
+        total = task.total
+        if total is not None and self.rows > total:
+            # The planner guessed low: keep the bar honest rather than past 100%.
+            total = None
+        self._progress.update(
+            self._task, completed=self.rows, total=total, rate=rate, size=format_bytes(self.bytes)
+        )
+        self._progress.refresh()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

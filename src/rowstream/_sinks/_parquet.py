@@ -1,0 +1,121 @@
+"""Parquet: zstd by default, row groups of about 64 MiB of Arrow data (at most 1M rows).
+
+pyarrow closes a row group on every ``write_table`` call, so batches are gathered here until a
+row group is full: small batches would otherwise give thousands of tiny row groups, which
+readers scan slowly. The gathered data is the export's largest buffer, so its size bounds memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .._arrow import ArrowColumn, infer_columns, rows_to_batch, schema_of
+from .._exceptions import ConfigurationError, SinkError
+
+DEFAULT_COMPRESSION = "zstd"
+COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+ROW_GROUP_BYTES = 64 * 1024 * 1024
+ROW_GROUP_ROWS = 1024 * 1024
+
+
+def check_compression(name: str) -> str:
+    if name not in COMPRESSIONS:
+        raise ConfigurationError(
+            f"unknown Parquet compression {name!r}: choose one of {', '.join(COMPRESSIONS)}"
+        )
+    return name
+
+
+class ParquetSink:
+    """Writes Arrow batches (or rows, converted with the columns' Arrow types) to a file."""
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        columns: Sequence[ArrowColumn],
+        *,
+        compression: str = DEFAULT_COMPRESSION,
+        row_group_bytes: int = ROW_GROUP_BYTES,
+        row_group_rows: int = ROW_GROUP_ROWS,
+    ) -> None:
+        self._out = out
+        self._columns = list(columns)
+        self._compression = check_compression(compression)
+        self._row_group_bytes = row_group_bytes
+        self._row_group_rows = row_group_rows
+        self._writer: pq.ParquetWriter | None = None
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_bytes = 0
+        self._pending_rows = 0
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        if any(c.type is None for c in self._columns):
+            return None
+        return schema_of(self._columns)
+
+    def begin(self, columns: Sequence[str]) -> None:
+        """Nothing to write before the first rows: the schema comes with the columns."""
+
+    def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if any(c.type is None for c in self._columns):
+            self._columns = infer_columns(self._columns, rows)
+        try:
+            batch = rows_to_batch(rows, self._columns)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise SinkError(
+                f"cannot write these values to Parquet: {str(exc).splitlines()[0]}; "
+                "cast the column in the query (for example to text)"
+            ) from None
+        self.write_batch(batch)
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        self._pending.append(batch)
+        self._pending_bytes += batch.nbytes
+        self._pending_rows += batch.num_rows
+        if (
+            self._pending_bytes >= self._row_group_bytes
+            or self._pending_rows >= self._row_group_rows
+        ):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending)
+        self._pending, self._pending_bytes, self._pending_rows = [], 0, 0
+        self._ensure_writer(table.schema).write_table(table, row_group_size=self._row_group_rows)
+
+    def _ensure_writer(self, schema: pa.Schema) -> pq.ParquetWriter:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self._out,
+                schema,
+                compression=self._compression,
+                # Microseconds stay microseconds: no coercion, no loss at years 1 and 9999.
+                version="2.6",
+                store_schema=True,
+            )
+        return self._writer
+
+    def finish(self) -> None:
+        self._flush()
+        if self._writer is None:
+            # No rows: still a valid file, with the columns and their types.
+            if any(c.type is None for c in self._columns):
+                self._columns = [
+                    ArrowColumn(c.name, c.type or pa.string(), c.cast) for c in self._columns
+                ]
+            self._ensure_writer(schema_of(self._columns))
+        assert self._writer is not None
+        self._writer.close()
+        self._writer = None
+        self._out.flush()
