@@ -6,6 +6,7 @@ async with rowstream.stream("postgresql://app@db/shop", select(Order)) as orders
 """
 
 from ._checkpoint import Checkpoint, CheckpointStore, FileCheckpoint, TableCheckpoint
+from ._doctor import Diagnosis, doctor
 from ._exceptions import (
     ConfigurationError,
     ConnectionLostError,
@@ -32,6 +33,7 @@ __all__ = [
     "CheckpointStore",
     "ConfigurationError",
     "ConnectionLostError",
+    "Diagnosis",
     "ExportReport",
     "FileCheckpoint",
     "ProcessReport",
@@ -46,6 +48,7 @@ __all__ = [
     "TableCheckpoint",
     "UnsupportedQueryError",
     "create_engine",
+    "doctor",
     "export",
     "process",
     "stream",
