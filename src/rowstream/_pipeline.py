@@ -1,0 +1,278 @@
+"""The pipeline between a stream and its handlers: a bounded queue and at most N handlers.
+
+    stream --(producer task)--> queue (BUFFER_BATCHES) --(dispatcher)--> N handler tasks
+                                                                             |
+                                      settle(item, error) in completion or stream order <-'
+
+The producer reads the next batch while handlers run, so the database and the handlers work
+at the same time (the seeds' gather-in-waves loop waits for the slowest task of each wave
+instead, ERRATA 8). The dispatcher takes a slot before it takes a batch off the queue, so a
+batch is held in exactly one place: by the producer (at most one, waiting to be queued), in
+the queue (at most ``BUFFER_BATCHES``) or by a handler (at most ``concurrency``).
+``peak_batches`` counts what is held at once and can never exceed
+``concurrency + BUFFER_BATCHES + 1``, whichever side is faster.
+
+Nothing here knows about databases: :mod:`rowstream._process` feeds it batches of a stream
+and keeps the checkpoint; :mod:`rowstream.sync` has the thread-pool twin of this loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+#: Batches read ahead of the handlers, beyond the ``concurrency`` batches being handled.
+BUFFER_BATCHES = 2
+#: How long cancelled handlers get to unwind before the pipeline stops waiting for them.
+CANCEL_GRACE = 0.5
+
+T = TypeVar("T")
+
+
+@dataclass
+class Item(Generic[T]):
+    """One batch on its way through the pipeline, numbered in stream order from 0."""
+
+    seq: int
+    batch: list[T]
+    first_key: tuple[Any, ...] | None = None
+    last_key: tuple[Any, ...] | None = None
+    #: How many rows the batch had; kept after the batch itself is dropped.
+    rows: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = len(self.batch)
+
+
+@dataclass
+class PipelineStats:
+    """High-water marks, so that tests and benchmarks can check that memory stayed bounded."""
+
+    #: Most batches held at once: read from the stream and not yet finished by a handler.
+    peak_batches: int = 0
+    #: Most batches waiting in the queue at once (at most ``BUFFER_BATCHES``).
+    peak_queue: int = 0
+    #: Most handlers running at once (at most ``concurrency``).
+    peak_running: int = 0
+    #: Batches started after the first failure was seen (``on_error="raise"``); a few at most.
+    started_after_failure: int = 0
+
+
+Handler = Callable[[list[Any]], Any]
+Settle = Callable[[Item[Any], BaseException | None], None]
+
+
+def is_async_handler(handler: Handler) -> bool:
+    """True for ``async def`` functions, partials of them and objects with an async ``__call__``."""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - an async __call__ is what we look for
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class _End:
+    """The producer's last word: the stream is exhausted."""
+
+
+_END = _End()
+
+
+class Pipeline:
+    """Feed the items of ``source`` to ``handler`` with at most ``concurrency`` at a time.
+
+    ``settle(item, error)`` is called on the event loop for every finished item: with
+    ``error=None`` on success, with the handler's exception when ``stop_on_error`` is false.
+    When ``stop_on_error`` is true the first handler exception stops everything instead and
+    :meth:`run` re-raises it. With ``ordered`` true, ``settle`` sees items in stream order and
+    an item starts only when it is fewer than ``concurrency`` places after the oldest
+    unfinished one.
+    """
+
+    def __init__(
+        self,
+        source: AsyncIterator[Item[Any]],
+        handler: Handler,
+        *,
+        concurrency: int,
+        ordered: bool,
+        stop_on_error: bool,
+        settle: Settle,
+    ) -> None:
+        self._source = source
+        self._concurrency = concurrency
+        self._ordered = ordered
+        self._stop_on_error = stop_on_error
+        self._settle_cb = settle
+        self._call = self._async_call if is_async_handler(handler) else self._thread_call
+        self._handler = handler
+        self._executor: ThreadPoolExecutor | None = None
+        self._queue: asyncio.Queue[Item[Any] | _End] = asyncio.Queue(maxsize=BUFFER_BATCHES)
+        self._held = 0
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._next_to_settle = 0
+        self._finished: dict[int, tuple[Item[Any], BaseException | None]] = {}
+        self._changed = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._error: BaseException | None = None
+        self._failed_seen = False
+        self.stats = PipelineStats()
+
+    async def run(self) -> None:
+        """Run to the end of the source, or to the first error; always stop every task."""
+        producer = asyncio.create_task(self._produce(), name="rowstream-producer")
+        dispatcher = asyncio.create_task(self._dispatch(), name="rowstream-dispatcher")
+        for task in (producer, dispatcher):
+            task.add_done_callback(self._on_helper_done)
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._stop_all(producer, dispatcher)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    # -- the three kinds of task -------------------------------------------------------
+
+    async def _produce(self) -> None:
+        async for item in self._source:
+            self._held += 1
+            self.stats.peak_batches = max(self.stats.peak_batches, self._held)
+            await self._queue.put(item)
+            self.stats.peak_queue = max(self.stats.peak_queue, self._queue.qsize())
+        await self._queue.put(_END)
+
+    async def _dispatch(self) -> None:
+        seq = 0
+        while True:
+            while not self._can_start(seq):
+                self._changed.clear()
+                await self._changed.wait()
+            item = await self._queue.get()
+            if isinstance(item, _End):
+                break
+            seq = item.seq + 1
+            if self._failed_seen:
+                self.stats.started_after_failure += 1
+            task = asyncio.create_task(self._handle(item), name=f"rowstream-batch-{item.seq}")
+            # Only what escapes _handle lands here (KeyboardInterrupt, SystemExit, ...).
+            task.add_done_callback(self._on_helper_done)
+            self._running[item.seq] = task
+            self.stats.peak_running = max(self.stats.peak_running, len(self._running))
+        while self._running:
+            self._changed.clear()
+            await self._changed.wait()
+        self._stopped.set()
+
+    async def _handle(self, item: Item[Any]) -> None:
+        error: BaseException | None = None
+        try:
+            await self._call(item.batch)
+        except Exception as exc:
+            error = exc
+        finally:
+            # Runs on cancellation too: the slot and the batch are given back either way.
+            self._running.pop(item.seq, None)
+            self._held -= 1
+            self._changed.set()
+        # The batch is dropped here, before settling, so a handler that finished holds nothing.
+        item.batch = []
+        if error is not None and self._stop_on_error:
+            self._fail(error)
+            return
+        self._finish(item, error)
+
+    # -- calling the handler -----------------------------------------------------------
+
+    async def _async_call(self, batch: list[Any]) -> None:
+        await self._handler(batch)
+
+    async def _thread_call(self, batch: list[Any]) -> None:
+        if self._executor is None:
+            # A pool of our own with one thread per slot: the loop's default executor has
+            # min(32, cores + 4) threads, too few for a large ``concurrency``.
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._concurrency, thread_name_prefix="rowstream-handler"
+            )
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, self._handler, batch)
+        result = await loop.run_in_executor(self._executor, call)
+        if inspect.isawaitable(result):
+            await result
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _can_start(self, seq: int) -> bool:
+        if len(self._running) >= self._concurrency:
+            return False
+        return not self._ordered or seq < self._next_to_settle + self._concurrency
+
+    def _finish(self, item: Item[Any], error: BaseException | None) -> None:
+        if not self._ordered:
+            self._next_to_settle += 1
+            self._settle(item, error)
+            return
+        self._finished[item.seq] = (item, error)
+        while self._next_to_settle in self._finished:
+            done, done_error = self._finished.pop(self._next_to_settle)
+            self._next_to_settle += 1
+            self._settle(done, done_error)
+        self._changed.set()
+
+    def _settle(self, item: Item[Any], error: BaseException | None) -> None:
+        try:
+            self._settle_cb(item, error)
+        except Exception as exc:
+            # A failing progress callback or checkpoint store stops the run like a handler.
+            self._fail(exc)
+
+    def fail(self, error: BaseException) -> None:
+        """Stop the run with ``error`` (a checkpoint store that cannot save, for instance)."""
+        self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        self._failed_seen = True
+        if self._error is None:
+            self._error = error
+        self._stopped.set()
+
+    def _on_helper_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._fail(error)
+
+    async def _stop_all(self, *helpers: asyncio.Task[None]) -> None:
+        tasks = [*helpers, *self._running.values()]
+        for task in tasks:
+            task.cancel()
+        pending = [task for task in tasks if not task.done()]
+        if pending:
+            # Handlers that swallow cancellation are not waited for beyond the grace period;
+            # the run still stops and reports its error on time.
+            await asyncio.wait(pending, timeout=CANCEL_GRACE)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                # Retrieved so that asyncio does not log "exception was never retrieved".
+                task.exception()
+        if self._executor is not None:
+            # A handler already running in a thread cannot be interrupted: it finishes in the
+            # background and its result is dropped; batches not yet started never start.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            await aclose_iterator(self._source)
+
+
+async def aclose_iterator(iterator: AsyncIterator[Any]) -> None:
+    """Close an async generator (a no-op for other iterators)."""
+    aclose: Callable[[], Awaitable[None]] | None = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()

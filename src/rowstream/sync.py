@@ -1,0 +1,745 @@
+"""rowstream for synchronous code: Celery tasks, threads, scripts.
+
+The same stream and the same ``process()`` as the async API, on a sync Engine, Connection or
+Session (or a URL), with a server-side cursor per dialect:
+
+- PostgreSQL through psycopg 3: a named cursor (``DECLARE ... CURSOR`` / ``FETCH FORWARD n``)
+  inside the stream's transaction;
+- MySQL/MariaDB through PyMySQL: an unbuffered ``SSCursor``;
+- SQLite through sqlite3, which steps its statement as rows are fetched.
+
+Planning, batch sizing, keys, error translation, the report and checkpoint stores are the
+async side's own (:mod:`rowstream._plan`, ``_sizing``, ``_keys``, ``_translate``,
+``_process``, ``_checkpoint``); only the I/O differs.
+
+Example::
+
+    from rowstream import sync
+
+    with sync.stream(engine, select(Invoice).where(Invoice.status == "ready")) as invoices:
+        for invoice in invoices:
+            ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Literal, cast
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.selectable import Select
+
+from ._checkpoint import CheckpointStore
+from ._exceptions import ConfigurationError, RowstreamError, StreamKeyError
+from ._keys import Key, KeyArg, resolve_key
+from ._keyset import pageable
+from ._pipeline import BUFFER_BATCHES, CANCEL_GRACE, Handler, Item, PipelineStats
+from ._plan import Plan, Statement, make_plan
+from ._process import (
+    DEFAULT_CONCURRENCY,
+    Bookkeeper,
+    OnError,
+    ProcessReport,
+    check_options,
+)
+from ._sizing import DEFAULT_BATCH_BYTES, FIRST_BATCH_ROWS, BatchSizer
+from ._source import APPLICATION_NAME, ResolvedSource, mask_url
+from ._stream import Stats
+from ._translate import raise_translated
+
+__all__ = ["SyncRowStream", "create_engine", "process", "stream"]
+
+#: The synchronous driver each backend gets when a URL names none (or names an async one).
+SYNC_DRIVERS = {
+    "postgresql": "psycopg",
+    "mysql": "pymysql",
+    "mariadb": "pymysql",
+    "sqlite": "pysqlite",
+}
+_BACKEND_ALIASES = {"postgres": "postgresql", "pgsql": "postgresql"}
+_ASYNC_DRIVERS = {"asyncpg", "psycopg_async", "asyncmy", "aiomysql", "aiosqlite"}
+_MYSQL = {"mysql", "mariadb"}
+
+SyncSource = str | URL | sa.Engine | sa.Connection | Session
+
+
+def resolve_url(url: str | URL) -> URL:
+    """Parse ``url`` and give it a synchronous driver (psycopg, PyMySQL or sqlite3).
+
+    >>> resolve_url("postgresql+asyncpg://app@db/shop").drivername
+    'postgresql+psycopg'
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        raise ConfigurationError(
+            f"malformed database URL {mask_url(url)!r}: expected something like "
+            "postgresql://user@host:5432/dbname, mysql://user@host/dbname or "
+            "sqlite:///path/to/file.db"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    backend = _BACKEND_ALIASES.get(backend, backend)
+    if backend not in SYNC_DRIVERS:
+        raise ConfigurationError(
+            f"unsupported database {backend!r} in {mask_url(parsed)!r}: rowstream reads "
+            "postgresql://, mysql://, mariadb:// and sqlite:/// URLs"
+        )
+    if not driver or driver in _ASYNC_DRIVERS:
+        driver = SYNC_DRIVERS[backend]
+    return parsed.set(drivername=f"{backend}+{driver}")
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> sa.Engine:
+    """Create a synchronous Engine with defaults that are safe for streaming.
+
+    - psycopg: no server-side prepared statements (``prepare_threshold=None``), so it works
+      through a transaction-pooling PgBouncer; ``application_name=rowstream``.
+    - every connection's session time zone is UTC; ``pool_pre_ping`` on.
+
+    Keyword arguments go to SQLAlchemy's ``create_engine`` and win; ``connect_args`` merge.
+
+    Example::
+
+        engine = rowstream.sync.create_engine("postgresql://app@db/shop")
+        with rowstream.sync.stream(engine, select(Order)) as orders:
+            ...
+    """
+    resolved = resolve_url(url)
+    connect_args: dict[str, Any] = {}
+    if resolved.get_driver_name() == "psycopg":
+        connect_args = {"prepare_threshold": None, "application_name": APPLICATION_NAME}
+    connect_args.update(kwargs.pop("connect_args", {}))
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    options.update(kwargs)
+    try:
+        engine = sa.create_engine(resolved, connect_args=connect_args, **options)
+    except (ArgumentError, NoSuchModuleError, TypeError) as exc:
+        raise ConfigurationError(
+            f"cannot create an engine for {mask_url(resolved)!r}: {exc}"
+        ) from None
+    statement = {
+        "postgresql": "SET TIME ZONE 'UTC'",
+        "mysql": "SET time_zone = '+00:00'",
+        "mariadb": "SET time_zone = '+00:00'",
+    }.get(engine.dialect.name)
+    if statement is not None:
+
+        @event.listens_for(engine, "connect")
+        def _utc(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(statement)
+            finally:
+                cursor.close()
+
+    return engine
+
+
+def sync_engine_for(source: Any) -> tuple[sa.Engine, bool]:
+    """A synchronous engine for ``source`` (URL, Engine, Connection, Session, or an async
+    engine/connection/session, whose URL is reused with a sync driver), and whether the caller
+    owns it (must dispose of it)."""
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+    if isinstance(source, (str, URL)):
+        return create_engine(source, pool_size=1, max_overflow=1), True
+    if isinstance(source, sa.Engine):
+        return source, False
+    if isinstance(source, sa.Connection):
+        return source.engine, False
+    if isinstance(source, Session) and source.bind is not None:
+        return sync_engine_for(source.bind)
+    if isinstance(source, AsyncSession) and source.bind is not None:
+        return sync_engine_for(source.bind)
+    if isinstance(source, (AsyncEngine, AsyncConnection)):
+        engine = source if isinstance(source, AsyncEngine) else source.engine
+        if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                "an in-memory SQLite database cannot hold a checkpoint table: use a file"
+            )
+        return create_engine(engine.url, pool_size=1, max_overflow=1), True
+    raise ConfigurationError(
+        f"cannot keep a checkpoint in a {type(source).__name__}: pass a database URL or an engine"
+    )
+
+
+# -- the stream ------------------------------------------------------------------------------
+
+
+class SyncRowStream:
+    """An open synchronous stream; use it as ``with rowstream.sync.stream(...) as rows``.
+
+    ``for item in rows`` gives one item at a time (an ORM instance for a single-entity select,
+    a Row otherwise); ``rows.batches()`` gives lists; ``rows.stats`` tells how much was read;
+    ``rows.key_columns`` and ``rows.key_of(item)`` give the key, as on the async stream.
+    """
+
+    def __init__(
+        self,
+        source: SyncSource,
+        statement: Statement,
+        *,
+        batch_rows: int | None = None,
+        batch_bytes: int | None = DEFAULT_BATCH_BYTES,
+        key: KeyArg = None,
+        start_after: tuple[Any, ...] | None = None,
+    ) -> None:
+        self._plan: Plan = make_plan(statement)
+        self._sizer = BatchSizer(batch_rows=batch_rows, batch_bytes=batch_bytes)
+        self._source_arg = source
+        self._key_arg = key
+        self._key: Key | None = None
+        self._last_key = tuple(start_after) if start_after is not None else None
+        self._engine: sa.Engine | None = None
+        self._owns_engine = False
+        self._borrowed: sa.Connection | None = None
+        self._conn: sa.Connection | None = None
+        self._trans: sa.RootTransaction | None = None
+        self._session: Session | None = None
+        self._result: Any = None
+        self._keys: list[str] = []
+        self._state: Literal["new", "open", "closed"] = "new"
+        self._done = False
+        self.stats = Stats(strategy="cursor")
+
+    # -- what the caller sees ------------------------------------------------------------
+
+    @property
+    def orm(self) -> bool:
+        """True when items are ORM instances."""
+        return self._plan.scalars
+
+    def keys(self) -> list[str]:
+        """The names of the result's columns."""
+        self._check_open()
+        return self._keys
+
+    @property
+    def key_columns(self) -> tuple[str, ...] | None:
+        """The names of the key's columns (attributes for ORM instances), None without a key."""
+        return self._key.names if self._key is not None else None
+
+    def key_of(self, item: Any) -> tuple[Any, ...]:
+        """The key of a delivered item, as a tuple (``start_after=`` takes it back)."""
+        if self._key is None:
+            raise StreamKeyError(
+                "this stream has no key: pass key= naming unique, non-null columns"
+            )
+        return self._key.of(item)
+
+    @property
+    def last_key(self) -> tuple[Any, ...] | None:
+        """The key of the last item delivered (or ``start_after``), None before any."""
+        return self._last_key
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Yield the rows in lists, each about ``batch_bytes`` large (or ``batch_rows`` long)."""
+        while batch := self._next_batch():
+            yield batch
+
+    def __iter__(self) -> Iterator[Any]:
+        while batch := self._next_batch():
+            yield from batch
+
+    # -- opening and closing -------------------------------------------------------------
+
+    def __enter__(self) -> SyncRowStream:
+        if self._state != "new":
+            raise RowstreamError("a stream can be opened once: call rowstream.sync.stream() again")
+        self._state = "open"
+        self.stats.started = time.perf_counter()
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _resolve(self) -> None:
+        source = self._source_arg
+        if isinstance(source, Session):
+            bind = source.bind
+            if bind is None:
+                raise ConfigurationError(
+                    "the Session has no bind: create it with sessionmaker(engine) or pass the "
+                    "engine to rowstream.sync instead"
+                )
+            source = bind
+        if isinstance(source, (str, URL)):
+            self._engine, self._owns_engine = create_engine(source, poolclass=NullPool), True
+        elif isinstance(source, sa.Engine):
+            self._engine = source
+        elif isinstance(source, sa.Connection):
+            self._engine, self._borrowed = source.engine, source
+        else:
+            from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+            if isinstance(source, (AsyncEngine, AsyncConnection, AsyncSession)):
+                raise ConfigurationError(
+                    f"{type(source).__name__} is asynchronous: use rowstream.stream() with it, "
+                    "or pass a sync Engine, Session or URL to rowstream.sync.stream()"
+                )
+            raise ConfigurationError(
+                f"cannot stream from a {type(source).__name__}: pass a database URL string, "
+                "an Engine, a Connection or a Session"
+            )
+
+    def _open(self) -> None:
+        self._resolve()
+        engine = self._engine
+        assert engine is not None
+        dialect = engine.dialect.name
+        if self._plan.side_queries and dialect in _MYSQL:
+            from ._exceptions import UnsupportedQueryError
+
+            raise UnsupportedQueryError(
+                "on MySQL/MariaDB a server-side cursor cannot share its connection with the "
+                "queries selectinload() sends: load the related objects after the stream"
+            )
+        if self._borrowed is not None:
+            self._conn = self._borrowed
+        else:
+            try:
+                self._conn = engine.connect()
+            except Exception as exc:
+                raise_translated(exc, url=engine.url, connecting=True)
+        conn = self._conn
+        assert conn is not None
+        try:
+            self._key = _resolve_key(conn, self._plan, self._key_arg)
+            statement = self._statement(dialect)
+            if not conn.in_transaction():
+                self._trans = conn.begin()
+            statement = statement.execution_options(yield_per=FIRST_BATCH_ROWS)
+            if self._plan.orm:
+                self._session = Session(bind=conn, autoflush=False, expire_on_commit=False)
+                result: Any = self._session.execute(statement)
+            else:
+                result = conn.execute(statement)
+            self._keys = list(result.keys())
+            self._result = result.scalars() if self._plan.scalars else result
+        except RowstreamError:
+            raise
+        except Exception as exc:
+            raise_translated(exc, url=engine.url)
+
+    def _statement(self, dialect: str) -> Any:
+        statement = self._plan.statement
+        key = self._key
+        if key is None:
+            if self._last_key is not None:
+                raise StreamKeyError(
+                    "no usable key: start_after needs one; the primary key of the single table "
+                    "selected is used by default, or pass key= naming unique, non-null columns"
+                )
+            return statement
+        assert isinstance(statement, Select)
+        refusal = pageable(statement, key)
+        if refusal is not None:
+            if self._last_key is not None:
+                raise StreamKeyError(f"cannot start this statement after a key: {refusal}")
+            return statement
+        # Rows in key order, so that a key says where the stream is.
+        if not statement._order_by_clauses:
+            statement = statement.order_by(*key.columns)
+        if self._last_key is not None:
+            statement = statement.where(key.after(self._last_key, dialect=dialect))
+        return statement
+
+    def close(self) -> None:
+        """Close the cursor, roll back, return the connection; safe to call twice."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self.stats.finished = time.perf_counter()
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                try:
+                    self._release(conn)
+                except Exception:
+                    # In an unknown state: drop the connection rather than pool it.
+                    if self._borrowed is None:
+                        with contextlib.suppress(Exception):
+                            conn.invalidate()
+                        with contextlib.suppress(Exception):
+                            conn.close()
+        finally:
+            if self._owns_engine and self._engine is not None:
+                self._engine.dispose()
+
+    def _release(self, conn: sa.Connection) -> None:
+        owned = self._borrowed is None
+        assert self._engine is not None
+        if (
+            owned
+            and not self._done
+            and self._result is not None
+            and self._engine.dialect.name in _MYSQL
+        ):
+            # Closing an unbuffered result reads every remaining row; on an early exit
+            # close the socket instead, which also stops the query on the server.
+            conn.invalidate()
+            conn.close()
+            return
+        if self._result is not None:
+            self._result.close()
+        if self._session is not None:
+            self._session.close()
+        if self._trans is not None and self._trans.is_active:
+            self._trans.rollback()
+        if owned:
+            conn.close()
+
+    def _check_open(self) -> None:
+        if self._state == "new":
+            raise RowstreamError(
+                "the stream is not open: use it as `with rowstream.sync.stream(...) as rows:`"
+            )
+        if self._state == "closed":
+            raise RowstreamError(
+                "the stream is closed: read it inside its `with rowstream.sync.stream(...)` block"
+            )
+
+    def _next_batch(self) -> list[Any]:
+        self._check_open()
+        if self._done:
+            return []
+        size = self._sizer.next_rows()
+        if self._session is not None:
+            # Earlier batches belong to the caller; the stream's session must not keep them.
+            self._session.expunge_all()
+        try:
+            batch = list(self._result.fetchmany(size))
+        except Exception as exc:
+            assert self._engine is not None
+            raise_translated(exc, url=self._engine.url)
+        if len(batch) < size:
+            self._done = True
+        if not batch:
+            return batch
+        stats = self.stats
+        stats.rows += len(batch)
+        stats.batches += 1
+        stats.bytes += self._sizer.observe(batch)
+        if self._key is not None:
+            self._last_key = self._key.of(batch[-1])
+        return batch
+
+
+def _resolve_key(conn: sa.Connection, plan: Plan, key: KeyArg) -> Key | None:
+    """The stream's key, decided by the async side's own :func:`rowstream._keys.resolve_key`.
+
+    That coroutine only ever waits for ``borrowed.run_sync(fn, ...)`` (a catalog lookup);
+    given a connection whose ``run_sync`` runs ``fn`` at once on this sync connection, it
+    never suspends, so it is driven to its end here without an event loop. One set of key
+    rules for both APIs, not two that drift apart.
+    """
+    source = cast(ResolvedSource, _InlineSource(conn))
+    coroutine = resolve_key(source, plan, key)
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast(Key | None, done.value)
+    coroutine.close()
+    raise RowstreamError("internal error: key resolution waited for async I/O in rowstream.sync")
+
+
+class _InlineConnection:
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self._conn, *args)
+
+
+class _InlineSource:
+    """Just enough of a ResolvedSource for key resolution on a sync connection."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.borrowed = _InlineConnection(conn)
+        self.engine = conn.engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+
+def stream(
+    source: SyncSource,
+    statement: Statement,
+    *,
+    batch_rows: int | None = None,
+    batch_bytes: int | None = DEFAULT_BATCH_BYTES,
+    key: KeyArg = None,
+    start_after: tuple[Any, ...] | None = None,
+) -> SyncRowStream:
+    """Stream the rows of ``statement`` with flat memory, in synchronous code.
+
+    ``source`` is a URL string, an Engine, a Connection or a Session (whose bind lends a
+    connection). The stream runs in a transaction on a connection of its own, rolled back and
+    returned on every exit path. ``key`` and ``start_after`` work as in
+    :func:`rowstream.stream`: with a key, unordered statements are read in key order.
+
+    Example::
+
+        with rowstream.sync.stream(engine, select(Order).where(Order.status == "paid")) as rows:
+            for batch in rows.batches():
+                write(batch)
+        print(rows.stats.rows)
+    """
+    return SyncRowStream(
+        source,
+        statement,
+        batch_rows=batch_rows,
+        batch_bytes=batch_bytes,
+        key=key,
+        start_after=start_after,
+    )
+
+
+# -- process ---------------------------------------------------------------------------------
+
+
+class _ThreadPipeline:
+    """The thread-pool twin of :class:`rowstream._pipeline.Pipeline`.
+
+    The calling thread reads the stream and keeps up to ``BUFFER_BATCHES + 1`` batches ready
+    while ``concurrency`` worker threads run the handler; workers report back through a queue
+    and the calling thread does all the bookkeeping (report, checkpoint, progress), so none of
+    it needs a lock.
+    """
+
+    def __init__(
+        self,
+        batches: Iterator[Item[Any]],
+        handler: Handler,
+        *,
+        concurrency: int,
+        ordered: bool,
+        stop_on_error: bool,
+        books: Bookkeeper,
+    ) -> None:
+        self._batches = batches
+        self._handler = handler
+        self._concurrency = concurrency
+        self._ordered = ordered
+        self._stop_on_error = stop_on_error
+        self._books = books
+        self._ready: deque[Item[Any]] = deque()
+        self._running: dict[int, Future[None]] = {}
+        self._finished: dict[int, tuple[Item[Any], BaseException | None]] = {}
+        self._next_to_settle = 0
+        self._results: queue.SimpleQueue[tuple[Item[Any], BaseException | None]] = (
+            queue.SimpleQueue()
+        )
+        self._exhausted = False
+        self._error: BaseException | None = None
+        self.stats = PipelineStats()
+
+    def run(self, save: Callable[[], None]) -> None:
+        executor = ThreadPoolExecutor(
+            max_workers=self._concurrency, thread_name_prefix="rowstream-handler"
+        )
+        try:
+            self._loop(executor, save)
+        finally:
+            # Handlers already running cannot be interrupted: give them a moment, keep what
+            # finished (so the checkpoint counts it), and leave the rest to finish unseen.
+            deadline = time.monotonic() + CANCEL_GRACE
+            while self._running and time.monotonic() < deadline:
+                try:
+                    item, error = self._results.get(timeout=deadline - time.monotonic())
+                except queue.Empty:
+                    break
+                self._running.pop(item.seq, None)
+                if error is None:
+                    self._finish(item, None)
+            executor.shutdown(wait=False, cancel_futures=True)
+        if self._error is not None:
+            raise self._error
+
+    def _loop(self, executor: ThreadPoolExecutor, save: Callable[[], None]) -> None:
+        while self._error is None:
+            self._collect(block=False)
+            if self._error is not None:
+                break
+            if self._ready and self._can_start(self._ready[0].seq):
+                self._start(executor, self._ready.popleft())
+            elif not self._exhausted and len(self._ready) <= BUFFER_BATCHES:
+                # Read ahead while the handlers work (the database and the handlers overlap).
+                item = next(self._batches, None)
+                if item is None:
+                    self._exhausted = True
+                    continue
+                self._ready.append(item)
+                held = len(self._ready) + len(self._running)
+                self.stats.peak_batches = max(self.stats.peak_batches, held)
+                self.stats.peak_queue = max(self.stats.peak_queue, len(self._ready) - 1)
+            elif self._running:
+                self._collect(block=True)
+            else:
+                break
+            save()
+        save()
+
+    def _can_start(self, seq: int) -> bool:
+        if len(self._running) >= self._concurrency:
+            return False
+        return not self._ordered or seq < self._next_to_settle + self._concurrency
+
+    def _start(self, executor: ThreadPoolExecutor, item: Item[Any]) -> None:
+        results = self._results
+        handler = self._handler
+
+        def work() -> None:
+            error: BaseException | None = None
+            try:
+                handler(item.batch)
+            except Exception as exc:
+                error = exc
+            results.put((item, error))
+
+        self._running[item.seq] = executor.submit(work)
+        self.stats.peak_running = max(self.stats.peak_running, len(self._running))
+
+    def _collect(self, *, block: bool) -> None:
+        try:
+            item, error = self._results.get(block=block)
+        except queue.Empty:
+            return
+        while True:
+            self._running.pop(item.seq, None)
+            item.batch = []
+            if error is not None and self._stop_on_error:
+                self._error = error
+                return
+            self._finish(item, error)
+            try:
+                item, error = self._results.get_nowait()
+            except queue.Empty:
+                return
+
+    def _finish(self, item: Item[Any], error: BaseException | None) -> None:
+        if not self._ordered:
+            self._books.settle(item, error)
+            return
+        self._finished[item.seq] = (item, error)
+        while self._next_to_settle in self._finished:
+            done, done_error = self._finished.pop(self._next_to_settle)
+            self._next_to_settle += 1
+            self._books.settle(done, done_error)
+
+
+def process(
+    source: SyncSource,
+    statement: Statement,
+    handler: Callable[[list[Any]], Any],
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    batch_rows: int | None = None,
+    batch_bytes: int | None = DEFAULT_BATCH_BYTES,
+    ordered: bool = False,
+    on_error: OnError = "raise",
+    checkpoint: CheckpointStore | None = None,
+    progress: Callable[[ProcessReport], Any] | None = None,
+    key: KeyArg = None,
+) -> ProcessReport:
+    """Stream ``statement`` and call ``handler(batch)`` in a pool of ``concurrency`` threads.
+
+    The semantics are those of :func:`rowstream.process`: at most ``concurrency`` batches in
+    handlers and ``BUFFER_BATCHES + 1`` read ahead; ``on_error="raise"`` stops at the first
+    handler error and re-raises it (handlers already running finish in the background; those
+    that finish within ``CANCEL_GRACE`` seconds still count), ``"collect"`` reports failed
+    batches with their keys; ``ordered`` and checkpoints (same stores, same guarantee: at most
+    once per batch across clean stops, at least once across crashes) work the same way.
+    Handlers never get the streaming connection: one that needs the database opens its own
+    session. ``progress(report)`` runs in the calling thread.
+
+    Example (a Celery task)::
+
+        @app.task
+        def send_invoices() -> int:
+            def send(invoices: list[Invoice]) -> None:
+                billing_api.send([i.id for i in invoices])
+                with Session() as session, session.begin():
+                    session.execute(
+                        update(Invoice).where(Invoice.id.in_([i.id for i in invoices]))
+                        .values(status="sent")
+                    )
+
+            report = rowstream.sync.process(
+                engine, select(Invoice).where(Invoice.status == "ready_to_send"), send,
+                checkpoint=rowstream.TableCheckpoint(engine, "send-invoices"),
+            )
+            return report.rows
+    """
+    check_options(
+        handler,
+        concurrency=concurrency,
+        on_error=on_error,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
+    books = Bookkeeper(
+        concurrency=concurrency, on_error=on_error, store=checkpoint, progress=progress
+    )
+    if checkpoint is not None:
+        books.loaded = checkpoint.load()
+
+    def save() -> None:
+        if checkpoint is not None:
+            snapshot = books.snapshot()
+            if snapshot is not None:
+                checkpoint.save(snapshot)
+
+    error: BaseException | None = None
+    try:
+        with stream(
+            source,
+            statement,
+            batch_rows=batch_rows,
+            batch_bytes=batch_bytes,
+            key=key,
+            start_after=books.start_after,
+        ) as rows:
+            books.bind(rows.key_columns, rows.key_of)
+            pipeline = _ThreadPipeline(
+                books.items(rows.batches()),
+                handler,
+                concurrency=concurrency,
+                ordered=ordered,
+                stop_on_error=on_error == "raise",
+                books=books,
+            )
+            try:
+                pipeline.run(save)
+                books.finish()
+            finally:
+                books.report.take_stats(pipeline.stats)
+                save()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        books.close(error)
+    return books.report
