@@ -19,6 +19,7 @@ is read-only before COPY, so a ``--where`` cannot smuggle in a second statement 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import threading
@@ -31,6 +32,7 @@ import pyarrow.csv as pacsv
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._arrow import ArrowColumn, pg_column
+from ._exceptions import SinkError
 from ._sinks import ParquetSink
 
 __all__ = ["PgColumn", "copy_csv", "copy_jsonl", "copy_parquet", "pg_transaction", "probe"]
@@ -215,8 +217,10 @@ async def copy_parquet(
     read_fd, write_fd = os.pipe()
     errors: list[BaseException] = []
 
-    def consume(source: BinaryIO) -> None:
+    def consume(source: io.BufferedReader) -> None:
         try:
+            if source.peek(1) == b"":
+                return  # no rows: Arrow refuses an empty CSV, the sink writes an empty file
             reader = pacsv.open_csv(
                 source,
                 read_options=pacsv.ReadOptions(
@@ -239,7 +243,7 @@ async def copy_parquet(
         finally:
             source.close()
 
-    reader_file = os.fdopen(read_fd, "rb")
+    reader_file = os.fdopen(read_fd, "rb", buffering=1024 * 1024)
     writer_file = os.fdopen(write_fd, "wb", buffering=0)
     thread = threading.Thread(target=consume, args=(reader_file,), name="rowstream-parquet")
     thread.start()
@@ -260,5 +264,10 @@ async def copy_parquet(
         # The thread ends at the pipe's end of file; a bounded wait keeps Ctrl-C prompt.
         thread.join()
     if errors:
-        raise errors[0]
+        error = errors[0]
+        if isinstance(error, pa.ArrowException):
+            raise SinkError(
+                f"cannot convert PostgreSQL's rows to Parquet: {str(error).splitlines()[0]}"
+            ) from error
+        raise error
     return _rows(str(status))
