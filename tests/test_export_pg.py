@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pyarrow as pa
@@ -38,14 +37,19 @@ CREATE TABLE {TABLE} (
 INSERT INTO {TABLE} VALUES
 (1, 32767, 2147483647, 9223372036854775807, true,
  3.4028235e38, 1.7976931348623157e308,
- 12345678.90, 1234567890123456789012345678.0123456789, 123456789012345678901234567890.123456789012345,
- '0001-01-01 00:00:00+00', '0001-01-01 00:00:00', '0001-01-01', '00:00:00', '1 year 2 mons 3 days 04:05:06.789',
- 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{"b": 1,  "a": [1, 2.50]}}', '{{"b": 1, "a": [1, 2.50], "z": null}}',
- '{{1,NULL,3}}', '{{"a b","",NULL,"q\\"uote"}}', '\\x00ff10', 'héllo, "wörld"' || E'\\nline2\\r\\n', ''),
+ 12345678.90, 1234567890123456789012345678.0123456789,
+ 123456789012345678901234567890.123456789012345,
+ '0001-01-01 00:00:00+00', '0001-01-01 00:00:00', '0001-01-01', '00:00:00',
+ '1 year 2 mons 3 days 04:05:06.789',
+ 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{"b": 1,  "a": [1, 2.50]}}',
+ '{{"b": 1, "a": [1, 2.50], "z": null}}',
+ '{{1,NULL,3}}', '{{"a b","",NULL,"q\\"uote"}}', '\\x00ff10',
+ 'héllo, "wörld"' || E'\\nline2\\r\\n', ''),
 (2, -32768, -2147483648, -9223372036854775808, false,
  'NaN', 'Infinity',
  -0.01, -0.0000000001, 'NaN',
- '9999-12-31 23:59:59.999999+00', '9999-12-31 23:59:59.999999', '9999-12-31', '23:59:59.999999', '-3 days -00:00:01',
+ '9999-12-31 23:59:59.999999+00', '9999-12-31 23:59:59.999999', '9999-12-31', '23:59:59.999999',
+ '-3 days -00:00:01',
  '00000000-0000-0000-0000-000000000000', '[]', '{{}}', '{{}}', '{{}}', '\\x', '日本語 😀 \\.', 'x'),
 (3, 0, 0, 0, NULL,
  '-Infinity', '-Infinity',
@@ -238,7 +242,3 @@ async def test_through_pgbouncer(types_table: str, pgbouncer_url: str, tmp_path:
     out = tmp_path / "bounced.csv"
     await rowstream.export(pgbouncer_url, sa.text(QUERY), out)
     assert out.read_bytes() == await _oracle_copy(types_table, QUERY)
-
-
-def _unused(_: Any) -> None:  # keeps the Any import honest for type checkers
-    return None
