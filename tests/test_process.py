@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase
 
 import rowstream
+import rowstream.sync
 from rowstream._pipeline import BUFFER_BATCHES
 
 ROWS = 2_000
@@ -49,6 +50,18 @@ async def fill(engine: AsyncEngine, count: int = ROWS) -> None:
         await conn.run_sync(metadata.drop_all)
         await conn.run_sync(metadata.create_all)
         await conn.execute(proc_items.insert(), item_rows(count))
+
+
+def fill_sync(url: str, count: int = ROWS) -> None:
+    """(Re)create proc_items with ids 1..count, from synchronous code."""
+    engine = rowstream.sync.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            metadata.drop_all(conn)
+            metadata.create_all(conn)
+            conn.execute(proc_items.insert(), item_rows(count))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

@@ -284,6 +284,8 @@ class TableCheckpoint:
 
             self._engine, self._owns_engine = sync_engine_for(self._source)
         if not self._created:
+            if self._engine.dialect.name == "sqlite":
+                self._check_wal(self._engine)
             try:
                 self._table.create(self._engine, checkfirst=True)
             except sa.exc.DBAPIError as exc:
@@ -294,6 +296,18 @@ class TableCheckpoint:
                     ) from None
             self._created = True
         return self._engine
+
+    @staticmethod
+    def _check_wal(engine: sa.Engine) -> None:
+        # In SQLite's default rollback-journal mode a write cannot commit while the stream's
+        # connection reads the same file: every save would wait for the lock and time out.
+        with engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        if str(mode).lower() != "wal":
+            raise ConfigurationError(
+                f"a TableCheckpoint in SQLite needs the database in WAL mode (it is in {mode} "
+                "mode): run PRAGMA journal_mode=WAL on it once, or use FileCheckpoint"
+            )
 
     def load(self) -> Checkpoint | None:
         table = self._table

@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from ._checkpoint import Checkpoint, CheckpointStore, Key, Watermark, orders_like_the_database
 from ._exceptions import ConfigurationError
+from ._keys import resolve_key
 from ._pipeline import BUFFER_BATCHES, Handler, Item, Pipeline, PipelineStats
-from ._plan import Statement
+from ._plan import Statement, make_plan
 from ._sizing import DEFAULT_BATCH_BYTES
-from ._source import Source
+from ._source import Source, resolve_source
 from ._strategy import shielded
 from ._stream import stream
 
@@ -344,6 +345,12 @@ async def process(
     )
     if checkpoint is not None:
         books.loaded = await asyncio.to_thread(checkpoint.load)
+        if books.start_after is not None:
+            # Checked before the stream starts after the saved key: a key of another kind
+            # would otherwise reach the database as a comparison it cannot make.
+            assert books.loaded is not None
+            columns = await _key_columns(source, statement, key)
+            Watermark.check(books.loaded, columns, repr(checkpoint))
     error: BaseException | None = None
     try:
         async with stream(
@@ -364,21 +371,41 @@ async def process(
                 settle=books.settle,
             )
             saver = _Saver(books, on_failure=pipeline.fail) if checkpoint is not None else None
+            failure: BaseException | None = None
             try:
                 if saver is not None:
                     saver.start()
                 await pipeline.run()
                 books.finish()
+            except BaseException as exc:
+                failure = exc
+                raise
             finally:
                 books.report.take_stats(pipeline.stats)
                 if saver is not None:
-                    await shielded(saver.stop())
+                    save_error = await shielded(saver.stop())
+                    if save_error is not None and save_error is not failure:
+                        if failure is None:
+                            raise save_error
+                        # The run's own error goes first; the stale checkpoint must not pass
+                        # unnoticed.
+                        failure.add_note(f"and the checkpoint could not be saved: {save_error}")
     except BaseException as exc:
         error = exc
         raise
     finally:
         books.close(error)
     return books.report
+
+
+async def _key_columns(source: Source, statement: Statement, key: Any) -> tuple[str, ...] | None:
+    """The names of the key the stream will have, decided as the stream decides it."""
+    resolved = resolve_source(source)
+    try:
+        found, _why_none = await resolve_key(resolved, make_plan(statement), key)
+    finally:
+        await shielded(resolved.aclose())
+    return found.names if found is not None else None
 
 
 class _Saver:
@@ -415,15 +442,20 @@ class _Saver:
             self._on_failure(exc)
             raise
 
-    async def stop(self) -> None:
-        """Let a save in progress end, then save the final state."""
+    async def stop(self) -> BaseException | None:
+        """Let a save in progress end, then save the final state; return a save's error."""
         task = self._task
         if task is not None:
             self._stopping = True
             self._wake.set()
             await asyncio.wait([task])
-            if task.exception() is not None:
-                return  # already reported through on_failure
+            error = task.exception()
+            if error is not None:
+                return error
         checkpoint = self._books.snapshot()
         if checkpoint is not None:
-            await asyncio.to_thread(self._store.save, checkpoint)
+            try:
+                await asyncio.to_thread(self._store.save, checkpoint)
+            except Exception as exc:
+                return exc
+        return None

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.selectable import Select
 
-from ._checkpoint import CheckpointStore
+from ._checkpoint import CheckpointStore, Watermark
 from ._exceptions import ConfigurationError, RowstreamError, StreamKeyError
 from ._keys import Key, KeyArg, resolve_key
 from ._keyset import pageable
@@ -459,9 +459,29 @@ def _resolve_key(conn: sa.Connection, plan: Plan, key: KeyArg) -> Key | None:
     try:
         coroutine.send(None)
     except StopIteration as done:
-        return cast(Key | None, done.value)
+        found, _why_none = cast(tuple[Key | None, str | None], done.value)
+        return found
     coroutine.close()
     raise RowstreamError("internal error: key resolution waited for async I/O in rowstream.sync")
+
+
+def _key_columns(source: SyncSource, statement: Statement, key: KeyArg) -> tuple[str, ...] | None:
+    """The names of the key a stream of ``statement`` would have, without running it."""
+    probe = SyncRowStream(source, statement, key=key)
+    probe._resolve()
+    engine = probe._engine
+    assert engine is not None
+    try:
+        conn = probe._borrowed if probe._borrowed is not None else engine.connect()
+        try:
+            found = _resolve_key(conn, probe._plan, key)
+        finally:
+            if probe._borrowed is None:
+                conn.close()
+    finally:
+        if probe._owns_engine:
+            engine.dispose()
+    return found.names if found is not None else None
 
 
 class _InlineConnection:
@@ -705,6 +725,11 @@ def process(
     )
     if checkpoint is not None:
         books.loaded = checkpoint.load()
+        if books.start_after is not None:
+            # Checked before the stream starts after the saved key (see rowstream.process).
+            columns = _key_columns(source, statement, key)
+            assert books.loaded is not None
+            Watermark.check(books.loaded, columns, repr(checkpoint))
 
     def save() -> None:
         if checkpoint is not None:
@@ -734,9 +759,16 @@ def process(
             try:
                 pipeline.run(save)
                 books.finish()
-            finally:
+            except BaseException as failure:
                 books.report.take_stats(pipeline.stats)
-                save()
+                try:
+                    save()
+                except Exception as save_error:
+                    # The run's own error goes first; the stale checkpoint must not pass unnoticed.
+                    failure.add_note(f"and the checkpoint could not be saved: {save_error}")
+                raise
+            books.report.take_stats(pipeline.stats)
+            save()
     except BaseException as exc:
         error = exc
         raise
