@@ -411,6 +411,18 @@ async def _copy(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> None:
     arrow = [c.arrow for c in columns]
     sink = ParquetSink(out, arrow, compression=job.compression or "zstd")
     sink.begin(names)
+    try:
+        await _copy_parquet(apg, sql, arrow, sink, job)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.finish()
+
+
+async def _copy_parquet(
+    apg: Any, sql: str, arrow: list[ArrowColumn], sink: ParquetSink, job: _Job
+) -> None:
+    progress = job.progress
     if csv_parseable(arrow):
         job.strategy = "copy"
 
@@ -429,7 +441,6 @@ async def _copy(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> None:
             sink.write_rows(rows)
             job.rows += len(rows)
             progress.advance(rows=len(rows), nbytes=job.counter.bytes - progress.bytes)
-    sink.finish()
 
 
 # ---------------------------------------------------------------- generic stream
@@ -508,6 +519,24 @@ async def _export_stream(
             ]
         job.progress.set_estimate(await _estimate(resolved, statement))
         sink = _text_sink(job, arrow)
+    try:
+        sink = await _stream_into(stream_source, statement, names, arrow, sink, resolved, job)
+    except BaseException:
+        if isinstance(sink, ParquetSink):
+            sink.abort()
+        raise
+    sink.finish()
+
+
+async def _stream_into(
+    stream_source: Any,
+    statement: Select[Any] | TextualSelect | TextClause,
+    names: list[str],
+    arrow: list[ArrowColumn],
+    sink: Sink,
+    resolved: ResolvedSource,
+    job: _Job,
+) -> Sink:
     async with stream(
         stream_source, statement, batch_rows=job.batch_rows, batch_bytes=job.batch_bytes
     ) as rows:
@@ -525,7 +554,7 @@ async def _export_stream(
             sink.write_rows(batch)
             job.rows += len(batch)
             job.progress.advance(rows=len(batch), nbytes=job.counter.bytes - job.progress.bytes)
-    sink.finish()
+    return sink
 
 
 def _text_sink(job: _Job, arrow: list[ArrowColumn]) -> Sink:

@@ -7,6 +7,7 @@ readers scan slowly. The gathered data is the export's largest buffer, so its si
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -105,6 +106,16 @@ class ParquetSink:
                 store_schema=True,
             )
         return self._writer
+
+    def abort(self) -> None:
+        """Drop what is pending and close the writer; the file is about to be discarded."""
+        self._pending = []
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # Closing writes a footer into the doomed file; not closing lets __del__ try it
+            # later on a closed file and print a traceback.
+            with contextlib.suppress(Exception):
+                writer.close()
 
     def finish(self) -> None:
         self._flush()

@@ -1,0 +1,277 @@
+"""``rowstream export`` as a subprocess: bad input gives one clear line, Ctrl-C leaves nothing.
+
+Every failure must print exactly one line on stderr, exit non-zero, show no traceback and no
+password, and leave neither the target nor a temporary file behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+SECRET = "s3cr3t-pw"
+BIG = "exp_big"
+BIG_ROWS = 3_000_000
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rowstream", "export", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def with_password(url: str) -> str:
+    return make_url(url).set(password=SECRET).render_as_string(hide_password=False)
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], target: Path) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+    assert not target.exists()
+    if target.parent.is_dir():
+        assert [p.name for p in target.parent.iterdir() if "rowstream-tmp" in p.name] == []
+    return lines[0]
+
+
+@pytest.fixture
+async def small_table(pg_url: str) -> AsyncIterator[str]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS exp_cli; CREATE TABLE exp_cli AS "
+            "SELECT i AS id, 'row ' || i AS note FROM generate_series(1, 100) i"
+        )
+        yield pg_url
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS exp_cli")
+        await conn.close()
+
+
+async def test_success_prints_nothing_when_not_a_tty(small_table: str, tmp_path: Path) -> None:
+    target = tmp_path / "ok.csv"
+    result = await asyncio.to_thread(
+        run_cli, small_table, "--table", "exp_cli", "--where", "id <= 10", "-o", str(target)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""
+    assert target.read_text().splitlines()[:2] == ["id,note", "1,row 1"]
+    assert len(target.read_text().splitlines()) == 11
+
+
+async def test_stdout(small_table: str) -> None:
+    result = await asyncio.to_thread(
+        run_cli,
+        small_table,
+        "--query",
+        "SELECT id FROM exp_cli WHERE id < 3",
+        "-o",
+        "-",
+        "--format",
+        "jsonl",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == '{"id": 1}\n{"id": 2}\n'
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--table", "exp_nope"], "exp_nope"),
+        (["--table", "exp_cli", "--columns", "id,nope"], "nope"),
+        (["--table", "exp_cli", "--where", "id >>> 1"], "operator does not exist"),
+        (["--table", "exp_cli", "--where", "nope = 1"], "nope"),
+        (
+            [
+                "--table",
+                "exp_cli",
+                "--where",
+                "true) TO STDOUT; DROP TABLE exp_cli; COPY (SELECT 1",
+            ],
+            "syntax error",
+        ),
+        (["--query", "SELECT * FROM exp_nope"], "exp_nope"),
+    ],
+)
+async def test_bad_query_input(
+    small_table: str, tmp_path: Path, args: list[str], expected: str
+) -> None:
+    target = tmp_path / "out.csv"
+    url = with_password(small_table)
+    result = await asyncio.to_thread(run_cli, url, *args, "-o", str(target))
+    line = assert_clean_failure(result, target)
+    assert expected in line
+    conn = await asyncpg.connect(small_table)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM exp_cli") == 100
+    finally:
+        await conn.close()
+
+
+async def test_unreachable_server(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    url = f"postgresql://postgres:{SECRET}@127.0.0.1:1/test"
+    line = assert_clean_failure(
+        await asyncio.to_thread(run_cli, url, "--table", "t", "-o", str(target)), target
+    )
+    assert "cannot connect" in line
+
+
+async def test_missing_database(pg_url: str, tmp_path: Path) -> None:
+    target = tmp_path / "out.parquet"
+    url = with_password(str(make_url(pg_url).set(database="exp_no_such_db")))
+    line = assert_clean_failure(
+        await asyncio.to_thread(run_cli, url, "--table", "t", "-o", str(target)), target
+    )
+    assert "exp_no_such_db" in line
+
+
+@pytest.mark.parametrize(
+    "url", [f"postgresql://u:{SECRET}@host:port/db", "not a url", f"oracle://u:{SECRET}@h/db"]
+)
+async def test_malformed_url(tmp_path: Path, url: str) -> None:
+    target = tmp_path / "out.csv"
+    assert_clean_failure(
+        await asyncio.to_thread(run_cli, url, "--table", "t", "-o", str(target)), target
+    )
+
+
+async def test_unwritable_output(small_table: str, tmp_path: Path) -> None:
+    missing_dir = tmp_path / "no" / "such" / "dir" / "out.csv"
+    line = assert_clean_failure(
+        await asyncio.to_thread(run_cli, small_table, "--table", "exp_cli", "-o", str(missing_dir)),
+        missing_dir,
+    )
+    assert "does not exist" in line
+    directory = tmp_path / "adir.csv"
+    directory.mkdir()
+    result = await asyncio.to_thread(
+        run_cli, small_table, "--table", "exp_cli", "-o", str(directory)
+    )
+    assert result.returncode != 0 and "directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-o", "{dir}/out.xlsx"],
+        ["-o", "{dir}/out.csv", "--format", "xml"],
+        ["-o", "-", "--format", "parquet"],
+        ["-o", "{dir}/out.csv", "--compression", "zstd"],
+    ],
+)
+async def test_unknown_format(small_table: str, tmp_path: Path, args: list[str]) -> None:
+    args = [a.replace("{dir}", str(tmp_path)) for a in args]
+    target = Path(args[1]) if args[1] != "-" else tmp_path / "none"
+    line = assert_clean_failure(
+        await asyncio.to_thread(run_cli, small_table, "--table", "exp_cli", *args), target
+    )
+    assert "format" in line or "compression" in line or "Parquet" in line
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+@pytest.fixture
+async def big_table(pg_url: str) -> AsyncIterator[str]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            f"DROP TABLE IF EXISTS {BIG}; CREATE TABLE {BIG} AS "
+            "SELECT i AS id, now() AS created_at, md5(i::text) || md5((i + 1)::text) AS note "
+            f"FROM generate_series(1, {BIG_ROWS}) i",
+            timeout=None,
+        )
+        yield pg_url
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {BIG}")
+        await conn.close()
+
+
+def _start_export(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rowstream", "export", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _temp_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if "rowstream-tmp" in p.name)
+
+
+def _names(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir()]
+
+
+async def _backends_on(url: str, table: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT state || ': ' || query FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND datname = current_database() "
+            "AND query ILIKE '%' || $1 || '%' AND state <> 'idle'",
+            table,
+        )
+        return [r[0] for r in rows]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", ["csv", "parquet", "jsonl"])
+async def test_ctrl_c_leaves_nothing(big_table: str, tmp_path: Path, suffix: str) -> None:
+    target = tmp_path / f"big.{suffix}"
+    proc = _start_export(big_table, "--table", BIG, "-o", str(target))
+    try:
+        # Interrupt once the export is well under way: a temporary file with data in it.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if _temp_size(tmp_path) > 1_000_000:
+                break
+            assert proc.poll() is None, proc.communicate()
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the export never started writing")
+        assert await _backends_on(big_table, BIG), "the export's query should be running"
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] == ["rowstream: interrupted"]
+    assert not target.exists()
+    assert _names(tmp_path) == []
+    # The process is gone; its query must be gone too (a cancel, not a backend left working).
+    for _ in range(50):
+        left = await _backends_on(big_table, BIG)
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == []
+
+
+def test_the_environment_has_no_stray_signals() -> None:
+    # SIGINT must reach Python's default handler in the child (asyncio.run cancels the task).
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    assert os.name == "posix"
