@@ -122,6 +122,8 @@ class Pipeline:
         self._stopped = asyncio.Event()
         self._error: BaseException | None = None
         self._failed_seen = False
+        self._fetching = False
+        self._stopping = False
         self.stats = PipelineStats()
 
     async def run(self) -> None:
@@ -141,7 +143,17 @@ class Pipeline:
     # -- the three kinds of task -------------------------------------------------------
 
     async def _produce(self) -> None:
-        async for item in self._source:
+        source = self._source
+        while True:
+            self._fetching = True
+            try:
+                item = await anext(source)
+            except StopAsyncIteration:
+                break
+            finally:
+                self._fetching = False
+            if self._stopping:
+                return
             self._held += 1
             self.stats.peak_batches = max(self.stats.peak_batches, self._held)
             await self._queue.put(item)
@@ -250,10 +262,16 @@ class Pipeline:
         if error is not None:
             self._fail(error)
 
-    async def _stop_all(self, *helpers: asyncio.Task[None]) -> None:
-        tasks = [*helpers, *self._running.values()]
-        for task in tasks:
+    async def _stop_all(self, producer: asyncio.Task[None], dispatcher: asyncio.Task[None]) -> None:
+        self._stopping = True
+        tasks = [producer, dispatcher, *self._running.values()]
+        for task in tasks[1:]:
             task.cancel()
+        if self._fetching and not producer.done():
+            # A fetch cancelled half-way leaves the driver mid-protocol (aiosqlite even logs
+            # errors when the connection closes under it): let the current fetch end, briefly.
+            await asyncio.wait([producer], timeout=CANCEL_GRACE)
+        producer.cancel()
         pending = [task for task in tasks if not task.done()]
         if pending:
             # Handlers that swallow cancellation are not waited for beyond the grace period;
