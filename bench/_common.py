@@ -81,9 +81,7 @@ async def ensure_orders(
             async with conn.transaction():
                 await conn.execute(f"DROP TABLE IF EXISTS {table}")
                 await conn.execute(f"ALTER TABLE {building} RENAME TO {table}")
-                await conn.execute(
-                    f"ALTER INDEX {building}_pkey RENAME TO {table}_pkey"
-                )
+                await conn.execute(f"ALTER INDEX {building}_pkey RENAME TO {table}_pkey")
             # Set hint bits and the visibility map now, so the first timed read does not
             # pay for writing them.
             await conn.execute(f"VACUUM (ANALYZE) {table}", timeout=None)
@@ -168,9 +166,7 @@ def child_report(rows: int, seconds: float, **extra: Any) -> None:
     print(json.dumps({"rows": rows, "seconds": seconds, **extra}), flush=True)
 
 
-def ratio_table(
-    results: Sequence[Result], baselines: Sequence[tuple[str, str]]
-) -> str:
+def ratio_table(results: Sequence[Result], baselines: Sequence[tuple[str, str]]) -> str:
     """A Markdown table: rows/s, peak RSS and rows/s ratios against each named baseline.
 
     ``baselines`` pairs a column title with the name of the result it divides by.

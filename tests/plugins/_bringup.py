@@ -312,9 +312,7 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
         self._procs.append((proc, stop))
         return proc
 
-    def _wait_for(
-        self, proc: subprocess.Popen[bytes], port: int, what: str, log: Path
-    ) -> None:
+    def _wait_for(self, proc: subprocess.Popen[bytes], port: int, what: str, log: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if answers("127.0.0.1", port):

@@ -23,7 +23,9 @@ class Shop:
 
     @property
     def dialect(self) -> str:
-        return make_url(self.url).get_backend_name()
+        """``postgresql``, ``mariadb`` or ``sqlite`` (a ``mysql://`` URL means MariaDB here)."""
+        name = make_url(self.url).get_backend_name()
+        return "mariadb" if name == "mysql" else name
 
 
 @pytest.fixture(scope="session")
