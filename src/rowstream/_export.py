@@ -224,7 +224,7 @@ async def export(
     resolved = resolve_source(source)
     target = AtomicFile(path)
     try:
-        statement = await _statement(resolved, table_or_statement, where, columns)
+        statement, arrow = await _statement(resolved, table_or_statement, where, columns)
         with ExportProgress(enabled=progress) as bar, target as raw:
             counter = _Counter(raw)
             out: BinaryIO = counter  # type: ignore[assignment]
@@ -247,7 +247,7 @@ async def export(
                 if use_copy:
                     await _export_copy(resolved, statement, job)
                 else:
-                    await _export_stream(resolved, source, statement, job)
+                    await _export_stream(resolved, statement, arrow, job)
                 if zipped is not None:
                     zipped.close()
             except OSError as exc:
@@ -280,13 +280,21 @@ async def _statement(
     table_or_statement: TableOrStatement,
     where: str | None,
     columns: Sequence[str] | None,
-) -> Select[Any] | TextualSelect | TextClause:
+) -> tuple[Select[Any] | TextualSelect | TextClause, list[ArrowColumn] | None]:
+    """The statement to export, and the Arrow columns its types give (None: untyped)."""
+    arrow: list[ArrowColumn] | None
     if isinstance(table_or_statement, (Select, TextualSelect, TextClause)):
         if where is not None or columns is not None:
             raise ConfigurationError(
                 "where= and columns= narrow a table: with a statement, put them in it"
             )
-        return table_or_statement
+        arrow = None
+        if isinstance(table_or_statement, Select):
+            arrow = [
+                sqla_column(c.name, c.type, resolved.dialect)
+                for c in table_or_statement.selected_columns
+            ]
+        return table_or_statement, arrow
     if isinstance(table_or_statement, str):
         schema, name = _split_name(table_or_statement)
         if resolved.dialect == "postgresql":
@@ -295,12 +303,16 @@ async def _statement(
                 name, *(sa.column(c) for c in columns or ()), schema=schema
             )
             selected: list[Any] = list(table.c) if columns else [sa.literal_column("*")]
+            arrow = None
         else:
             table = await _reflect(resolved, schema, name)
-            selected = _pick(table, columns, table_or_statement)
+            picked = _pick(table, columns, table_or_statement)
+            arrow = [sqla_column(c.name, c.type, resolved.dialect) for c in picked]
+            selected = [_raw(c, resolved.dialect) for c in picked]
     elif isinstance(table_or_statement, sa.Table):
         table = table_or_statement
         selected = _pick(table, columns, table.fullname)
+        arrow = [sqla_column(c.name, c.type, resolved.dialect) for c in selected]
     else:
         raise ConfigurationError(
             f"cannot export a {type(table_or_statement).__name__}: pass a table name, a "
@@ -311,7 +323,7 @@ async def _statement(
         if not where.strip():
             raise ConfigurationError("--where is empty: give a condition, or leave it out")
         statement = statement.where(sa.text(f"({where})"))
-    return statement
+    return statement, arrow
 
 
 def _pick(table: sa.TableClause, columns: Sequence[str] | None, label: str) -> list[Any]:
@@ -324,6 +336,19 @@ def _pick(table: sa.TableClause, columns: Sequence[str] | None, label: str) -> l
             + ", ".join(c.name for c in table.c)
         )
     return [table.c[c] for c in columns]
+
+
+def _raw(column: Any, dialect: str) -> Any:
+    """The column as the driver returns it, without SQLAlchemy's result processing.
+
+    The processors are lossy for export: MySQL's DOUBLE comes back as a Decimal padded to 10
+    places, TIME (a duration of up to 838 hours) as a time of day modulo 24 hours, SQLite's
+    NUMERIC as a padded Decimal. The column keeps its reflected type for Parquet (see
+    :func:`_arrow_columns`). SQLite stores dates as text, so their parsing is kept.
+    """
+    if dialect == "sqlite" and isinstance(column.type, (sa.Date, sa.DateTime, sa.Time)):
+        return column
+    return sa.type_coerce(column, sa.types.NullType()).label(column.name)
 
 
 async def _reflect(resolved: ResolvedSource, schema: str | None, name: str) -> sa.Table:
@@ -488,14 +513,15 @@ class _RawJsonl(JsonlSink):
 
 async def _export_stream(
     resolved: ResolvedSource,
-    source: Source,
     statement: Select[Any] | TextualSelect | TextClause,
+    typed: list[ArrowColumn] | None,
     job: _Job,
 ) -> None:
     engine = resolved.engine
     job.strategy = "stream"
     stream_source: Any = resolved.borrowed or engine
     sink: Sink
+    arrow: list[ArrowColumn] = []
     if resolved.dialect == "postgresql":
         sql = _sql(engine, statement)
         pg, estimate = await _pg_columns(engine, sql)
@@ -510,13 +536,8 @@ async def _export_stream(
             sink = CsvSink(job.out) if job.format == "csv" else _RawJsonl(job.out)
         statement = sa.text(query)
     else:
-        names = []
-        arrow = []
-        if isinstance(statement, Select):
-            names = [c.name for c in statement.selected_columns]
-            arrow = [
-                sqla_column(c.name, c.type, resolved.dialect) for c in statement.selected_columns
-            ]
+        arrow = typed or []
+        names = [c.name for c in arrow]
         job.progress.set_estimate(await _estimate(resolved, statement))
         sink = _text_sink(job, arrow)
     try:

@@ -151,7 +151,7 @@ def _json_float(value: float) -> str:
     if math.isinf(value):
         return '"Infinity"' if value > 0 else '"-Infinity"'
     # to_jsonb() turns a float into numeric: every digit, never an exponent.
-    return format(Decimal(repr(value)), "f")
+    return format(Decimal(repr(value)).normalize(), "f")
 
 
 def _json_decimal(value: Decimal) -> str:
