@@ -209,6 +209,7 @@ class SyncRowStream:
         self._session: Session | None = None
         self._result: Any = None
         self._keys: list[str] = []
+        self._previous: list[Any] = []
         self._state: Literal["new", "open", "closed"] = "new"
         self._done = False
         self.stats = Stats(strategy="cursor")
@@ -397,7 +398,13 @@ class SyncRowStream:
             and self._engine.dialect.name in _MYSQL
         ):
             # Closing an unbuffered result reads every remaining row; on an early exit
-            # close the socket instead, which also stops the query on the server.
+            # close the socket instead, which also stops the query on the server. PyMySQL's
+            # result would still try to read the rest when garbage-collected (from a closed
+            # socket, raising in __del__): tell it there is nothing left to read.
+            with contextlib.suppress(Exception):
+                result = getattr(conn.connection.dbapi_connection, "_result", None)
+                if result is not None and getattr(result, "unbuffered_active", False):
+                    result.unbuffered_active = False
             conn.invalidate()
             conn.close()
             return
@@ -425,9 +432,17 @@ class SyncRowStream:
         if self._done:
             return []
         size = self._sizer.next_rows()
-        if self._session is not None:
+        if self._session is not None and self._previous:
             # Earlier batches belong to the caller; the stream's session must not keep them.
-            self._session.expunge_all()
+            # One by one: expunge_all() would pull the identity map from under the result.
+            session = self._session
+            entities = (
+                self._previous if self._plan.scalars else [e for row in self._previous for e in row]
+            )
+            for entity in entities:
+                if hasattr(entity, "_sa_instance_state") and entity in session:
+                    session.expunge(entity)
+            self._previous = []
         try:
             batch = list(self._result.fetchmany(size))
         except Exception as exc:
@@ -435,6 +450,8 @@ class SyncRowStream:
             raise_translated(exc, url=self._engine.url)
         if len(batch) < size:
             self._done = True
+        if self._session is not None:
+            self._previous = batch
         if not batch:
             return batch
         stats = self.stats
