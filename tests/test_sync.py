@@ -93,8 +93,11 @@ def test_a_url_and_errors_come_out_translated(db_url: str) -> None:
 
 def test_an_async_engine_is_refused_with_the_way_out(db_url: str) -> None:
     engine = rowstream.create_engine(db_url)
-    with pytest.raises(rowstream.ConfigurationError, match="use rowstream.stream"):
-        rowstream.sync.stream(engine, "SELECT 1").__enter__()  # type: ignore[arg-type]
+    with (
+        pytest.raises(rowstream.ConfigurationError, match=r"use rowstream\.stream\(\) with it"),
+        rowstream.sync.stream(engine, "SELECT 1"),  # type: ignore[arg-type]
+    ):
+        pass
 
 
 @pytest.mark.parametrize("server", ["pg_url", "mysql_url"])
