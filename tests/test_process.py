@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 
 import rowstream
@@ -348,4 +348,40 @@ async def test_a_checkpoint_needs_a_key(engine: AsyncEngine, tmp_path: Any) -> N
     store = rowstream.FileCheckpoint(tmp_path / "cp.json")
     with pytest.raises(rowstream.ConfigurationError, match="checkpoint= needs a stream key"):
         await rowstream.process(engine, "SELECT id FROM proc_items", handler, checkpoint=store)
+    assert engine.pool.checkedout() == 0
+
+
+async def test_the_invoice_run_marks_each_batch_sent_in_a_session_of_its_own(
+    engine: AsyncEngine,
+) -> None:
+    # The README's example: handlers never touch the streaming connection; each opens a
+    # session of its own and marks its batch with one bulk UPDATE while the stream reads on.
+    if engine.dialect.name == "sqlite":
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    make_session = async_sessionmaker(engine, expire_on_commit=False)
+    sent_batches: list[int] = []
+
+    async def send_invoice_batch(items: list[ProcItem]) -> None:
+        ids = [item.id for item in items]
+        async with make_session() as session, session.begin():
+            await session.execute(
+                sa.update(ProcItem).where(ProcItem.id.in_(ids)).values(payload="sent")
+            )
+        sent_batches.append(len(ids))
+
+    report = await rowstream.process(
+        engine,
+        sa.select(ProcItem).where(ProcItem.payload != "sent"),
+        send_invoice_batch,
+        concurrency=4,
+        batch_rows=150,
+    )
+
+    assert report.rows == sum(sent_batches) == ROWS
+    async with make_session() as session:
+        sent = await session.scalar(
+            sa.select(sa.func.count()).where(proc_items.c.payload == "sent")
+        )
+    assert sent == ROWS
     assert engine.pool.checkedout() == 0
