@@ -1,0 +1,289 @@
+"""Export the orders table to files: rowstream against its peers, in one run.
+
+    python bench/bench_export.py                 # 5M rows, every tool
+    python bench/bench_export.py --sizes 1000000,5000000 --only rowstream-parquet,rowstream-csv
+
+Each variant runs in a fresh child process (peak RSS is that child's own, from ``os.wait4``;
+for psql, the largest of the wrapper and psql). Every variant reads the same rows
+(``SELECT * FROM bench_orders [WHERE id <= N]``) and writes a file; Parquet files are zstd.
+The table prints rows/s, peak RSS and ratios against ADBC (Parquet) and psql ``\\copy`` (CSV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    DEFAULT_PG_DSN,
+    ORDERS_ROWS,
+    ORDERS_TABLE,
+    Result,
+    asyncpg_dsn,
+    child_report,
+    ensure_orders,
+    ratio_table,
+    run_child,
+)
+
+VARIANTS = (
+    "rowstream-parquet",
+    "rowstream-csv",
+    "rowstream-jsonl",
+    "adbc-parquet",
+    "connectorx-parquet",
+    "polars-parquet",
+    "pandas-chunks-parquet",
+    "dlt-parquet",
+    "psql-copy-csv",
+)
+# Peers that need an optional package: skipped (and said so) when it is not installed.
+_NEEDS = {
+    "adbc-parquet": "adbc_driver_postgresql",
+    "connectorx-parquet": "connectorx",
+    "polars-parquet": "polars",
+    "pandas-chunks-parquet": "pandas",
+    "dlt-parquet": "dlt",
+}
+PANDAS_CHUNK = 100_000
+
+
+def query(rows: int) -> str:
+    where = "" if rows >= ORDERS_ROWS else f" WHERE id <= {int(rows)}"
+    return f"SELECT * FROM {ORDERS_TABLE}{where}"
+
+
+# ---------------------------------------------------------------- children
+
+
+def child_rowstream(fmt: str, dsn: str, rows: int, out: Path) -> None:
+    import rowstream
+
+    started = time.perf_counter()
+    where = None if rows >= ORDERS_ROWS else f"id <= {int(rows)}"
+    report = asyncio.run(rowstream.export(dsn, ORDERS_TABLE, out, where=where, format=fmt))  # type: ignore[arg-type]
+    child_report(report.rows, time.perf_counter() - started, strategy=report.strategy)
+
+
+def child_adbc(dsn: str, rows: int, out: Path) -> None:
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    count = 0
+    with adbc.connect(asyncpg_dsn(dsn)) as conn, conn.cursor() as cur:
+        cur.execute(query(rows))
+        reader = cur.fetch_record_batch()
+        with pq.ParquetWriter(out, reader.schema, compression="zstd") as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                count += batch.num_rows
+    child_report(count, time.perf_counter() - started)
+
+
+def child_connectorx(dsn: str, rows: int, out: Path) -> None:
+    import connectorx as cx
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    table = cx.read_sql(asyncpg_dsn(dsn), query(rows), return_type="arrow")
+    pq.write_table(table, out, compression="zstd")
+    child_report(table.num_rows, time.perf_counter() - started)
+
+
+def child_polars(dsn: str, rows: int, out: Path) -> None:
+    import polars as pl
+
+    started = time.perf_counter()
+    frame = pl.read_database_uri(query(rows), asyncpg_dsn(dsn))
+    frame.write_parquet(out, compression="zstd")
+    child_report(frame.height, time.perf_counter() - started)
+
+
+def child_pandas(dsn: str, rows: int, out: Path) -> None:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import sqlalchemy as sa
+
+    driver = "psycopg2" if importlib.util.find_spec("psycopg2") else "psycopg"
+    engine = sa.create_engine(asyncpg_dsn(dsn).replace("postgresql://", f"postgresql+{driver}://"))
+    started = time.perf_counter()
+    count = 0
+    writer = None
+    with engine.connect().execution_options(stream_results=True) as conn:
+        for chunk in pd.read_sql(sa.text(query(rows)), conn, chunksize=PANDAS_CHUNK):
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+            writer.write_table(table)
+            count += len(chunk)
+    if writer is not None:
+        writer.close()
+    child_report(count, time.perf_counter() - started)
+
+
+def child_dlt(dsn: str, rows: int, out: Path) -> None:
+    import dlt
+    from dlt.sources.sql_database import sql_table
+
+    started = time.perf_counter()
+    driver = "psycopg2" if importlib.util.find_spec("psycopg2") else "psycopg"
+    url = asyncpg_dsn(dsn).replace("postgresql://", f"postgresql+{driver}://")
+    source = sql_table(
+        credentials=url,
+        table=ORDERS_TABLE,
+        backend="pyarrow",
+        chunk_size=100_000,
+        query_adapter_callback=(
+            None if rows >= ORDERS_ROWS else lambda q, t, *a: q.where(t.c.id <= rows)  # type: ignore[misc]
+        ),
+    )
+    pipeline = dlt.pipeline(
+        pipeline_name=f"bench_export_{os.getpid()}",
+        pipelines_dir=str(out.parent / "dlt-pipelines"),
+        destination=dlt.destinations.filesystem(bucket_url=str(out.parent / "dlt-out")),
+        dataset_name="bench",
+    )
+    info = pipeline.run(source, loader_file_format="parquet")
+    info.raise_on_failed_jobs()
+    count = pipeline.last_trace.last_normalize_info.row_counts.get(ORDERS_TABLE, 0)
+    child_report(count, time.perf_counter() - started)
+
+
+def child_psql(dsn: str, rows: int, out: Path) -> None:
+    started = time.perf_counter()
+    command = f"\\copy ({query(rows)}) TO '{out}' WITH CSV HEADER"
+    result = subprocess.run(
+        [
+            "psql",
+            asyncpg_dsn(dsn),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "SET TimeZone='UTC'",
+            "-c",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seconds = time.perf_counter() - started
+    count = int(result.stdout.strip().rsplit(" ", 1)[-1]) if result.stdout.strip() else rows
+    child_report(count, seconds)
+
+
+def run_variant(name: str, dsn: str, rows: int, out: Path) -> None:
+    if name.startswith("rowstream-"):
+        child_rowstream(name.split("-", 1)[1], dsn, rows, out)
+    elif name == "adbc-parquet":
+        child_adbc(dsn, rows, out)
+    elif name == "connectorx-parquet":
+        child_connectorx(dsn, rows, out)
+    elif name == "polars-parquet":
+        child_polars(dsn, rows, out)
+    elif name == "pandas-chunks-parquet":
+        child_pandas(dsn, rows, out)
+    elif name == "dlt-parquet":
+        child_dlt(dsn, rows, out)
+    elif name == "psql-copy-csv":
+        child_psql(dsn, rows, out)
+    else:
+        raise SystemExit(f"unknown variant {name!r}")
+
+
+# ---------------------------------------------------------------- parent
+
+
+def suffix(name: str) -> str:
+    return {"csv": ".csv", "jsonl": ".jsonl"}.get(name.rsplit("-", 1)[-1], ".parquet")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dsn", default=DEFAULT_PG_DSN)
+    parser.add_argument("--sizes", default=str(ORDERS_ROWS), help="comma-separated row counts")
+    parser.add_argument("--only", help="comma-separated variants (default: all)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=ORDERS_ROWS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_variant(args.child, args.dsn, args.rows, args.out)
+        return
+
+    built = asyncio.run(ensure_orders(args.dsn))
+    if built:
+        print(f"built {ORDERS_TABLE} in {built:.0f} s", file=sys.stderr)
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for rows in sizes:
+        results: list[Result] = []
+        with tempfile.TemporaryDirectory(prefix="bench_export_") as tmp:
+            for name in names:
+                module = _NEEDS.get(name)
+                if module and importlib.util.find_spec(module) is None:
+                    print(f"{name}: skipped, {module} is not installed", file=sys.stderr)
+                    continue
+                out = Path(tmp) / f"{name}{suffix(name)}"
+                argv = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    name,
+                    "--dsn",
+                    args.dsn,
+                    "--rows",
+                    str(rows),
+                    "--out",
+                    str(out),
+                ]
+                try:
+                    report, peak = run_child(argv)
+                except RuntimeError as exc:
+                    print(f"{name}: failed: {str(exc)[-400:]}", file=sys.stderr)
+                    continue
+                size = _size(out)
+                extra = {k: v for k, v in report.items() if k not in ("rows", "seconds")}
+                extra["file_mb"] = round(size / 2**20, 1)
+                result = Result(name, report["rows"], report["seconds"], peak, extra)
+                results.append(result)
+                print(
+                    f"{name}: {result.rows:,} rows in {result.seconds:.2f} s, "
+                    f"{result.rows_per_second:,.0f} rows/s, peak RSS {peak:.0f} MB, "
+                    f"file {extra['file_mb']} MB {extra.get('strategy', '')}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                _remove(out)
+        print(f"\n### {rows:,} rows\n")
+        print(
+            ratio_table(results, [("vs ADBC", "adbc-parquet"), ("vs psql \\copy", "psql-copy-csv")])
+        )
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.parent.rglob("*.parquet") if "dlt-out" in str(p))
+
+
+def _remove(path: Path) -> None:
+    if path.is_file():
+        path.unlink()
+
+
+if __name__ == "__main__":
+    main()
