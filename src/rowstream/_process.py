@@ -294,25 +294,35 @@ async def process(
 
     Order:
         Batches always start in stream order. ``ordered=False``: they finish in any order and
-        ``progress`` sees them as they finish. ``ordered=True``: ``progress`` (and
-        ``report.failures``) see them in stream order, and batch ``n`` starts only once every
-        batch before ``n - concurrency + 1`` has finished, so at most ``concurrency`` batches
-        are ever unfinished and a crash re-does at most ``concurrency`` batches.
+        ``progress`` sees each as it finishes. ``ordered=True``: ``progress`` and
+        ``report.failures`` see batches in stream order (batch ``n`` is reported once batches
+        ``0..n`` have all finished), and batch ``n`` starts only once every batch up to
+        ``n - concurrency`` has finished: at most ``concurrency`` batches are ever unfinished,
+        so the checkpoint's watermark is never more than ``concurrency`` batches behind the
+        newest batch started, whatever one slow batch does.
 
-    Checkpoints (``checkpoint=FileCheckpoint(path)`` or ``TableCheckpoint(engine, name)``)
-        need a stream key (the table's primary key, or ``key=``). After every batch the store
-        gets the low watermark (every row up to that key is done) and the key ranges done
-        beyond it; a run given the same store starts after the watermark and drops rows in
-        those ranges before any handler sees them. Guarantee: across clean stops (the run
-        returned, raised or was cancelled) a batch whose handler finished is never handled
-        again; across crashes (SIGKILL, power loss) every row is handled at least once, and
-        the rows handled twice are those of batches in flight or finished since the last save.
-        With a text key, ranges beyond the watermark are not kept (Python orders text unlike
-        the database's collation), so batches that finished out of order may run again;
-        ``ordered=True`` keeps that to fewer than ``concurrency`` batches. In collect mode a
-        failed batch counts as settled: the checkpoint moves past it, and
+    Checkpoints (``checkpoint=FileCheckpoint(path)`` or ``TableCheckpoint(engine, name)``):
+        They need a stream key (the table's primary key, or ``key=``) and rows in key order
+        (no ``order_by()`` other than the key). After every batch the store gets, in a worker
+        thread and coalesced, the low watermark (every row up to that key is done) and the key
+        ranges done beyond it. A run given the same store starts after the watermark and drops
+        rows in those ranges before any handler sees them. What is guaranteed, per batch:
+
+        - at most once across clean stops: when the run returns, raises or is cancelled, it
+          saves its final checkpoint first, so a batch whose handler returned is never handed
+          out again. A batch whose handler raised or was cancelled did not finish and is
+          handed out again, and so is one whose plain-function handler was still running in
+          its thread when the run stopped (it cannot be interrupted and finishes unrecorded).
+        - at least once across crashes (SIGKILL, power loss): a checkpoint names only batches
+          whose handler had returned, so every other row is handled again; the rows handled
+          twice are those of batches in flight at the crash or finished after the last save.
+
+        With a text key the ranges beyond the watermark are not kept (Python orders text
+        unlike the database's collation), so after a stop the batches that had finished out
+        of order run again; ``ordered=True`` keeps those to fewer than ``concurrency``. In
+        collect mode a failed batch counts as settled: the checkpoint moves past it and
         ``report.failures`` says which rows to retry. A finished run leaves a checkpoint with
-        ``complete=True``; running again handles only rows added after its last key. Call
+        ``complete=True``: running again handles only rows added after its last key. Call
         ``store.clear()`` to start over.
 
     ``progress(report)`` is called on the event loop after every batch; keep it quick.
