@@ -39,7 +39,7 @@ from rowstream import (
 from rowstream._sizing import FIRST_BATCH_ROWS
 from tests import models
 from tests.models import Invoice, Order, User
-from tests.plugins._bringup import free_port
+from tests.plugins._bringup import free_port, let_aiosqlite_stop
 from tests.plugins.shop import Shop
 
 PASSWORD = "s3cret-Pw-481"
@@ -606,6 +606,7 @@ async def test_unreachable_server_is_a_source_error(db_url: str) -> None:
     with pytest.raises(SourceError, match="cannot connect") as caught:
         async with rowstream.stream(url, "SELECT 1"):
             pass
+    await let_aiosqlite_stop()
     assert not isinstance(caught.value, ConnectionLostError)
     assert_no_password(caught.value)
 
@@ -617,6 +618,7 @@ async def test_missing_database_is_a_source_error(db_url: str) -> None:
         with pytest.raises(SourceError, match="cannot connect"):
             async with rowstream.stream("sqlite:////no-such-dir/orders.db", "SELECT 1"):
                 pass
+        await let_aiosqlite_stop()
         return
     missing = parsed.set(database="rowstream_no_such_db").render_as_string(hide_password=False)
     with pytest.raises(SourceError, match="create the database") as caught:

@@ -111,6 +111,16 @@ def server_user(name: str) -> str | None:
     return name if os.geteuid() == 0 else None
 
 
+async def let_aiosqlite_stop() -> None:
+    """Give aiosqlite's thread the moment it needs after a failed connect.
+
+    aiosqlite (0.22) answers a failed connect by queueing a stop without awaiting it; when
+    the test's event loop closes first, the thread's reply hits a closed loop and pytest
+    reports an unhandled thread exception in whichever test runs next.
+    """
+    await asyncio.sleep(0.2)
+
+
 # Logging in ---------------------------------------------------------------------------------
 async def _pg_connect(url: URL, database: str | None = None) -> asyncpg.Connection:
     return await asyncpg.connect(
