@@ -107,8 +107,14 @@ async def _postgresql(engine: AsyncEngine, url: str, found: Diagnosis) -> None:
             "works only inside one transaction and holds a server connection meanwhile"
         )
     elif path.pooler:
-        pooling = f"yes, something listens on {path.dialled_port} for a server on " + (
-            f"{path.server_port}; it keeps one backend per client (session pooling or a proxy)"
+        pooling = (
+            f"yes: a pooler or proxy answers on port {path.dialled_port} for a server on port "
+            f"{path.server_port}; it did not hand out backends per transaction in the probe "
+            "(session pooling, or a transaction pool busy elsewhere)"
+        )
+        found.advice.append(
+            "a pooler or proxy is in the path: strategy='auto' reads by keyset pages, which work "
+            "through any pool mode"
         )
     else:
         pooling = "no (direct connection)"

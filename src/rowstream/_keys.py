@@ -104,8 +104,10 @@ async def _requested(
     return columns
 
 
-async def resolve_key(source: ResolvedSource, plan: Plan, key: KeyArg) -> Key | None:
-    """The stream's key, or None when none is known. An explicit ``key=`` that cannot be
+async def resolve_key(
+    source: ResolvedSource, plan: Plan, key: KeyArg
+) -> tuple[Key | None, str | None]:
+    """The stream's key and, when there is none, why. An explicit ``key=`` that cannot be
     used raises :class:`StreamKeyError` before any row is read."""
     statement = plan.statement
     explicit = key is not None
@@ -114,18 +116,18 @@ async def resolve_key(source: ResolvedSource, plan: Plan, key: KeyArg) -> Key | 
             raise StreamKeyError(
                 "a key needs a select(): text() statements cannot be paged or resumed by key"
             )
-        return None
+        return None, "text() statements have no key"
     columns = await _requested(source, statement, key)
     if not columns:
-        return None
+        return None, "the statement does not select a single table with a primary key"
     try:
         getter, names = _getter(plan, columns)
         await _check_unique_not_null(source, columns)
-    except StreamKeyError:
+    except StreamKeyError as exc:
         if explicit:
             raise
-        return None
-    return Key(tuple(columns), names, getter)
+        return None, exc.message
+    return Key(tuple(columns), names, getter), None
 
 
 def _getter(plan: Plan, columns: list[ColumnElement[Any]]) -> tuple[Any, tuple[str, ...]]:

@@ -1,9 +1,10 @@
 """Is a pooler (PgBouncer) between us and PostgreSQL, and does it pool by transaction?
 
-Two signs, both cheap and both from plain SQL:
+Two signs, both cheap:
 
-- the server's own port (``inet_server_port()``) differs from the port we dialled: something
-  sits in between;
+- the address and port the server accepted us on (``inet_server_addr()``,
+  ``inet_server_port()``) differ from those our socket is connected to: something sits in
+  between (a pooler or a proxy; auto then reads by keyset pages, which work through either);
 - two client connections held at the same time see the same backend, one after the other, or
   one client sees its backend change between transactions: the pooler hands backends out per
   transaction (PgBouncer reuses the backend released last, so on a quiet pool this shows at once).
@@ -13,6 +14,7 @@ The answer is cached per engine: it describes the path, which does not change wh
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from dataclasses import dataclass
 
@@ -20,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _PROBE = sa.text(
-    "SELECT pg_backend_pid(), inet_server_port(), "
+    "SELECT pg_backend_pid(), inet_server_port(), host(inet_server_addr()), "
     "(SELECT setting::int FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout')"
 )
 
@@ -38,16 +40,29 @@ class PathInfo:
 
     @property
     def wants_short_transactions(self) -> bool:
-        return self.transaction_pooling or self.idle_in_transaction_timeout > 0
+        return self.pooler or self.idle_in_transaction_timeout > 0
 
 
 _cache: weakref.WeakKeyDictionary[sa.Engine, PathInfo] = weakref.WeakKeyDictionary()
+_locks: weakref.WeakKeyDictionary[sa.Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-async def _backend(conn: AsyncConnection) -> tuple[int, int | None, int]:
+@dataclass(frozen=True)
+class _Backend:
+    pid: int
+    server: tuple[str | None, int | None]
+    peer: tuple[str | None, int | None]
+    idle_timeout: int
+
+
+async def _backend(conn: AsyncConnection) -> _Backend:
     row = (await conn.execute(_PROBE)).one()
     await conn.commit()
-    return int(row[0]), row[1], int(row[2] or 0)
+    raw = await conn.get_raw_connection()
+    transport = getattr(raw.driver_connection, "_transport", None)
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    peer_addr = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else (None, None)
+    return _Backend(int(row[0]), (row[2], row[1]), peer_addr, int(row[3] or 0))
 
 
 async def inspect_path(engine: AsyncEngine) -> PathInfo:
@@ -55,22 +70,29 @@ async def inspect_path(engine: AsyncEngine) -> PathInfo:
     cached = _cache.get(engine.sync_engine)
     if cached is not None:
         return cached
+    # Concurrent streams on one engine wait for one probe: probes running side by side would
+    # see each other's backends and blur the answer.
+    lock = _locks.setdefault(engine.sync_engine, asyncio.Lock())
+    async with lock:
+        cached = _cache.get(engine.sync_engine)
+        if cached is None:
+            cached = _cache[engine.sync_engine] = await _probe(engine)
+    return cached
+
+
+async def _probe(engine: AsyncEngine) -> PathInfo:
     if engine.dialect.name != "postgresql":
-        info = PathInfo()
-    else:
-        dialled = engine.url.port or 5432
-        async with engine.connect() as first, engine.connect() as second:
-            pid_1, server_port, idle_timeout = await _backend(first)
-            pid_2, _, _ = await _backend(second)
-            pid_3, _, _ = await _backend(first)
-        per_transaction = pid_1 == pid_2 or pid_1 != pid_3
-        moved = server_port is not None and server_port != dialled
-        info = PathInfo(
-            pooler=per_transaction or moved,
-            transaction_pooling=per_transaction,
-            server_port=server_port,
-            dialled_port=dialled,
-            idle_in_transaction_timeout=idle_timeout,
-        )
-    _cache[engine.sync_engine] = info
-    return info
+        return PathInfo()
+    async with engine.connect() as first, engine.connect() as second:
+        one = await _backend(first)
+        two = await _backend(second)
+        three = await _backend(first)
+    per_transaction = one.pid == two.pid or one.pid != three.pid
+    moved = one.peer != (None, None) and one.server != one.peer
+    return PathInfo(
+        pooler=per_transaction or moved,
+        transaction_pooling=per_transaction,
+        server_port=one.server[1],
+        dialled_port=one.peer[1] or engine.url.port or 5432,
+        idle_in_transaction_timeout=one.idle_timeout,
+    )

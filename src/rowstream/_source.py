@@ -150,6 +150,10 @@ def _set_utc_on_connect(engine: AsyncEngine) -> None:
             cursor.execute(statement)
         finally:
             cursor.close()
+        # The asyncpg adapter opened a transaction for the SET: commit it, or the setting is
+        # rolled back with the first transaction, and a transaction-pooling PgBouncer keeps a
+        # backend pinned to this idle connection until then.
+        dbapi_connection.commit()
 
 
 @dataclass

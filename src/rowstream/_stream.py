@@ -178,13 +178,13 @@ class RowStream:
     async def _choose_strategy(self, source: ResolvedSource) -> Strategy:
         """Pick the strategy and settle the key; nothing is read yet."""
         plan, name = self._plan, self._strategy_name
-        self._key = await resolve_key(source, plan, self._key_arg)
+        self._key, why = await resolve_key(source, plan, self._key_arg)
         key = self._key
         if key is None and (name == "keyset" or self._last_key is not None):
             raise StreamKeyError(
-                "no usable key: keyset paging and start_after need one; the primary key of the "
-                "single table selected is used by default, or pass key= naming unique, "
-                "non-null selected columns"
+                f"no usable key ({why}): keyset paging and start_after need one; the primary "
+                "key of the single table selected is used by default, or pass key= naming "
+                "unique, non-null selected columns"
             )
         statement = plan.statement
         path = PathInfo()

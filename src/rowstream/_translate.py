@@ -22,7 +22,17 @@ from ._exceptions import (
 )
 
 # SQLSTATE classes and codes (PostgreSQL) and error numbers (MySQL/MariaDB client and server).
-_PG_CONNECTION_LOST = {"57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004"}
+_PG_CONNECTION_LOST = {
+    "57P01",
+    "57P02",
+    "57P03",
+    "08000",
+    "08003",
+    "08006",
+    "08001",
+    "08004",
+    "08P01",
+}
 _PG_MISSING_DATABASE = "3D000"
 _PG_AUTH = {"28P01", "28000"}
 _PG_NO_PREPARED_STATEMENT = "26000"
