@@ -117,12 +117,13 @@ async def test_create_engine_survives_a_transaction_pooler(pgbouncer_url: str) -
     # Statement caches are off, so concurrent connections through PgBouncer in transaction
     # mode never ask a backend for a statement that another backend prepared (ERRATA 5).
     engine = rowstream.create_engine(pgbouncer_url, poolclass=NullPool)
+    add = sa.text("SELECT CAST(:a AS int) + CAST(:b AS int)")
 
     async def worker(n: int) -> int:
         total = 0
         async with engine.connect() as conn:
             for i in range(10):
-                total += await conn.scalar(sa.text("SELECT CAST(:a AS int) + CAST(:b AS int)"), {"a": n, "b": i})
+                total += await conn.scalar(add, {"a": n, "b": i})
                 await conn.commit()
         return total
 
@@ -133,11 +134,14 @@ async def test_create_engine_survives_a_transaction_pooler(pgbouncer_url: str) -
         await engine.dispose()
 
 
-def test_url_sources_get_a_private_engine_without_a_pool() -> None:
+def test_url_sources_get_a_private_engine_with_a_small_pool() -> None:
     source = resolve_source("sqlite:///orders.db")
     assert source.owns_engine and source.borrowed is None
-    assert isinstance(source.engine.pool, NullPool)
     assert source.dialect == "sqlite"
+    # Keyset pages and the pooler probe reuse a couple of connections; the stream disposes it.
+    server = resolve_source("postgresql://app@db.invalid/shop")
+    assert server.owns_engine
+    assert server.engine.pool.size() == 2  # type: ignore[attr-defined]
 
 
 async def test_engine_connection_and_session_sources(sqlite_url: str) -> None:

@@ -38,6 +38,7 @@ _ASYNC_DRIVERS = {
 }
 
 Source = str | URL | AsyncEngine | AsyncConnection | AsyncSession
+_SMALL_POOL = {"pool_size": 2, "max_overflow": 2}
 
 
 def resolve_url(url: str | URL) -> URL:
@@ -176,12 +177,14 @@ class ResolvedSource:
 def resolve_source(source: Source) -> ResolvedSource:
     """Turn what the caller passed into an engine (or a connection to use as is).
 
-    A URL gets a private engine without a pool, disposed when the stream closes; an
+    A URL gets a private engine with a small pool, disposed when the stream closes; an
     AsyncSession lends its engine (the session itself is never used, so it stays usable);
     an AsyncConnection is used as it is, inside its transaction when it has one.
     """
     if isinstance(source, (str, URL)):
-        return ResolvedSource(create_engine(source, poolclass=NullPool), owns_engine=True)
+        # A small pool of its own: keyset pages and the pooler probe reuse connections.
+        small = {} if resolve_url(source).get_backend_name() == "sqlite" else _SMALL_POOL
+        return ResolvedSource(create_engine(source, **small), owns_engine=True)
     if isinstance(source, AsyncEngine):
         return ResolvedSource(source)
     if isinstance(source, AsyncConnection):
