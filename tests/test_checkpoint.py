@@ -276,44 +276,73 @@ async def test_a_checkpoint_of_another_key_is_refused(engine: AsyncEngine, tmp_p
 
 CHILD = textwrap.dedent(
     """
-    import asyncio, json, os, sys
+    import asyncio, json, os, sys, threading, time
 
     import sqlalchemy as sa
 
     import rowstream
+    import rowstream.sync
 
-    url, kind, where, log = sys.argv[1:5]
+    api, url, kind, where, log = sys.argv[1:6]
     items = sa.Table(
         "proc_items", sa.MetaData(),
         sa.Column("id", sa.BigInteger, primary_key=True),
         sa.Column("grp", sa.Integer, nullable=False),
         sa.Column("payload", sa.String(100), nullable=False),
     )
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    lock = threading.Lock()
 
 
-    async def main() -> None:
+    def record(batch):
+        # The side effect, durable before the handler returns.
+        with lock:
+            os.write(fd, f"{batch[0].id} {batch[-1].id}\\n".encode())
+            os.fsync(fd)
+
+
+    def latency(batch):
+        return ((batch[0].id * 7919) % 21) / 1000
+
+
+    async def run_async():
         engine = rowstream.create_engine(url)
         if kind == "file":
             store = rowstream.FileCheckpoint(where)
         else:
             store = rowstream.TableCheckpoint(engine, where, table="proc_checkpoints")
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
         async def handler(batch):
-            first = batch[0].id
-            await asyncio.sleep(((first * 7919) % 21) / 1000)
-            # The side effect, durable before the handler returns.
-            os.write(fd, f"{first} {batch[-1].id}\\n".encode())
-            os.fsync(fd)
+            await asyncio.sleep(latency(batch))
+            record(batch)
 
         report = await rowstream.process(
             engine, sa.select(items), handler, batch_rows=10, concurrency=4, checkpoint=store
         )
         await engine.dispose()
-        print(json.dumps({"rows": report.rows, "skipped": report.skipped_rows}))
+        return report
 
 
-    asyncio.run(main())
+    def run_sync():
+        engine = rowstream.sync.create_engine(url)
+        if kind == "file":
+            store = rowstream.FileCheckpoint(where)
+        else:
+            store = rowstream.TableCheckpoint(engine, where, table="proc_checkpoints")
+
+        def handler(batch):
+            time.sleep(latency(batch))
+            record(batch)
+
+        report = rowstream.sync.process(
+            engine, sa.select(items), handler, batch_rows=10, concurrency=4, checkpoint=store
+        )
+        engine.dispose()
+        return report
+
+
+    report = asyncio.run(run_async()) if api == "async" else run_sync()
+    print(json.dumps({"rows": report.rows, "skipped": report.skipped_rows}))
     """
 )
 
@@ -331,9 +360,9 @@ def read_log(path: Path) -> Counter[int]:
     return handled
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("api", "kind"), [("async", "file"), ("async", "table"), ("sync", "file")])
 def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint(
-    db_url: str, tmp_path: Path, kind: str
+    db_url: str, tmp_path: Path, api: str, kind: str
 ) -> None:
     fill_sync(db_url)
     script = tmp_path / "child.py"
@@ -344,7 +373,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint(
     first_log, second_log = tmp_path / "run1.log", tmp_path / "run2.log"
 
     with subprocess.Popen(
-        [sys.executable, str(script), db_url, kind, where, str(first_log)],
+        [sys.executable, str(script), api, db_url, kind, where, str(first_log)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as child:
@@ -367,7 +396,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint(
     assert done_at_kill <= set(run1)
 
     second = subprocess.run(
-        [sys.executable, str(script), db_url, kind, where, str(second_log)],
+        [sys.executable, str(script), api, db_url, kind, where, str(second_log)],
         capture_output=True,
         timeout=120,
         check=False,
