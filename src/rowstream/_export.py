@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.exc import NoSuchTableError
@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
-from ._arrow import ArrowColumn, sqla_column
 from ._atomic import STDOUT, AtomicFile, check_writable
 from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError
 from ._pgcopy import (
@@ -42,12 +41,17 @@ from ._pgcopy import (
     select_list,
 )
 from ._progress import ExportProgress, format_bytes, peak_memory_mb
-from ._sinks import CsvSink, JsonlSink, ParquetSink, Sink, check_compression
+from ._sinks import CsvSink, JsonlSink, Sink, check_compression
 from ._sizing import DEFAULT_BATCH_BYTES
 from ._source import ResolvedSource, Source, mask_url, resolve_source
 from ._strategy import shielded
 from ._stream import stream
 from ._translate import raise_translated
+
+if TYPE_CHECKING:
+    # pyarrow loads only for Parquet (see rowstream._sinks).
+    from ._arrow import ArrowColumn
+    from ._sinks._parquet import ParquetSink
 
 __all__ = ["FORMATS", "ExportReport", "export", "format_for_path"]
 
@@ -224,7 +228,7 @@ async def export(
     resolved = resolve_source(source)
     target = AtomicFile(path)
     try:
-        statement, arrow = await _statement(resolved, table_or_statement, where, columns)
+        statement, arrow = await _statement(resolved, table_or_statement, where, columns, fmt)
         with ExportProgress(enabled=progress) as bar, target as raw:
             counter = _Counter(raw)
             out: BinaryIO = counter  # type: ignore[assignment]
@@ -280,6 +284,7 @@ async def _statement(
     table_or_statement: TableOrStatement,
     where: str | None,
     columns: Sequence[str] | None,
+    fmt: Format,
 ) -> tuple[Select[Any] | TextualSelect | TextClause, list[ArrowColumn] | None]:
     """The statement to export, and the Arrow columns its types give (None: untyped)."""
     arrow: list[ArrowColumn] | None
@@ -290,10 +295,7 @@ async def _statement(
             )
         arrow = None
         if isinstance(table_or_statement, Select):
-            arrow = [
-                sqla_column(c.name, c.type, resolved.dialect)
-                for c in table_or_statement.selected_columns
-            ]
+            arrow = _arrow_columns(table_or_statement.selected_columns, resolved.dialect, fmt)
         return table_or_statement, arrow
     if isinstance(table_or_statement, str):
         schema, name = _split_name(table_or_statement)
@@ -307,12 +309,12 @@ async def _statement(
         else:
             table = await _reflect(resolved, schema, name)
             picked = _pick(table, columns, table_or_statement)
-            arrow = [sqla_column(c.name, c.type, resolved.dialect) for c in picked]
+            arrow = _arrow_columns(picked, resolved.dialect, fmt)
             selected = [_raw(c, resolved.dialect) for c in picked]
     elif isinstance(table_or_statement, sa.Table):
         table = table_or_statement
         selected = _pick(table, columns, table.fullname)
-        arrow = [sqla_column(c.name, c.type, resolved.dialect) for c in selected]
+        arrow = _arrow_columns(selected, resolved.dialect, fmt)
     else:
         raise ConfigurationError(
             f"cannot export a {type(table_or_statement).__name__}: pass a table name, a "
@@ -324,6 +326,15 @@ async def _statement(
             raise ConfigurationError("--where is empty: give a condition, or leave it out")
         statement = statement.where(sa.text(f"({where})"))
     return statement, arrow
+
+
+def _arrow_columns(columns: Any, dialect: str, fmt: Format) -> list[ArrowColumn] | None:
+    """Arrow columns from SQLAlchemy types, for Parquet only (pyarrow loads only then)."""
+    if fmt != "parquet":
+        return None
+    from ._arrow import sqla_column
+
+    return [sqla_column(c.name, c.type, dialect) for c in columns]
 
 
 def _pick(table: sa.TableClause, columns: Sequence[str] | None, label: str) -> list[Any]:
@@ -433,6 +444,8 @@ async def _copy(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> None:
         job.strategy = "copy"
         job.rows = await copy_jsonl(apg, sql, names, write)
         return
+    from ._sinks._parquet import ParquetSink
+
     arrow = [c.arrow for c in columns]
     sink = ParquetSink(out, arrow, compression=job.compression or "zstd")
     sink.begin(names)
@@ -528,6 +541,8 @@ async def _export_stream(
         job.progress.set_estimate(estimate)
         names = [c.name for c in pg]
         if job.format == "parquet":
+            from ._sinks._parquet import ParquetSink
+
             arrow = [c.arrow for c in pg]
             query = f"SELECT {select_list(arrow)} FROM ({sql}) AS t"
             sink = ParquetSink(job.out, arrow, compression=job.compression or "zstd")
@@ -543,8 +558,9 @@ async def _export_stream(
     try:
         sink = await _stream_into(stream_source, statement, names, arrow, sink, resolved, job)
     except BaseException:
-        if isinstance(sink, ParquetSink):
-            sink.abort()
+        abort = getattr(sink, "abort", None)
+        if abort is not None:
+            abort()
         raise
     sink.finish()
 
@@ -564,7 +580,10 @@ async def _stream_into(
         keys = list(rows.keys())
         if not names or len(names) != len(keys):
             names = keys
-        if isinstance(sink, ParquetSink) and resolved.dialect != "postgresql" and not arrow:
+        if job.format == "parquet" and resolved.dialect != "postgresql" and not arrow:
+            from ._arrow import ArrowColumn
+            from ._sinks._parquet import ParquetSink
+
             sink = ParquetSink(
                 job.out,
                 [ArrowColumn(n, None) for n in names],
@@ -583,6 +602,8 @@ def _text_sink(job: _Job, arrow: list[ArrowColumn]) -> Sink:
         return CsvSink(job.out)
     if job.format == "jsonl":
         return JsonlSink(job.out)
+    from ._sinks._parquet import ParquetSink
+
     return ParquetSink(job.out, arrow, compression=job.compression or "zstd")
 
 

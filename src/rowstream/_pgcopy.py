@@ -25,30 +25,20 @@ import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ._arrow import ArrowColumn, pg_column
 from ._exceptions import SinkError
-from ._sinks import ParquetSink
+
+if TYPE_CHECKING:
+    from ._arrow import ArrowColumn
+    from ._sinks._parquet import ParquetSink
 
 __all__ = ["PgColumn", "copy_csv", "copy_jsonl", "copy_parquet", "pg_transaction", "probe"]
 
 Write = Callable[[bytes], Awaitable[None]]
 
-# Types Arrow's CSV reader parses exactly from COPY CSV text (with the casts of _arrow.py).
-_CSV_PARSEABLE = {
-    pa.types.is_integer,
-    pa.types.is_floating,
-    pa.types.is_boolean,
-    pa.types.is_string,
-    pa.types.is_decimal,
-    pa.types.is_date32,
-    pa.types.is_timestamp,
-}
 PARQUET_BLOCK_BYTES = 4 * 1024 * 1024
 PIPE_BYTES = 1024 * 1024
 
@@ -64,6 +54,8 @@ class PgColumn:
 
     @property
     def arrow(self) -> ArrowColumn:
+        from ._arrow import pg_column
+
         return pg_column(self.name, self.typname, self.typmod, self.element)
 
 
@@ -198,14 +190,27 @@ async def copy_jsonl(apg: Any, sql: str, columns: Sequence[str], write: Write) -
 
 def csv_parseable(columns: Sequence[ArrowColumn]) -> bool:
     """True when Arrow's CSV reader can read every column exactly from COPY CSV."""
-    return all(
-        c.type is not None and any(check(c.type) for check in _CSV_PARSEABLE) for c in columns
+    import pyarrow as pa
+
+    # With the casts of _arrow.py (interval, uuid, json... as text), these parse exactly;
+    # lists, binary (bytea's hex) and times do not.
+    parseable = (
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_boolean,
+        pa.types.is_string,
+        pa.types.is_decimal,
+        pa.types.is_date32,
+        pa.types.is_timestamp,
     )
+    return all(c.type is not None and any(check(c.type) for check in parseable) for c in columns)
 
 
 def _native_reader(fd: int) -> Any:
     """Arrow's own file over the pipe, so the parser reads without taking the GIL (Linux's
     /dev/fd); a Python file elsewhere."""
+    import pyarrow as pa
+
     try:
         native = pa.OSFile(f"/dev/fd/{fd}", "r")
     except (OSError, pa.ArrowException):
@@ -222,6 +227,9 @@ async def copy_parquet(
     on_chunk: Callable[[bytes], None],
 ) -> int:
     """COPY CSV parsed by Arrow in a thread into ``sink``; returns the number of rows."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     names = [f"c{i}" for i in range(len(columns))]  # the header row is not sent
     schema = pa.schema([pa.field(n, c.type) for n, c in zip(names, columns, strict=True)])
     real_schema = pa.schema([pa.field(c.name, c.type) for c in columns])

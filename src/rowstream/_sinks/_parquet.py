@@ -15,20 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .._arrow import ArrowColumn, infer_columns, rows_to_batch, schema_of
-from .._exceptions import ConfigurationError, SinkError
+from .._exceptions import SinkError
+from ._options import DEFAULT_COMPRESSION, check_compression
 
-DEFAULT_COMPRESSION = "zstd"
-COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 ROW_GROUP_BYTES = 64 * 1024 * 1024
 ROW_GROUP_ROWS = 1024 * 1024
-
-
-def check_compression(name: str) -> str:
-    if name not in COMPRESSIONS:
-        raise ConfigurationError(
-            f"unknown Parquet compression {name!r}: choose one of {', '.join(COMPRESSIONS)}"
-        )
-    return name
 
 
 class ParquetSink:
