@@ -385,3 +385,20 @@ async def test_the_invoice_run_marks_each_batch_sent_in_a_session_of_its_own(
         )
     assert sent == ROWS
     assert engine.pool.checkedout() == 0
+
+
+async def test_process_through_a_transaction_pooling_pgbouncer(
+    pgbouncer_url: str, pg_url: str
+) -> None:
+    fill_sync(pg_url)
+    seen: Counter[int] = Counter()
+
+    async def handler(batch: list[Any]) -> None:
+        await asyncio.sleep(0.001)
+        seen.update(ids_of(batch))
+
+    report = await rowstream.process(
+        pgbouncer_url, sa.select(proc_items), handler, concurrency=4, batch_rows=100
+    )
+    assert seen == Counter(range(1, ROWS + 1))
+    assert report.rows == ROWS

@@ -303,3 +303,21 @@ def test_handlers_open_their_own_sessions(engine: sa.Engine) -> None:
         sent = session.scalar(sa.select(sa.func.count()).where(proc_items.c.payload == "sent"))
     assert sent == ROWS
     assert engine.pool.checkedout() == 0
+
+
+def test_process_through_a_transaction_pooling_pgbouncer(pgbouncer_url: str, pg_url: str) -> None:
+    fill_sync(pg_url)
+    seen: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def handler(batch: list[Any]) -> None:
+        with lock:
+            seen.update(ids_of(batch))
+
+    # psycopg's named cursor lives in the stream's transaction, which PgBouncer keeps on one
+    # server connection; no prepared statements (prepare_threshold=None) to lose in between.
+    report = rowstream.sync.process(
+        pgbouncer_url, sa.select(proc_items), handler, concurrency=4, batch_rows=100
+    )
+    assert seen == Counter(range(1, ROWS + 1))
+    assert report.rows == ROWS
