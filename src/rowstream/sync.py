@@ -41,6 +41,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.selectable import Select
 
 from ._checkpoint import CheckpointStore, Watermark
+from ._cursor import detach
 from ._exceptions import ConfigurationError, RowstreamError, StreamKeyError
 from ._keys import Key, KeyArg, resolve_key
 from ._keyset import pageable
@@ -434,14 +435,11 @@ class SyncRowStream:
         size = self._sizer.next_rows()
         if self._session is not None and self._previous:
             # Earlier batches belong to the caller; the stream's session must not keep them.
-            # One by one: expunge_all() would pull the identity map from under the result.
-            session = self._session
+            # Not expunge_all(): it would pull the identity map from under the result.
             entities = (
                 self._previous if self._plan.scalars else [e for row in self._previous for e in row]
             )
-            for entity in entities:
-                if hasattr(entity, "_sa_instance_state") and entity in session:
-                    session.expunge(entity)
+            detach(self._session, entities)
             self._previous = []
         try:
             batch = list(self._result.fetchmany(size))
