@@ -9,12 +9,21 @@ empty list, and closed exactly once on every exit path (success, exception, canc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+import gc
+import threading
+from collections.abc import Awaitable, Iterator
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
 CLEANUP_TIMEOUT = 10.0
+# While a batch is decoded, the cyclic collector runs after this many new container objects
+# instead of Python's 700: a batch of 10,000 rows allocates 20,000-30,000 of them (records,
+# tuples, Rows), all acyclic and alive until the caller drops them, so the default threshold
+# makes it walk the young generation dozens of times per batch for nothing (measured: it halves
+# the throughput of building SQLAlchemy Rows). Collections still happen, so memory stays bounded.
+BATCH_GC_THRESHOLD = 100_000
 
 
 class Strategy(Protocol):
@@ -54,3 +63,32 @@ async def shielded(awaitable: Awaitable[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+_gc_lock = threading.Lock()
+_gc_depth = 0
+_gc_saved: tuple[int, int, int] | None = None
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Raise the collector's first threshold while batches are read (see BATCH_GC_THRESHOLD).
+
+    Re-entrant across tasks and threads: the first reader saves the thresholds, the last one
+    puts them back.
+    """
+    global _gc_depth, _gc_saved
+    with _gc_lock:
+        if _gc_depth == 0:
+            _gc_saved = gc.get_threshold()
+            if 0 < _gc_saved[0] < BATCH_GC_THRESHOLD:
+                gc.set_threshold(BATCH_GC_THRESHOLD, _gc_saved[1], _gc_saved[2])
+        _gc_depth += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_saved is not None:
+                gc.set_threshold(*_gc_saved)
+                _gc_saved = None

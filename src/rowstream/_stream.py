@@ -30,7 +30,7 @@ from ._plan import Plan, Statement, make_plan
 from ._pooler import PathInfo, inspect_path
 from ._sizing import DEFAULT_BATCH_BYTES, BatchSizer
 from ._source import ResolvedSource, Source, resolve_source
-from ._strategy import Strategy, shielded
+from ._strategy import Strategy, fewer_collections, shielded
 
 StrategyName = Literal["auto", "cursor", "keyset"]
 STRATEGIES = ("auto", "cursor", "keyset")
@@ -247,7 +247,8 @@ class RowStream:
         while True:
             assert self._strategy is not None
             try:
-                batch = await self._strategy.fetch(size)
+                with fewer_collections():
+                    batch = await self._strategy.fetch(size)
                 break
             except ConnectionLostError as exc:
                 attempt += 1
