@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -91,3 +92,35 @@ async def test_twelve_concurrent_streams(
         assert ids == expected
         # Behind a transaction pooler, auto reads by keyset pages too.
         assert strategy == "keyset"
+
+
+SETTINGS = (
+    "SELECT current_setting('jit'), current_setting('TimeZone'), "
+    "current_setting('application_name')"
+)
+
+
+@pytest.mark.parametrize("path", ["direct", "pgbouncer"])
+async def test_engine_settings_reach_the_stream(pg_url: str, pgbouncer_url: str, path: str) -> None:
+    url = pg_url if path == "direct" else pgbouncer_url
+    async with rowstream.stream(url, SETTINGS) as rows:
+        ((jit, zone, name),) = [tuple(row) async for row in rows]
+    assert zone == "UTC"
+    assert name == "rowstream"
+    if path == "pgbouncer":
+        # Session settings do not stick behind a transaction pooler: JIT goes off per
+        # transaction (SET LOCAL) there.
+        assert jit == "off"
+
+
+async def test_statement_caches_are_off(pg_url: str) -> None:
+    engine = rowstream.create_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            adapted: Any = raw.dbapi_connection
+            assert adapted._prepared_statement_cache is None
+            assert adapted.driver_connection._stmt_cache.get_max_size() == 0
+        assert engine.pool._pre_ping  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()

@@ -110,6 +110,36 @@ async def test_terminated_backend_resumes_exactly(
         assert stats.reconnects >= 1
 
 
+@pytest.mark.parametrize("strategy", ["cursor", "keyset"])
+async def test_pgbouncer_dropping_every_connection_resumes_exactly(
+    resume_table: None, pgbouncer_url: str, strategy: str
+) -> None:
+    """PgBouncer's admin KILL drops every client and server connection of the database, as a
+    PgBouncer restart does; RESUME lets new ones in again."""
+    url = make_url(pgbouncer_url)
+    admin_dsn = url.set(drivername="postgresql", database="pgbouncer")
+    engine = _engine(pgbouncer_url, f"rs-resume-{uuid.uuid4().hex[:8]}")
+
+    async def drop() -> None:
+        # The admin console speaks only the simple query protocol: execute() without arguments.
+        admin = await asyncpg.connect(
+            admin_dsn.render_as_string(hide_password=False), statement_cache_size=0
+        )
+        try:
+            await admin.execute(f'KILL "{url.database}"')
+            await admin.execute(f'RESUME "{url.database}"')
+        finally:
+            await admin.close()
+
+    try:
+        stats = await _stream_with(engine, strategy, KILL_AT, drop)
+    finally:
+        await engine.dispose()
+    assert stats.rows == ROWS
+    if strategy == "cursor":
+        assert stats.reconnects >= 1
+
+
 class CuttableProxy:
     """A TCP proxy in front of PostgreSQL whose connections can be cut, like a network."""
 
