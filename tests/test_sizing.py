@@ -124,7 +124,10 @@ def test_batch_rows_fixes_the_size() -> None:
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
-    [({"batch_rows": 0, "batch_bytes": None}, "batch_rows"), ({"batch_rows": None, "batch_bytes": 0}, "batch_bytes")],
+    [
+        ({"batch_rows": 0, "batch_bytes": None}, "batch_rows"),
+        ({"batch_rows": None, "batch_bytes": 0}, "batch_bytes"),
+    ],
 )
 def test_bad_sizes_are_refused(arguments: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):

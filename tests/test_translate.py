@@ -187,5 +187,7 @@ def test_rowstream_errors_pass_through_and_survive_pickling() -> None:
     copy = pickle.loads(pickle.dumps(original))
     assert type(copy) is ConnectionLostError
     assert copy.context == {"table": "orders", "last_key": 41}
-    assert str(copy) == str(original) == "lost it; run the stream again (table='orders', last_key=41)"
+    assert (
+        str(copy) == str(original) == "lost it; run the stream again (table='orders', last_key=41)"
+    )
     assert isinstance(copy, RowstreamError)
