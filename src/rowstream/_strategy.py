@@ -18,11 +18,12 @@ from typing import Any, Protocol, TypeVar
 T = TypeVar("T")
 
 CLEANUP_TIMEOUT = 10.0
-# While a batch is decoded, the cyclic collector runs after this many new container objects
+# While a stream is open, the cyclic collector runs after this many new container objects
 # instead of Python's 700: a batch of 10,000 rows allocates 20,000-30,000 of them (records,
-# tuples, Rows), all acyclic and alive until the caller drops them, so the default threshold
-# makes it walk the young generation dozens of times per batch for nothing (measured: it halves
-# the throughput of building SQLAlchemy Rows). Collections still happen, so memory stays bounded.
+# tuples, Rows), all acyclic and alive until the caller drops them, and every step of an async
+# iterator allocates one more, so the default threshold makes the collector walk the live batch
+# dozens of times per batch for nothing (measured: it halves the throughput of building
+# SQLAlchemy Rows). Collections still happen, so memory stays bounded.
 BATCH_GC_THRESHOLD = 100_000
 
 
@@ -72,7 +73,7 @@ _gc_saved: tuple[int, int, int] | None = None
 
 @contextlib.contextmanager
 def fewer_collections() -> Iterator[None]:
-    """Raise the collector's first threshold while batches are read (see BATCH_GC_THRESHOLD).
+    """Raise the collector's first threshold while streams are open (see BATCH_GC_THRESHOLD).
 
     Re-entrant across tasks and threads: the first reader saves the thresholds, the last one
     puts them back.

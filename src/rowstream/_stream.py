@@ -7,6 +7,7 @@ sized by bytes -> the caller, one item at a time or one batch at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ class RowStream:
         self._cursor_statement = self._plan.statement
         self._state: Literal["new", "open", "closed"] = "new"
         self._done = False
+        self._collections: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         self.stats = Stats()
 
     @property
@@ -146,6 +148,11 @@ class RowStream:
             raise RowstreamError("a stream can be opened once: call rowstream.stream() again")
         self._state = "open"
         self.stats.started = time.perf_counter()
+        # Held until the stream closes: building the rows and walking them one by one (each
+        # step of an async iterator allocates) would otherwise run the collector over the
+        # live batch again and again. See BATCH_GC_THRESHOLD.
+        self._collections = fewer_collections()
+        self._collections.__enter__()
         try:
             self._source = resolve_source(self._source_arg)
             self._strategy = await self._choose_strategy(self._source)
@@ -170,6 +177,7 @@ class RowStream:
             return
         self._state = "closed"
         self.stats.finished = time.perf_counter()
+        self._collections.__exit__(None, None, None)
         if self._strategy is not None:
             await shielded(self._strategy.aclose())
         if self._source is not None:
@@ -247,8 +255,7 @@ class RowStream:
         while True:
             assert self._strategy is not None
             try:
-                with fewer_collections():
-                    batch = await self._strategy.fetch(size)
+                batch = await self._strategy.fetch(size)
                 break
             except ConnectionLostError as exc:
                 attempt += 1
