@@ -417,3 +417,19 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint(
     assert final is not None and final.complete
     if isinstance(store, rowstream.TableCheckpoint):
         store.close()
+
+
+async def test_an_empty_stream_leaves_a_complete_checkpoint_with_no_key(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    store = rowstream.FileCheckpoint(tmp_path / "cp.json")
+
+    async def handler(batch: list[Any]) -> None:
+        raise AssertionError("no batch expected")
+
+    report = await rowstream.process(
+        engine, sa.select(proc_items).where(proc_items.c.id < 0), handler, checkpoint=store
+    )
+    assert report.rows == report.batches == 0
+    saved = store.load()
+    assert saved is not None and saved.complete and saved.after is None

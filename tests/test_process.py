@@ -402,3 +402,18 @@ async def test_process_through_a_transaction_pooling_pgbouncer(
     )
     assert seen == Counter(range(1, ROWS + 1))
     assert report.rows == ROWS
+
+
+async def test_a_session_lends_its_engine_and_stays_usable(engine: AsyncEngine) -> None:
+    seen: Counter[int] = Counter()
+
+    async def handler(batch: list[ProcItem]) -> None:
+        seen.update(item.id for item in batch)
+
+    async with async_sessionmaker(engine)() as session:
+        report = await rowstream.process(session, sa.select(ProcItem), handler, batch_rows=500)
+        # The session never served the stream: it still answers.
+        assert await session.scalar(sa.select(sa.func.count()).select_from(proc_items)) == ROWS
+    assert report.rows == ROWS
+    assert seen == Counter(range(1, ROWS + 1))
+    assert engine.pool.checkedout() == 0
