@@ -20,7 +20,14 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-__all__ = ["ArrowColumn", "pg_column", "rows_to_batch", "sqla_column"]
+__all__ = [
+    "ArrowColumn",
+    "lean_memory_pool",
+    "pg_column",
+    "rows_to_batch",
+    "sqla_column",
+    "use_lean_memory_pool",
+]
 
 MAX_DECIMAL128_PRECISION = 38
 
@@ -143,6 +150,23 @@ def sqla_column(name: str, sql_type: Any, dialect: str) -> ArrowColumn:
     if isinstance(t, (sa.String, sa.Enum, sa.Uuid)):
         return ArrowColumn(name, pa.string())
     return ArrowColumn(name, None)
+
+
+def lean_memory_pool() -> pa.MemoryPool:
+    """jemalloc when pyarrow has it, else the default pool.
+
+    Measured on a 1M-row Parquet export: the same Arrow allocations (22 MB at most) cost
+    28-35 MB more peak RSS with pyarrow's default mimalloc, which keeps freed pages longer.
+    """
+    try:
+        return pa.jemalloc_memory_pool()
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        return pa.default_memory_pool()
+
+
+def use_lean_memory_pool() -> None:
+    """Make :func:`lean_memory_pool` pyarrow's default (the CLI does: the process is ours)."""
+    pa.set_memory_pool(lean_memory_pool())
 
 
 def _to_text(value: Any) -> Any:

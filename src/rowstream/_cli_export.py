@@ -63,6 +63,12 @@ async def run(args: argparse.Namespace) -> int:
         columns = [c.strip() for c in args.columns.split(",")]
         if not all(columns):
             raise ConfigurationError(f"bad --columns {args.columns!r}: write a,b,c")
+    if args.format == "parquet" or args.output.lower().endswith((".parquet", ".pq")):
+        from ._arrow import use_lean_memory_pool
+
+        # Parquet writers allocate from pyarrow's default pool; in our own process it can be
+        # the leaner one (see rowstream._arrow.lean_memory_pool).
+        use_lean_memory_pool()
     target: Any = args.table if args.table is not None else sa.text(args.query)
     if args.query is not None and not args.query.strip():
         raise ConfigurationError("--query is empty: give a SELECT")

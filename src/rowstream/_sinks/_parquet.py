@@ -1,4 +1,4 @@
-"""Parquet: zstd by default, row groups of about 64 MiB of Arrow data (at most 1M rows).
+"""Parquet: zstd by default, row groups of 122,880 rows (at most 32 MiB of Arrow data).
 
 pyarrow closes a row group on every ``write_table`` call, so batches are gathered here until a
 row group is full: small batches would otherwise give thousands of tiny row groups, which
@@ -18,8 +18,10 @@ from .._arrow import ArrowColumn, infer_columns, rows_to_batch, schema_of
 from .._exceptions import SinkError
 from ._options import DEFAULT_COMPRESSION, check_compression
 
-ROW_GROUP_BYTES = 64 * 1024 * 1024
-ROW_GROUP_ROWS = 1024 * 1024
+# DuckDB's default row group (122,880 rows), and at most 32 MiB of Arrow data for wide rows:
+# large enough for readers to skip and scan well, small enough to keep memory flat.
+ROW_GROUP_BYTES = 32 * 1024 * 1024
+ROW_GROUP_ROWS = 122_880
 
 
 class ParquetSink:
