@@ -242,3 +242,44 @@ async def test_through_pgbouncer(types_table: str, pgbouncer_url: str, tmp_path:
     out = tmp_path / "bounced.csv"
     await rowstream.export(pgbouncer_url, sa.text(QUERY), out)
     assert out.read_bytes() == await _oracle_copy(types_table, QUERY)
+
+
+async def test_parquet_blocks_cut_between_records(pg_url: str, tmp_path: Path) -> None:
+    # Several MiB of COPY CSV with newlines and quotes inside fields: blocks must be cut
+    # between records only, or Arrow would parse half-records.
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS exp_blocks; CREATE TABLE exp_blocks AS "
+            "SELECT i AS id, repeat('x', i % 50) || E'\\n\"' || i || E'\",\\r\\n' AS note, "
+            "timestamptz '2024-01-01' + i * interval '1 second' AS at "
+            "FROM generate_series(1, 60000) i"
+        )
+        fast, slow = tmp_path / "fast.parquet", tmp_path / "slow.parquet"
+        query = sa.text("SELECT * FROM exp_blocks ORDER BY id")
+        assert (await rowstream.export(pg_url, query, fast)).strategy == "copy"
+        await rowstream.export(pg_url, query, slow, strategy="stream")
+        assert pq.read_table(fast).equals(pq.read_table(slow))
+        assert pq.read_table(fast).column("note")[6].as_py() == 'xxxxxxx\n"7",\r\n'
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS exp_blocks")
+        await conn.close()
+
+
+async def test_planner_estimate_for_the_progress_bar(pg_url: str) -> None:
+    from rowstream._pgcopy import pg_transaction, probe
+
+    engine = rowstream.create_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(
+                "CREATE TEMP TABLE exp_estimate AS SELECT generate_series(1, 5000) AS id"
+            )
+            await conn.exec_driver_sql("ANALYZE exp_estimate")
+            await conn.commit()
+            async with pg_transaction(conn) as apg:
+                columns, estimate = await probe(apg, "SELECT id FROM exp_estimate")
+        assert [(c.name, c.typname) for c in columns] == [("id", "int4")]
+        assert estimate == 5000
+    finally:
+        await engine.dispose()

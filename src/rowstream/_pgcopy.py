@@ -243,6 +243,8 @@ async def copy_parquet(
     parse_schema = pa.schema([pa.field(n, c.type) for n, c in zip(names, columns, strict=True)])
     schema = pa.schema([pa.field(c.name, c.type) for c in columns])
     read_options = pacsv.ReadOptions(column_names=names, use_threads=False)
+    # Text may hold newlines inside quotes; Arrow's parser must be told to look for them.
+    parse_options = pacsv.ParseOptions(newlines_in_values=True)
     pool = lean_memory_pool()
     convert_options = pacsv.ConvertOptions(
         column_types=parse_schema,
@@ -265,6 +267,7 @@ async def copy_parquet(
                 table = pacsv.read_csv(
                     pa.py_buffer(block),
                     read_options=read_options,
+                    parse_options=parse_options,
                     convert_options=convert_options,
                     memory_pool=pool,
                 )
