@@ -141,6 +141,28 @@ async def test_missing_database(pg_url: str, tmp_path: Path) -> None:
     assert "exp_no_such_db" in line
 
 
+async def test_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    database = tmp_path / "missing.db"
+    line = assert_clean_failure(
+        await asyncio.to_thread(
+            run_cli, f"sqlite:///{database}", "--table", "t", "-o", str(target)
+        ),
+        target,
+    )
+    assert "no SQLite database" in line
+    assert _names(tmp_path) == []
+
+
+async def test_mariadb_unknown_table(mysql_url: str, tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    line = assert_clean_failure(
+        await asyncio.to_thread(run_cli, mysql_url, "--table", "exp_nope", "-o", str(target)),
+        target,
+    )
+    assert "exp_nope" in line
+
+
 @pytest.mark.parametrize(
     "url", [f"postgresql://u:{SECRET}@host:port/db", "not a url", f"oracle://u:{SECRET}@h/db"]
 )

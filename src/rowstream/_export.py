@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from ._atomic import STDOUT, AtomicFile, check_writable
-from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError
+from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError, SourceError
 from ._pgcopy import (
     PgColumn,
     copy_csv,
@@ -44,7 +45,7 @@ from ._pgcopy import (
 from ._progress import ExportProgress, format_bytes, peak_memory_mb
 from ._sinks import CsvSink, JsonlSink, Sink, check_compression
 from ._sizing import DEFAULT_BATCH_BYTES
-from ._source import ResolvedSource, Source, mask_url, resolve_source
+from ._source import ResolvedSource, Source, mask_url, resolve_source, resolve_url
 from ._strategy import shielded
 from ._stream import stream
 from ._translate import raise_translated
@@ -239,6 +240,7 @@ async def export(
         raise ConfigurationError(f"batch_bytes must be positive, not {batch_bytes}")
     if str(path) != STDOUT:
         check_writable(Path(path))
+    _check_sqlite_file(source)
     resolved = resolve_source(source)
     target = AtomicFile(path)
     try:
@@ -284,6 +286,23 @@ async def export(
 
 
 # ---------------------------------------------------------------- statement
+
+
+def _check_sqlite_file(source: Source) -> None:
+    """SQLite creates a missing database file on connect: an export must not leave one."""
+    if not isinstance(source, (str, URL)):
+        return
+    url = resolve_url(source)
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:") or url.query.get("uri"):
+        return
+    if not Path(database).is_file():
+        raise SourceError(
+            f"cannot use {mask_url(url)}: there is no SQLite database at {database!r}; "
+            "check the path (sqlite:///relative.db or sqlite:////absolute.db)"
+        )
 
 
 def _split_name(name: str) -> tuple[str | None, str]:
