@@ -2,6 +2,7 @@
 
     python bench/bench_export.py                 # 5M rows, every tool
     python bench/bench_export.py --sizes 1000000,5000000 --only rowstream-parquet,rowstream-csv
+    python bench/bench_export.py --repeat 3      # interleaved rounds, median per variant
 
 Each variant runs in a fresh child process (peak RSS is that child's own, from ``os.wait4``;
 for psql, the largest of the wrapper and psql). Every variant reads the same rows
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,18 +79,30 @@ def child_rowstream(fmt: str, dsn: str, rows: int, out: Path) -> None:
     seconds = time.perf_counter() - started
     if code != 0:
         raise SystemExit(code)
-    child_report(_count_rows(out, fmt), seconds)
+    # The parent counts the rows in the file: counting here would add to this child's peak RSS.
+    child_report(-1, seconds)
 
 
-def _count_rows(path: Path, fmt: str) -> int:
-    """Rows in the written file, counted after the clock stopped."""
+def count_rows(path: Path, fmt: str) -> int:
+    """Rows in a written file, counted by the parent after the child exited.
+
+    The parent must stay small: a child's ``ru_maxrss`` starts from the parent's memory (the
+    kernel folds the forked address space's high-water mark in at exec), so Parquet is
+    counted in a throwaway process (pyarrow would add 40 MB to the parent) and text files in
+    1 MiB reads.
+    """
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        code = (
+            "import sys, pyarrow.parquet as pq; "
+            "print(pq.ParquetFile(sys.argv[1]).metadata.num_rows)"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True
+        )
+        return int(done.stdout.strip() or -1)
     lines = 0
     with path.open("rb") as file:
-        while block := file.read(1 << 24):
+        while block := file.read(1 << 20):
             lines += block.count(b"\n")
     # The orders' notes have no newlines: one line per row, plus CSV's header.
     return lines - 1 if fmt == "csv" else lines
@@ -236,6 +250,9 @@ def main() -> None:
     parser.add_argument("--dsn", default=DEFAULT_PG_DSN)
     parser.add_argument("--sizes", default=str(ORDERS_ROWS), help="comma-separated row counts")
     parser.add_argument("--only", help="comma-separated variants (default: all)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds; each variant's median run is reported"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=ORDERS_ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -247,51 +264,63 @@ def main() -> None:
     built = asyncio.run(ensure_orders(args.dsn))
     if built:
         print(f"built {ORDERS_TABLE} in {built:.0f} s", file=sys.stderr)
-    names = args.only.split(",") if args.only else list(VARIANTS)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    for rows in sizes:
-        results: list[Result] = []
+    names = [n for n in (args.only.split(",") if args.only else VARIANTS) if _available(n)]
+    for rows in [int(s) for s in args.sizes.split(",")]:
+        runs: dict[str, list[Result]] = {name: [] for name in names}
         with tempfile.TemporaryDirectory(prefix="bench_export_") as tmp:
-            for name in names:
-                module = _NEEDS.get(name)
-                if module and importlib.util.find_spec(module) is None:
-                    print(f"{name}: skipped, {module} is not installed", file=sys.stderr)
-                    continue
-                out = Path(tmp) / f"{name}{suffix(name)}"
-                argv = [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    name,
-                    "--dsn",
-                    args.dsn,
-                    "--rows",
-                    str(rows),
-                    "--out",
-                    str(out),
-                ]
-                try:
-                    report, peak = run_child(argv)
-                except RuntimeError as exc:
-                    print(f"{name}: failed: {str(exc)[-400:]}", file=sys.stderr)
-                    continue
-                size = _size(out)
-                extra = {k: v for k, v in report.items() if k not in ("rows", "seconds")}
-                extra["file_mb"] = round(size / 2**20, 1)
-                result = Result(name, report["rows"], report["seconds"], peak, extra)
-                results.append(result)
-                print(
-                    f"{name}: {result.rows:,} rows in {result.seconds:.2f} s, "
-                    f"{result.rows_per_second:,.0f} rows/s, peak RSS {peak:.0f} MB, "
-                    f"file {extra['file_mb']} MB {extra.get('strategy', '')}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                _remove(out)
-        print(f"\n### {rows:,} rows\n")
+            # Rounds interleave the variants, so a noisy moment on a shared machine hits one
+            # run of each rather than every run of one.
+            for _ in range(args.repeat):
+                for name in names:
+                    result = measure(name, args.dsn, rows, Path(tmp))
+                    if result is not None:
+                        runs[name].append(result)
+        results = [_median(r) for r in runs.values() if r]
+        print(f"\n### {rows:,} rows (median of {args.repeat}; peak RSS: the highest)\n")
         print(
             ratio_table(results, [("vs ADBC", "adbc-parquet"), ("vs psql \\copy", "psql-copy-csv")])
         )
+
+
+def _available(name: str) -> bool:
+    module = _NEEDS.get(name)
+    if module and importlib.util.find_spec(module) is None:
+        print(f"{name}: skipped, {module} is not installed", file=sys.stderr)
+        return False
+    return True
+
+
+def measure(name: str, dsn: str, rows: int, tmp: Path) -> Result | None:
+    out = tmp / f"{name}{suffix(name)}"
+    argv = [sys.executable, __file__, "--child", name, "--dsn", dsn]
+    argv += ["--rows", str(rows), "--out", str(out)]
+    try:
+        report, peak = run_child(argv)
+    except RuntimeError as exc:
+        print(f"{name}: failed: {str(exc)[-400:]}", file=sys.stderr)
+        return None
+    extra = {k: v for k, v in report.items() if k not in ("rows", "seconds")}
+    extra["file_mb"] = round(_size(out) / 2**20, 1)
+    count = report["rows"]
+    if count < 0:
+        count = count_rows(out, name.rsplit("-", 1)[-1])
+    result = Result(name, count, report["seconds"], peak, extra)
+    print(
+        f"{name}: {result.rows:,} rows in {result.seconds:.2f} s, "
+        f"{result.rows_per_second:,.0f} rows/s, peak RSS {peak:.0f} MB, "
+        f"file {extra['file_mb']} MB",
+        file=sys.stderr,
+        flush=True,
+    )
+    _remove(out)
+    return result
+
+
+def _median(results: list[Result]) -> Result:
+    ordered = sorted(results, key=lambda r: r.seconds)
+    middle = ordered[len(ordered) // 2]
+    peak = max(r.peak_rss_mb for r in results)
+    return Result(middle.name, middle.rows, middle.seconds, peak, middle.extra)
 
 
 def _size(path: Path) -> int:
@@ -303,6 +332,8 @@ def _size(path: Path) -> int:
 def _remove(path: Path) -> None:
     if path.is_file():
         path.unlink()
+    for directory in ("dlt-out", "dlt-pipelines"):
+        shutil.rmtree(path.parent / directory, ignore_errors=True)
 
 
 if __name__ == "__main__":
