@@ -221,6 +221,13 @@ async def export(
     JSONL). The file appears only when complete: on an error or cancellation the target is
     untouched and the query is cancelled on the server.
 
+    Values are written as PostgreSQL writes them: CSV as ``COPY ... WITH CSV HEADER``, JSONL
+    values as ``to_jsonb()``, timestamps in UTC; in Parquet, ``numeric(p, s)`` is a decimal,
+    and ``interval``, ``uuid``, ``json`` and unconstrained ``numeric`` are their PostgreSQL
+    text (Parquet cannot store Arrow's month_day_nano interval). ``strategy="auto"`` uses COPY
+    on PostgreSQL when rowstream opens the connection, and :func:`rowstream.stream` otherwise
+    (``"stream"`` forces it; ``batch_rows``/``batch_bytes`` apply to it).
+
     Example::
 
         report = await rowstream.export(
