@@ -264,14 +264,21 @@ class Pipeline:
 
     async def _stop_all(self, producer: asyncio.Task[None], dispatcher: asyncio.Task[None]) -> None:
         self._stopping = True
-        tasks = [producer, dispatcher, *self._running.values()]
-        for task in tasks[1:]:
-            task.cancel()
+        dispatcher.cancel()
+        handlers = list(self._running.values())
+        threads = self._call == self._thread_call
+        waits = [t for t in handlers if threads and not t.done()]
         if self._fetching and not producer.done():
             # A fetch cancelled half-way leaves the driver mid-protocol (aiosqlite even logs
             # errors when the connection closes under it): let the current fetch end, briefly.
-            await asyncio.wait([producer], timeout=CANCEL_GRACE)
-        producer.cancel()
+            waits.append(producer)
+        if waits:
+            # Threads cannot be interrupted either: a handler that finishes within the grace
+            # period still counts (and reaches the checkpoint) instead of running unrecorded.
+            await asyncio.wait(waits, timeout=CANCEL_GRACE)
+        tasks = [producer, dispatcher, *handlers]
+        for task in tasks:
+            task.cancel()
         pending = [task for task in tasks if not task.done()]
         if pending:
             # Handlers that swallow cancellation are not waited for beyond the grace period;

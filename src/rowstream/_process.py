@@ -288,7 +288,8 @@ async def process(
         ``on_error="raise"`` (default): the first handler exception cancels the handlers in
         flight, stops reading, closes the stream (its connection goes back to the pool) and is
         re-raised as it is, with a note saying how far the run got. A handler running in a
-        thread cannot be interrupted; it finishes in the background and its result is dropped.
+        thread cannot be interrupted: it gets 0.5 s to finish, then runs on in the background
+        and its result is dropped.
         ``on_error="collect"``: failed batches are listed in ``report.failures`` with their
         first and last keys, and the run goes on. Errors of the stream itself always raise.
 
@@ -311,8 +312,10 @@ async def process(
         - at most once across clean stops: when the run returns, raises or is cancelled, it
           saves its final checkpoint first, so a batch whose handler returned is never handed
           out again. A batch whose handler raised or was cancelled did not finish and is
-          handed out again, and so is one whose plain-function handler was still running in
-          its thread when the run stopped (it cannot be interrupted and finishes unrecorded).
+          handed out again. A plain-function handler cannot be interrupted in its thread: the
+          run gives those in flight ``CANCEL_GRACE`` (0.5 s) to finish and counts those that
+          do; one still running after that finishes unrecorded and its batch is handed out
+          again.
         - at least once across crashes (SIGKILL, power loss): a checkpoint names only batches
           whose handler had returned, so every other row is handled again; the rows handled
           twice are those of batches in flight at the crash or finished after the last save.
