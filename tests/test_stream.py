@@ -210,13 +210,14 @@ async def test_connection_source_stays_usable(shop: Shop, engine: AsyncEngine) -
 
         # Inside the caller's own transaction the stream sees its uncommitted rows and
         # leaves the transaction open for the caller to finish.
-        async with conn.begin_nested() if conn.in_transaction() else conn.begin():
-            await conn.execute(sa.insert(User), [models.user_row(1000)])
-            async with rowstream.stream(conn, sa.select(User.id).order_by(User.id)) as rows:
-                seen = [r.id async for r in rows]
-            assert seen[-1] == 1000
-            assert conn.in_transaction()
-            await conn.rollback()
+        await conn.rollback()
+        transaction = await conn.begin()
+        await conn.execute(sa.insert(User), [models.user_row(1000)])
+        async with rowstream.stream(conn, sa.select(User.id).order_by(User.id)) as rows:
+            seen = [r.id async for r in rows]
+        assert seen[-1] == 1000
+        assert transaction.is_active
+        await transaction.rollback()
     await assert_released(engine, shop.url)
 
 
