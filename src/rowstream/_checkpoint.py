@@ -244,7 +244,9 @@ class TableCheckpoint:
     ``source`` is a URL or an engine (sync or async); the store talks to the database through
     a small synchronous engine of its own (psycopg, PyMySQL or sqlite3), so it never uses the
     streaming connection. The table (``rowstream_checkpoints`` unless ``table`` says
-    otherwise) is created when missing.
+    otherwise) is created when missing. On SQLite the database must be in WAL mode
+    (``PRAGMA journal_mode=WAL``, once): in the default journal mode a write waits for the
+    stream's read to end, so no checkpoint could be saved during the run.
 
     Example::
 
