@@ -113,12 +113,18 @@ async def test_memory_stays_bounded_whichever_side_is_faster(engine: AsyncEngine
     batch_rows = 20
     concurrency = 3
 
+    # The first handlers wait at a gate for a while: whatever the machine's load, the stream
+    # is then the faster side, and the read-ahead must stop at its bound.
+    gate = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, gate.set)
+
     async def slow_handler(batch: list[ProcItem]) -> None:
         nonlocal most_alive, running, most_running
         running += 1
         most_running = max(most_running, running)
-        await asyncio.sleep(0.01)
+        await gate.wait()
         most_alive = max(most_alive, len(alive))
+        await asyncio.sleep(0.005)
         running -= 1
 
     try:
@@ -225,12 +231,19 @@ async def test_a_plain_function_runs_in_threads(engine: AsyncEngine) -> None:
     most_running = 0
     seen: Counter[int] = Counter()
 
+    # The first six batches meet at a barrier: it only opens if six threads run at once.
+    barrier = threading.Barrier(6)
+    first_six = iter(range(6))
+
     def blocking_handler(batch: list[Any]) -> None:
         nonlocal running, most_running
         with lock:
             running += 1
             most_running = max(most_running, running)
             threads.add(threading.get_ident())
+            meets = next(first_six, None) is not None
+        if meets:
+            barrier.wait(timeout=30)
         time.sleep(0.005)  # blocking I/O: it must not block the event loop
         with lock:
             seen.update(ids_of(batch))
@@ -280,7 +293,7 @@ async def test_unordered_progress_sees_completions_as_they_come(engine: AsyncEng
     order: list[int] = []
 
     async def handler(batch: list[Any]) -> None:
-        await asyncio.sleep(0.03 if batch[0].id == 1 else 0.001)
+        await asyncio.sleep(0.3 if batch[0].id == 1 else 0.001)
         order.append(batch[0].id)
 
     report = await rowstream.process(

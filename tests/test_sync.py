@@ -143,11 +143,18 @@ def test_memory_stays_bounded(engine: sa.Engine) -> None:
     def track(target: ProcItem, _context: Any) -> None:
         alive.add(target)
 
+    # The first handlers wait at a gate: whatever the machine's load, the stream is then the
+    # faster side, and the read-ahead must stop at its bound.
+    gate = threading.Event()
+    timer = threading.Timer(0.3, gate.set)
+    timer.start()
+
     def slow_handler(batch: list[ProcItem]) -> None:
         nonlocal most_alive
-        time.sleep(0.01)
+        gate.wait(timeout=30)
         with lock:
             most_alive = max(most_alive, len(alive))
+        time.sleep(0.005)
 
     event.listen(ProcItem, "load", track)
     try:
