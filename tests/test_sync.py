@@ -328,3 +328,15 @@ def test_process_through_a_transaction_pooling_pgbouncer(pgbouncer_url: str, pg_
     )
     assert seen == Counter(range(1, ROWS + 1))
     assert report.rows == ROWS
+
+
+def test_a_handler_calling_sys_exit_stops_even_a_collecting_run(engine: sa.Engine) -> None:
+    def handler(batch: list[Any]) -> None:
+        if batch[0].id == 101:
+            raise SystemExit(3)
+
+    with pytest.raises(SystemExit):
+        rowstream.sync.process(
+            engine, sa.select(proc_items), handler, batch_rows=100, on_error="collect"
+        )
+    assert engine.pool.checkedout() == 0

@@ -650,7 +650,8 @@ class _ThreadPipeline:
             error: BaseException | None = None
             try:
                 handler(item.batch)
-            except Exception as exc:
+            except BaseException as exc:
+                # Reported whatever it is (SystemExit too): the calling thread waits for it.
                 error = exc
             results.put((item, error))
 
@@ -665,7 +666,7 @@ class _ThreadPipeline:
         while True:
             self._running.pop(item.seq, None)
             item.batch = []
-            if error is not None and self._stop_on_error:
+            if error is not None and (self._stop_on_error or not isinstance(error, Exception)):
                 self._error = error
                 return
             self._finish(item, error)
