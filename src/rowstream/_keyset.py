@@ -70,7 +70,9 @@ class KeysetStrategy:
             try:
                 conn = await source.engine.connect()
             except Exception as exc:
-                raise_translated(exc, url=url, connecting=True)
+                # Before the first page the server was never reached: a plain connect error.
+                # Later, the stream was running: a drop it can resume from.
+                raise_translated(exc, url=url, connecting=self._last is None)
             try:
                 async with conn.begin() as transaction:
                     rows = await self._page(conn, statement)

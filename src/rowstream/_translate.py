@@ -131,17 +131,18 @@ def translate(exc: BaseException, *, url: URL | None, connecting: bool = False) 
             "use a URL or rowstream.create_engine(), which turn statement caches off, or pass "
             "connect_args={'statement_cache_size': 0, 'prepared_statement_cache_size': 0}"
         )
+    if not connecting and is_connection_lost(exc):
+        # Mid-stream, a refused or reset connection is a drop the stream can resume from.
+        return ConnectionLostError(
+            f"lost the connection to {where}: {detail}; rowstream resumes by itself when the "
+            "stream has a key, otherwise run the stream again"
+        )
     if connecting or errno in _MY_CANNOT_CONNECT or isinstance(inner, OSError):
         if isinstance(inner, socket.gaierror):
             detail = "unknown host"
         return SourceError(
             f"cannot connect to {where}: {detail}; check that the server is running and "
             "that host, port and database in the URL are right"
-        )
-    if is_connection_lost(exc):
-        return ConnectionLostError(
-            f"lost the connection to {where}: {detail}; rowstream resumes by itself when the "
-            "stream has a key, otherwise run the stream again"
         )
     return QueryError(f"the server rejected the query: {detail}")
 
