@@ -12,12 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+
+from tests.plugins.servers import Servers
 
 SECRET = "s3cr3t-pw"
 BIG = "exp_big"
@@ -210,20 +212,29 @@ async def test_unknown_format(small_table: str, tmp_path: Path, args: list[str])
 # ---------------------------------------------------------------- Ctrl-C
 
 
-@pytest.fixture
-async def big_table(pg_url: str) -> AsyncIterator[str]:
-    conn = await asyncpg.connect(pg_url)
+async def _execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
     try:
-        await conn.execute(
+        await conn.execute(sql, timeout=None)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def big_table(servers: Servers) -> Iterator[str]:
+    # Built once for the three formats: filling 3M rows is the slow part of these tests.
+    asyncio.run(
+        _execute(
+            servers.pg_url,
             f"DROP TABLE IF EXISTS {BIG}; CREATE TABLE {BIG} AS "
             "SELECT i AS id, now() AS created_at, md5(i::text) || md5((i + 1)::text) AS note "
             f"FROM generate_series(1, {BIG_ROWS}) i",
-            timeout=None,
         )
-        yield pg_url
+    )
+    try:
+        yield servers.pg_url
     finally:
-        await conn.execute(f"DROP TABLE IF EXISTS {BIG}")
-        await conn.close()
+        asyncio.run(_execute(servers.pg_url, f"DROP TABLE IF EXISTS {BIG}"))
 
 
 def _start_export(*args: str) -> subprocess.Popen[str]:

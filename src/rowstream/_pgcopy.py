@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._exceptions import SinkError
+from ._strategy import shielded
 
 if TYPE_CHECKING:
     from ._arrow import ArrowColumn
@@ -83,11 +84,23 @@ async def pg_transaction(conn: AsyncConnection) -> AsyncIterator[Any]:
     """A REPEATABLE READ transaction with UTC and the output settings COPY's text depends on;
     yields the asyncpg connection, to be used inside the transaction only."""
     conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-    async with conn.begin():
+    transaction = await conn.begin()
+    try:
         for statement in _SETTINGS:
             await conn.exec_driver_sql(statement)
         raw = await conn.get_raw_connection()
         yield raw.driver_connection
+    except BaseException:
+        # Cancelled in the middle of a COPY (Ctrl-C), the connection may refuse a rollback
+        # ("another operation is in progress"): that must not replace the cancellation. The
+        # connection is then dropped, never pooled; closing it ends the backend's COPY too.
+        try:
+            await shielded(transaction.rollback())
+        except Exception:
+            with contextlib.suppress(Exception):
+                await shielded(conn.invalidate())
+        raise
+    await transaction.commit()
 
 
 _PROBE_CATALOG = """
