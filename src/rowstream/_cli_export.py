@@ -40,9 +40,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--where", metavar="EXPR", help="SQL condition on the table's rows")
     parser.add_argument("--columns", metavar="A,B,C", help="columns of the table to export")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--batch-rows", type=int, metavar="N", help="rows per batch")
+    # COPY sends rows as they come; batches size the generic path (MariaDB, SQLite).
     size.add_argument(
-        "--batch-bytes", metavar="SIZE", help="bytes per batch, e.g. 4MB (the default)"
+        "--batch-rows", type=int, metavar="N", help="rows per batch (when not using COPY)"
+    )
+    size.add_argument(
+        "--batch-bytes",
+        metavar="SIZE",
+        help="bytes per batch, e.g. 4MB, the default (when not using COPY)",
     )
     parser.add_argument(
         "--compression",
