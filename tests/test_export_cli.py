@@ -308,3 +308,46 @@ def test_the_environment_has_no_stray_signals() -> None:
     # SIGINT must reach Python's default handler in the child (asyncio.run cancels the task).
     assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     assert os.name == "posix"
+
+
+def _run_on_a_terminal(*args: str) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal; return its exit code and what it drew."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rowstream", "export", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        code = proc.wait(timeout=120)
+    finally:
+        os.close(leader)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+async def test_summary_line_on_a_terminal(small_table: str, tmp_path: Path) -> None:
+    target = tmp_path / "tty.parquet"
+    code, drawn = await asyncio.to_thread(
+        _run_on_a_terminal, small_table, "--table", "exp_cli", "-o", str(target)
+    )
+    assert code == 0, drawn
+    summary = [line for line in drawn.splitlines() if "exported" in line]
+    assert len(summary) == 1
+    assert "exported 100 rows to" in summary[0]
+    assert "rows/s" in summary[0] and "peak memory" in summary[0]
+    quiet_code, quiet = await asyncio.to_thread(
+        _run_on_a_terminal, small_table, "--table", "exp_cli", "-o", str(target), "--quiet"
+    )
+    assert quiet_code == 0 and quiet.strip() == ""
