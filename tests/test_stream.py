@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import asyncmy
@@ -26,6 +26,7 @@ from sqlalchemy.orm import (
     selectinload,
     subqueryload,
 )
+from sqlalchemy.pool import QueuePool
 
 import rowstream
 from rowstream import (
@@ -87,10 +88,16 @@ async def busy_backends(url: str) -> list[dict[str, Any]]:
         await conn.ensure_closed()
 
 
+def checked_out(engine: AsyncEngine) -> int:
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool.checkedout()
+
+
 async def assert_released(engine: AsyncEngine, url: str) -> None:
     """Nothing of the stream's is left: no connection checked out of the pool and, on the
     servers, no transaction open and no query running for us."""
-    assert engine.pool.checkedout() == 0
+    assert checked_out(engine) == 0
     if make_url(url).get_backend_name() == "sqlite":
         return
     # A cancelled query stops on the server a moment after the client gives up on it.
@@ -193,7 +200,7 @@ async def test_url_string_source(shop: Shop) -> None:
 
 async def test_engine_source_returns_its_connection(shop: Shop, engine: AsyncEngine) -> None:
     async with rowstream.stream(engine, sa.select(User).order_by(User.id)) as rows:
-        assert engine.pool.checkedout() == 1
+        assert checked_out(engine) == 1
         users = await collect(rows)
     assert [u.email for u in users] == [f"user{i}@example.com" for i in range(1, 21)]
     await assert_released(engine, shop.url)
@@ -371,7 +378,7 @@ async def test_exception_in_the_loop_releases_everything(shop: Shop, engine: Asy
 
 
 async def _cancel_mid_stream(
-    consume: Callable[[asyncio.Event], Awaitable[None]], settle: float = 0.0
+    consume: Callable[[asyncio.Event], Coroutine[Any, Any, None]], settle: float = 0.0
 ) -> None:
     started = asyncio.Event()
     task = asyncio.create_task(consume(started))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, joinedload, mapped_column, relationship
 from sqlalchemy.pool import NullPool
 
@@ -171,7 +171,7 @@ async def test_yield_per_with_collection_eager_loading_is_unsupported(sqlite_url
         statement = (
             sa.select(_Parent).options(joinedload(_Parent.children)).execution_options(yield_per=10)
         )
-        async with sa.ext.asyncio.AsyncSession(engine) as session:
+        async with AsyncSession(engine) as session:
             with pytest.raises(sa.exc.InvalidRequestError) as caught:
                 await session.stream(statement)
     finally:

@@ -95,7 +95,8 @@ def _run(argv: list[str], *, timeout: float = 120, **kwargs: Any) -> str:
         raise RuntimeError(
             f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         )
-    return done.stdout
+    output: str = done.stdout
+    return output
 
 
 def private_dir(owner: str | None) -> Path:
