@@ -60,6 +60,7 @@ class CursorStrategy:
         self._result: AsyncResult[Any] | AsyncScalarResult[Any] | None = None
         self._keys: list[str] = []
         self._previous: list[Any] = []
+        self._mysql_thread: int | None = None
         self.exhausted = False
 
     async def open(self) -> None:
@@ -75,6 +76,11 @@ class CursorStrategy:
         conn = self._conn
         assert conn is not None
         try:
+            if source.dialect in _MYSQL:
+                # Known now: once a cancelled query has invalidated the connection, it is not.
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                self._mysql_thread = int(driver.thread_id())
             if not conn.in_transaction():
                 self._trans = await conn.begin()
             for sql in self._setup:
@@ -133,16 +139,21 @@ class CursorStrategy:
                 with contextlib.suppress(Exception):
                     await conn.close()
 
+    async def _kill_mysql_query(self) -> None:
+        if self._mysql_thread is None:
+            return
+        with contextlib.suppress(Exception):
+            async with self._source.engine.connect() as killer:
+                await killer.exec_driver_sql(f"KILL QUERY {int(self._mysql_thread)}")
+
     async def _release(self, conn: AsyncConnection) -> None:
         owned = self._source.borrowed is None
-        if (
-            owned
-            and not self.exhausted
-            and self._result is not None
-            and self._source.dialect in _MYSQL
-        ):
+        if owned and not self.exhausted and self._source.dialect in _MYSQL:
             # Closing an unbuffered MySQL result reads every remaining row; on an early exit
-            # close the socket instead, which also stops the query on the server.
+            # (or a cancellation while the query starts) close the socket instead. That stops
+            # a query that is sending rows; one still computing them runs on unless killed,
+            # so KILL QUERY it from a second connection first.
+            await self._kill_mysql_query()
             await conn.invalidate()
             await conn.close()
             return

@@ -15,7 +15,9 @@ from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from ._exceptions import ConfigurationError
 
-Statement = Select[Any] | TextualSelect | TextClause | str
+# Select is variadic in SQLAlchemy 2.1 (Select[int, str]): accept any arity.
+AnySelect = Select[*tuple[Any, ...]]
+Statement = AnySelect | TextualSelect | TextClause | str
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Plan:
     ``scalars`` when it selects exactly one entity, so items are instances rather than Rows.
     """
 
-    statement: Select[Any] | TextualSelect | TextClause
+    statement: AnySelect | TextualSelect | TextClause
     orm: bool
     scalars: bool
     #: Loading the entities sends more queries on the streaming connection (selectinload).
