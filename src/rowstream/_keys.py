@@ -242,3 +242,28 @@ def _reflect(sync_conn: Any, name: str, schema: str | None) -> _Catalog | None:
         if column.get("nullable", True) and column["name"] not in pk
     }
     return _Catalog(primary_key=list(pk), unique=unique, nullable=nullable)
+
+
+class KeyedStream:
+    """What a stream (async or sync) tells of its key; it sets ``_key`` and ``_last_key``."""
+
+    _key: Key | None
+    _last_key: tuple[Any, ...] | None
+
+    @property
+    def key_columns(self) -> tuple[str, ...] | None:
+        """The names of the key's columns (attributes for ORM instances), None without a key."""
+        return self._key.names if self._key is not None else None
+
+    def key_of(self, item: Any) -> tuple[Any, ...]:
+        """The key of a delivered item, as a tuple (``start_after=`` takes it back)."""
+        if self._key is None:
+            raise StreamKeyError(
+                "this stream has no key: pass key= naming unique, non-null columns"
+            )
+        return self._key.of(item)
+
+    @property
+    def last_key(self) -> tuple[Any, ...] | None:
+        """The key of the last item delivered (or ``start_after``), None before any."""
+        return self._last_key

@@ -25,7 +25,7 @@ from ._exceptions import (
     SourceError,
     StreamKeyError,
 )
-from ._keys import Key, KeyArg, resolve_key
+from ._keys import Key, KeyArg, KeyedStream, resolve_key
 from ._keyset import KeysetStrategy, pageable
 from ._plan import Plan, Statement, make_plan
 from ._pooler import PathInfo, inspect_path
@@ -68,7 +68,7 @@ class Stats:
         return self.rows / elapsed if elapsed > 0 else 0.0
 
 
-class RowStream:
+class RowStream(KeyedStream):
     """An open stream; use it as ``async with rowstream.stream(...) as rows``.
 
     ``async for item in rows`` gives one item at a time (an ORM instance for a single-entity
@@ -124,24 +124,6 @@ class RowStream:
         self._check_open()
         assert self._strategy is not None
         return self._strategy.keys()
-
-    @property
-    def key_columns(self) -> tuple[str, ...] | None:
-        """The names of the key's columns (attributes for ORM instances), None without a key."""
-        return self._key.names if self._key is not None else None
-
-    def key_of(self, item: Any) -> tuple[Any, ...]:
-        """The key of a delivered item, as a tuple (``start_after=`` takes it back)."""
-        if self._key is None:
-            raise StreamKeyError(
-                "this stream has no key: pass key= naming unique, non-null columns"
-            )
-        return self._key.of(item)
-
-    @property
-    def last_key(self) -> tuple[Any, ...] | None:
-        """The key of the last item delivered (or ``start_after``), None before any."""
-        return self._last_key
 
     async def __aenter__(self) -> RowStream:
         if self._state != "new":

@@ -43,7 +43,7 @@ from sqlalchemy.sql.selectable import Select
 from ._checkpoint import CheckpointStore, Watermark
 from ._cursor import detach
 from ._exceptions import ConfigurationError, RowstreamError, StreamKeyError
-from ._keys import Key, KeyArg, resolve_key
+from ._keys import Key, KeyArg, KeyedStream, resolve_key
 from ._keyset import pageable
 from ._pipeline import BUFFER_BATCHES, CANCEL_GRACE, Handler, Item, PipelineStats
 from ._plan import Plan, Statement, make_plan
@@ -55,7 +55,7 @@ from ._process import (
     check_options,
 )
 from ._sizing import DEFAULT_BATCH_BYTES, FIRST_BATCH_ROWS, BatchSizer
-from ._source import APPLICATION_NAME, ResolvedSource, mask_url
+from ._source import _BACKEND_ALIASES, APPLICATION_NAME, ResolvedSource, mask_url
 from ._stream import Stats
 from ._translate import raise_translated
 
@@ -68,7 +68,6 @@ SYNC_DRIVERS = {
     "mariadb": "pymysql",
     "sqlite": "pysqlite",
 }
-_BACKEND_ALIASES = {"postgres": "postgresql", "pgsql": "postgresql"}
 _ASYNC_DRIVERS = {"asyncpg", "psycopg_async", "asyncmy", "aiomysql", "aiosqlite"}
 _MYSQL = {"mysql", "mariadb"}
 
@@ -178,7 +177,7 @@ def sync_engine_for(source: Any) -> tuple[sa.Engine, bool]:
 # -- the stream ------------------------------------------------------------------------------
 
 
-class SyncRowStream:
+class SyncRowStream(KeyedStream):
     """An open synchronous stream; use it as ``with rowstream.sync.stream(...) as rows``.
 
     ``for item in rows`` gives one item at a time (an ORM instance for a single-entity select,
@@ -226,24 +225,6 @@ class SyncRowStream:
         """The names of the result's columns."""
         self._check_open()
         return self._keys
-
-    @property
-    def key_columns(self) -> tuple[str, ...] | None:
-        """The names of the key's columns (attributes for ORM instances), None without a key."""
-        return self._key.names if self._key is not None else None
-
-    def key_of(self, item: Any) -> tuple[Any, ...]:
-        """The key of a delivered item, as a tuple (``start_after=`` takes it back)."""
-        if self._key is None:
-            raise StreamKeyError(
-                "this stream has no key: pass key= naming unique, non-null columns"
-            )
-        return self._key.of(item)
-
-    @property
-    def last_key(self) -> tuple[Any, ...] | None:
-        """The key of the last item delivered (or ``start_after``), None before any."""
-        return self._last_key
 
     def batches(self) -> Iterator[list[Any]]:
         """Yield the rows in lists, each about ``batch_bytes`` large (or ``batch_rows`` long)."""
