@@ -32,6 +32,7 @@ from ._pooler import PathInfo, inspect_path
 from ._sizing import DEFAULT_BATCH_BYTES, BatchSizer
 from ._source import ResolvedSource, Source, resolve_source
 from ._strategy import Strategy, fewer_collections, shielded
+from ._translate import raise_translated
 
 StrategyName = Literal["auto", "cursor", "keyset"]
 STRATEGIES = ("auto", "cursor", "keyset")
@@ -182,8 +183,6 @@ class RowStream(KeyedStream):
             try:
                 path = await inspect_path(source.engine)
             except Exception as exc:
-                from ._translate import raise_translated
-
                 raise_translated(exc, url=source.engine.url, connecting=True)
         self._setup = _POOLED_SETUP if path.pooler else ()
         can_page = (
@@ -201,9 +200,9 @@ class RowStream(KeyedStream):
         # A cursor resumes by key when its rows come in key order: ask for that order when
         # the statement has none (any order is then ours to choose).
         if key is not None and can_page and isinstance(statement, Select):
-            self._cursor_statement = (
-                statement if statement._order_by_clauses else (statement.order_by(*key.columns))
-            )
+            if not statement._order_by_clauses:
+                statement = statement.order_by(*key.columns)
+            self._cursor_statement = statement
             self._resumable = True
         else:
             self._cursor_statement = statement
@@ -261,7 +260,7 @@ class RowStream(KeyedStream):
             why = (
                 "it has no key"
                 if self._key is None
-                else "its rows are not in key order (order it by its key or drop order_by())"
+                else "its rows are not read in key order (order it by its key, or drop order_by())"
             )
             raise ResumeError(
                 f"the connection dropped and the stream cannot resume: {why}", last_key=None
@@ -281,11 +280,10 @@ class RowStream(KeyedStream):
                 ) from lost
             await asyncio.sleep(min(MAX_BACKOFF, self._backoff * 2 ** (attempt - 1)))
             self.stats.reconnects += 1
-            strategy = (
-                self._keyset(source, self._key)
-                if old.name == "keyset" and self._key
-                else (self._cursor(source))
-            )
+            if old.name == "keyset" and self._key is not None:
+                strategy = self._keyset(source, self._key)
+            else:
+                strategy = self._cursor(source)
             try:
                 await strategy.open()
             except SourceError as exc:
