@@ -329,7 +329,7 @@ def stream(
 
     ``strategy``: ``"cursor"`` reads one server-side cursor in one transaction; ``"keyset"``
     reads pages by key, each in its own short transaction; ``"auto"`` (the default) takes the
-    cursor unless a transaction-pooling pooler is in the path, the server ends idle
+    cursor unless a pooler or proxy is in the path (PgBouncer), the server ends idle
     transactions (``idle_in_transaction_session_timeout``), or MySQL must serve
     selectinload()'s queries, and a key allows paging.
 
