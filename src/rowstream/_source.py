@@ -41,11 +41,11 @@ Source = str | URL | AsyncEngine | AsyncConnection | AsyncSession
 _SMALL_POOL = {"pool_size": 2, "max_overflow": 2}
 
 
-def resolve_url(url: str | URL) -> URL:
-    """Parse ``url`` and give it an async driver.
+def split_url(url: str | URL) -> tuple[URL, str, str]:
+    """Parse ``url`` into (URL, backend, driver), refusing what rowstream cannot read.
 
-    >>> resolve_url("postgresql://app@db/shop").drivername
-    'postgresql+asyncpg'
+    ``backend`` is normalized (``postgres`` -> ``postgresql``); ``driver`` is "" when the URL
+    names none. Shared by the async and the sync side, which then pick their own driver.
     """
     if isinstance(url, str):
         try:
@@ -65,6 +65,16 @@ def resolve_url(url: str | URL) -> URL:
             f"unsupported database {backend!r} in {mask_url(parsed)!r}: rowstream reads "
             "postgresql://, mysql://, mariadb:// and sqlite:/// URLs"
         )
+    return parsed, backend, driver
+
+
+def resolve_url(url: str | URL) -> URL:
+    """Parse ``url`` and give it an async driver.
+
+    >>> resolve_url("postgresql://app@db/shop").drivername
+    'postgresql+asyncpg'
+    """
+    parsed, backend, driver = split_url(url)
     if not driver:
         driver = DEFAULT_DRIVERS[backend]
     elif driver not in _ASYNC_DRIVERS[backend]:

@@ -34,7 +34,7 @@ from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -55,7 +55,7 @@ from ._process import (
     check_options,
 )
 from ._sizing import DEFAULT_BATCH_BYTES, FIRST_BATCH_ROWS, BatchSizer
-from ._source import _BACKEND_ALIASES, APPLICATION_NAME, ResolvedSource, mask_url
+from ._source import APPLICATION_NAME, ResolvedSource, mask_url, split_url
 from ._stream import Stats
 from ._translate import raise_translated
 
@@ -80,21 +80,7 @@ def resolve_url(url: str | URL) -> URL:
     >>> resolve_url("postgresql+asyncpg://app@db/shop").drivername
     'postgresql+psycopg'
     """
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
-        raise ConfigurationError(
-            f"malformed database URL {mask_url(url)!r}: expected something like "
-            "postgresql://user@host:5432/dbname, mysql://user@host/dbname or "
-            "sqlite:///path/to/file.db"
-        ) from None
-    backend, _, driver = parsed.drivername.partition("+")
-    backend = _BACKEND_ALIASES.get(backend, backend)
-    if backend not in SYNC_DRIVERS:
-        raise ConfigurationError(
-            f"unsupported database {backend!r} in {mask_url(parsed)!r}: rowstream reads "
-            "postgresql://, mysql://, mariadb:// and sqlite:/// URLs"
-        )
+    parsed, backend, driver = split_url(url)
     if not driver or driver in _ASYNC_DRIVERS:
         driver = SYNC_DRIVERS[backend]
     return parsed.set(drivername=f"{backend}+{driver}")
