@@ -74,7 +74,6 @@ def child_rowstream(fmt: str, dsn: str, rows: int, out: Path) -> None:
     if fmt == "parquet":
         # Like the peers' children, import the libraries before the clock starts (rowstream
         # loads pyarrow only when it writes Parquet; the import takes about 0.5 s).
-        import pyarrow.csv
         import pyarrow.parquet  # noqa: F401
 
     argv = ["export", dsn, "--table", ORDERS_TABLE, "-o", str(out), "--format", fmt, "--quiet"]

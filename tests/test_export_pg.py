@@ -159,7 +159,9 @@ EXPECTED_ARROW = {
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_parquet_types_and_values(types_table: str, tmp_path: Path, strategy: str) -> None:
     out = tmp_path / "types.parquet"
-    await rowstream.export(types_table, sa.text(QUERY), out, strategy=strategy)  # type: ignore[arg-type]
+    report = await rowstream.export(types_table, sa.text(QUERY), out, strategy=strategy)  # type: ignore[arg-type]
+    # "copy": binary COPY decoded by ADBC; never a silent fall-back to the cursor.
+    assert report.strategy == strategy
     table = pq.read_table(out)
     assert {f.name: f.type for f in table.schema} == EXPECTED_ARROW
     assert pq.ParquetFile(out).metadata.row_group(0).column(0).compression == "ZSTD"
@@ -194,20 +196,40 @@ async def test_parquet_types_and_values(types_table: str, tmp_path: Path, strate
     assert all(v is None for k, v in nulls.items() if k not in ("id", "f8"))
 
 
-async def test_parquet_copy_csv_path_matches_the_cursor(types_table: str, tmp_path: Path) -> None:
-    # Without arrays, bytea and time, Parquet goes through COPY CSV parsed by Arrow.
+async def test_parquet_oid_and_numeric_arrays(pg_url: str, tmp_path: Path) -> None:
+    # ADBC decodes oid as a signed int32 and numeric as its own text: both are cast on the
+    # way, so oids above 2**31 stay positive and numeric(p, s)[] becomes a list of decimals.
     query = sa.text(
-        f"SELECT id, i2, i4, i8, b, f4, f8, n10, n38, n, tstz, ts, d, iv, u, j, jb, s, v "
-        f"FROM {TABLE} ORDER BY id"
+        "SELECT 4294967295::oid AS o, ARRAY[1.50, NULL, -2.25]::numeric(6, 2)[] AS na, "
+        "'NaN'::numeric AS n"
     )
-    fast, slow = tmp_path / "fast.parquet", tmp_path / "slow.parquet"
-    report = await rowstream.export(types_table, query, fast)
-    assert report.strategy == "copy"
-    await rowstream.export(types_table, query, slow, strategy="stream")
-    fast_table, slow_table = pq.read_table(fast), pq.read_table(slow)
-    assert fast_table.schema == slow_table.schema
-    # NaN != NaN: compare the rendered values.
-    assert repr(fast_table.to_pylist()) == repr(slow_table.to_pylist())
+    out = tmp_path / "cast.parquet"
+    assert (await rowstream.export(pg_url, query, out)).strategy == "copy"
+    table = pq.read_table(out)
+    assert table.schema.field("o").type == pa.int64()
+    assert table.schema.field("na").type == pa.list_(pa.decimal128(6, 2))
+    assert table.to_pylist() == [
+        {"o": 4294967295, "na": [Decimal("1.50"), None, Decimal("-2.25")], "n": "NaN"}
+    ]
+
+
+async def test_parquet_falls_back_to_a_cursor_when_adbc_cannot_connect(
+    types_table: str, tmp_path: Path
+) -> None:
+    # The engine's connect_args reach the server; the URL alone (all ADBC gets) does not.
+    url = sa.make_url(types_table).set(drivername="postgresql+asyncpg")
+    engine = rowstream.create_engine(
+        url.set(host="rowstream-no-such-host.invalid"),
+        connect_args={"host": url.host, "port": url.port},
+    )
+    try:
+        fast, slow = tmp_path / "fallback.parquet", tmp_path / "stream.parquet"
+        report = await rowstream.export(engine, sa.text(QUERY), fast)
+        assert report.strategy == "cursor" and report.rows == 4
+    finally:
+        await engine.dispose()
+    await rowstream.export(types_table, sa.text(QUERY), slow, strategy="stream")
+    assert repr(pq.read_table(fast).to_pylist()) == repr(pq.read_table(slow).to_pylist())
 
 
 async def test_table_name_columns_and_where(types_table: str, tmp_path: Path) -> None:
@@ -242,11 +264,16 @@ async def test_through_pgbouncer(types_table: str, pgbouncer_url: str, tmp_path:
     out = tmp_path / "bounced.csv"
     await rowstream.export(pgbouncer_url, sa.text(QUERY), out)
     assert out.read_bytes() == await _oracle_copy(types_table, QUERY)
+    # Parquet through the pooler too: ADBC's prepare, COPY and transaction on one backend.
+    bounced, direct = tmp_path / "bounced.parquet", tmp_path / "direct.parquet"
+    assert (await rowstream.export(pgbouncer_url, sa.text(QUERY), bounced)).strategy == "copy"
+    await rowstream.export(types_table, sa.text(QUERY), direct)
+    assert repr(pq.read_table(bounced).to_pylist()) == repr(pq.read_table(direct).to_pylist())
 
 
-async def test_parquet_blocks_cut_between_records(pg_url: str, tmp_path: Path) -> None:
-    # Several MiB of COPY CSV with newlines and quotes inside fields: blocks must be cut
-    # between records only, or Arrow would parse half-records.
+async def test_parquet_many_batches_match_the_stream(pg_url: str, tmp_path: Path) -> None:
+    # Several MiB with newlines and quotes inside fields: many decoded batches pass through
+    # the queue between the reader and the encoder, and come out whole and in order.
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute(

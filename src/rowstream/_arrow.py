@@ -46,7 +46,6 @@ _PG_SCALARS: dict[str, pa.DataType] = {
     "int2": pa.int16(),
     "int4": pa.int32(),
     "int8": pa.int64(),
-    "oid": pa.int64(),
     "bool": pa.bool_(),
     "float4": pa.float32(),
     "float8": pa.float64(),
@@ -85,6 +84,9 @@ def _pg_scalar(typname: str, typmod: int) -> tuple[pa.DataType, str | None]:
         if numeric is None:
             return pa.string(), "text"
         return pa.decimal128(*numeric), None
+    if typname == "oid":
+        # Unsigned 32-bit: read as bigint, so values above 2**31 stay positive.
+        return pa.int64(), "int8"
     if typname in _PG_SCALARS:
         return _PG_SCALARS[typname], None
     return pa.string(), "text"

@@ -4,8 +4,9 @@ Data path: source -> statement (a table name becomes a quoted ``select``) -> str
 -> atomic file -> report.
 
 - ``copy`` (PostgreSQL, when rowstream owns the connection): the server renders the rows with
-  ``COPY ... TO STDOUT`` (:mod:`rowstream._pgcopy`); Parquet parses COPY CSV with Arrow's C++
-  reader when every column allows it, and reads a cursor otherwise.
+  ``COPY ... TO STDOUT`` (:mod:`rowstream._pgcopy`); for Parquet it sends binary COPY, which
+  ADBC's driver decodes into Arrow while the encoder writes (:mod:`rowstream._pgarrow`), and
+  a cursor reads when ADBC cannot connect.
 - ``stream`` (every database): rows come through :func:`rowstream.stream` in byte-sized
   batches and are rendered by the sink. On PostgreSQL the server still renders each value as
   text, so both strategies write the same bytes.
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -33,10 +35,9 @@ from ._atomic import STDOUT, AtomicFile, check_writable
 from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError, SourceError
 from ._pgcopy import (
     PgColumn,
+    Write,
     copy_csv,
     copy_jsonl,
-    copy_parquet,
-    csv_parseable,
     pg_transaction,
     probe,
     quote_ident,
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from ._sinks._parquet import ParquetSink
 
 __all__ = ["FORMATS", "ExportReport", "export", "format_for_path"]
+
+logger = logging.getLogger("rowstream")
 
 Format = Literal["csv", "jsonl", "parquet"]
 ExportStrategy = Literal["auto", "copy", "stream"]
@@ -449,12 +452,35 @@ async def _export_copy(
 ) -> None:
     engine = resolved.engine
     sql = _sql(engine, statement)
+    async with _pg_session(engine) as apg:
+        columns, estimate = await probe(apg, sql)
+        job.progress.set_estimate(estimate)
+        if job.format != "parquet":
+            job.strategy = "copy"
+            await _copy_text(apg, sql, [c.name for c in columns], job)
+            return
+    # Parquet: the rows come over a connection of ADBC's (binary COPY decoded in C++); the
+    # probe's connection is back in the pool by then, so a pool of one cannot deadlock.
+    from ._sinks._parquet import ParquetSink
+
+    arrow = [c.arrow for c in columns]
+    sink = ParquetSink(job.out, arrow, compression=job.compression or "zstd")
+    sink.begin([c.name for c in columns])
+    try:
+        await _copy_parquet(engine, sql, arrow, sink, job)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.finish()
+
+
+@contextlib.asynccontextmanager
+async def _pg_session(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """An asyncpg connection in rowstream's COPY transaction (see :func:`pg_transaction`)."""
     conn = await _pg_connection(engine)
     try:
         async with pg_transaction(conn) as apg:
-            columns, estimate = await probe(apg, sql)
-            job.progress.set_estimate(estimate)
-            await _copy(apg, sql, columns, job)
+            yield apg
     except RowstreamError:
         raise
     except Exception as exc:
@@ -468,7 +494,7 @@ async def _close(conn: AsyncConnection) -> None:
         await conn.close()
 
 
-async def _copy(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> None:
+def _progress_writer(job: _Job) -> Write:
     out, progress = job.out, job.progress
 
     async def write(chunk: bytes) -> None:
@@ -476,65 +502,52 @@ async def _copy(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> None:
         if progress.enabled:  # counting lines costs a pass over the data
             progress.advance(rows=chunk.count(b"\n"), nbytes=job.counter.bytes - progress.bytes)
 
-    names = [c.name for c in columns]
-    if job.format == "csv":
-        job.strategy = "copy"
-        job.rows = await copy_csv(apg, sql, write)
-        return
-    if job.format == "jsonl":
-        job.strategy = "copy"
-        job.rows = await copy_jsonl(apg, sql, names, write)
-        return
-    from ._sinks._parquet import ParquetSink
+    return write
 
-    arrow = [c.arrow for c in columns]
-    sink = ParquetSink(out, arrow, compression=job.compression or "zstd")
-    sink.begin(names)
-    try:
-        await _copy_parquet(apg, sql, arrow, sink, job)
-    except BaseException:
-        sink.abort()
-        raise
-    sink.finish()
+
+async def _copy_text(apg: Any, sql: str, names: list[str], job: _Job) -> None:
+    write = _progress_writer(job)
+    if job.format == "csv":
+        job.rows = await copy_csv(apg, sql, write)
+    else:
+        job.rows = await copy_jsonl(apg, sql, names, write)
 
 
 async def _copy_parquet(
-    apg: Any, sql: str, arrow: list[ArrowColumn], sink: ParquetSink, job: _Job
+    engine: AsyncEngine, sql: str, arrow: list[ArrowColumn], sink: ParquetSink, job: _Job
 ) -> None:
+    from ._pgarrow import CannotConnect, copy_to_parquet
+
     progress = job.progress
-    if csv_parseable(arrow):
+
+    def advance(rows: int) -> None:
+        progress.advance(rows=rows, nbytes=job.counter.bytes - progress.bytes)
+
+    try:
+        job.rows = await copy_to_parquet(engine.url, sql, arrow, sink, advance)
         job.strategy = "copy"
-
-        def fed(chunk: bytes) -> None:
-            # Rows are counted as COPY's CSV lines: near enough for a progress bar.
-            if progress.enabled:
-                progress.advance(rows=chunk.count(b"\n"), nbytes=job.counter.bytes - progress.bytes)
-
-        job.rows = await copy_parquet(apg, sql, arrow, sink, fed)
-    else:
-        # Arrays, bytea, time: no exact CSV parse in Arrow; read them through a cursor.
-        job.strategy = "cursor"
-        query = f"SELECT {select_list(arrow)} FROM ({sql}) AS t"
-        size = job.batch_rows or 10_000
+        return
+    except CannotConnect as exc:
+        # Connect arguments a URL cannot carry (an SSL context, a custom creator): read
+        # through the engine's own connections instead, slower but the same file.
+        logger.info("ADBC cannot connect (%s); reading Parquet through a cursor", exc)
+    job.strategy = "cursor"
+    query = f"SELECT {select_list(arrow)} FROM ({sql}) AS t"
+    size = job.batch_rows or 10_000
+    async with _pg_session(engine) as apg:
         cursor = await apg.cursor(query)
         while rows := await cursor.fetch(size):
             sink.write_rows(rows)
             job.rows += len(rows)
-            progress.advance(rows=len(rows), nbytes=job.counter.bytes - progress.bytes)
+            advance(len(rows))
 
 
 # ---------------------------------------------------------------- generic stream
 
 
 async def _pg_columns(engine: AsyncEngine, sql: str) -> tuple[list[PgColumn], int | None]:
-    conn = await _pg_connection(engine)
-    try:
-        async with pg_transaction(conn) as apg:
-            return await probe(apg, sql)
-    except Exception as exc:
-        raise_translated(exc, url=engine.url)
-    finally:
-        await shielded(_close(conn))
+    async with _pg_session(engine) as apg:
+        return await probe(apg, sql)
 
 
 def _pg_text(column: PgColumn, fmt: Format) -> str:

@@ -1,0 +1,328 @@
+"""PostgreSQL to Arrow: binary COPY decoded by ADBC's PostgreSQL driver, for Parquet.
+
+Data path: libpq connection (ADBC) -> ``COPY (query) TO STDOUT (FORMAT binary)``, decoded
+into record batches in C (reader thread) -> cast to the export's Arrow types -> a queue of
+two batches -> Parquet encoder (writer thread) -> file.
+
+Why ADBC: the server sends binary COPY about twice as fast as CSV (ERRATA 10: 1.61M against
+852k rows/s), and the driver decodes it without a Python object per value. Decoding and
+encoding run on two threads, so the Parquet encoder works while the next batches arrive: the
+export is bounded by the slower of the two, not by their sum.
+
+The read runs in its own ``REPEATABLE READ READ ONLY`` transaction with the same output
+settings as the COPY text paths. Columns whose decoded form is not the export's type are cast:
+``numeric(p, s)`` is read as text and cast to ``decimal128(p, s)`` exactly (a value that does
+not fit fails, never rounds); the rest of the casts were chosen by :mod:`rowstream._arrow`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+from sqlalchemy.engine import URL
+
+from ._arrow import ArrowColumn, schema_of
+from ._exceptions import ConfigurationError, SinkError
+from ._pgcopy import SETTINGS, quote_ident
+from ._sinks._parquet import ParquetSink
+from ._source import APPLICATION_NAME
+from ._strategy import shielded
+from ._translate import translate
+
+__all__ = ["CannotConnect", "copy_to_parquet", "libpq_conninfo"]
+
+# The driver's batch size hint. Measured on the 5M-row orders table: 1 MiB batches (about
+# 8,000 rows) decode as fast as its default of 16 MiB and cost some 40 MB less peak RSS.
+BATCH_BYTES = 1024 * 1024
+# Decoded batches waiting for the encoder (about 64,000 orders rows): the encoder takes a
+# whole row group at a time, and the reader must not stall meanwhile. Measured on the 5M-row
+# orders table: 2 batches left the reader blocked 1.5 s of 5; 8 gave 0.87-1.17M rows/s
+# against 0.80-0.86M, for 6 MB more peak RSS.
+QUEUE_BATCHES = 8
+
+_SSL_MODES = {"true": "require", "1": "require", "false": "disable", "0": "disable"}
+# Connection parameters of libpq (PostgreSQL 15's list) that a URL's query may carry.
+_LIBPQ_KEYWORDS = frozenset(
+    [
+        "hostaddr",
+        "connect_timeout",
+        "client_encoding",
+        "options",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "sslmode",
+        "sslcompression",
+        "sslcert",
+        "sslkey",
+        "sslpassword",
+        "sslrootcert",
+        "sslcrl",
+        "sslcrldir",
+        "sslsni",
+        "requirepeer",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "gssencmode",
+        "krbsrvname",
+        "gsslib",
+        "service",
+        "target_session_attrs",
+        "channel_binding",
+        "passfile",
+        "host",
+        "port",
+        "application_name",
+        "fallback_application_name",
+    ]
+)
+
+
+class CannotConnect(Exception):
+    """ADBC could not open its connection; the caller reads another way."""
+
+
+def libpq_conninfo(url: URL) -> str:
+    """A libpq connection string for ``url`` (SQLAlchemy's, any driver).
+
+    Query parameters libpq knows are kept (``sslmode``, ``host`` for a socket directory,
+    ``options``...), asyncpg's ``ssl=`` becomes ``sslmode``, the rest (driver options) is
+    dropped. The string holds the password: it never goes into a message.
+    """
+    params: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+        "application_name": APPLICATION_NAME,
+    }
+    for key, value in url.query.items():
+        text = value[-1] if isinstance(value, tuple) else value
+        if key == "ssl":
+            key, text = "sslmode", _SSL_MODES.get(text.lower(), text)
+        if key in _LIBPQ_KEYWORDS:
+            params[key] = text
+    return " ".join(f"{k}={_quote(str(v))}" for k, v in params.items() if v is not None)
+
+
+def _quote(value: str) -> str:
+    # libpq's conninfo syntax: single quotes, with backslash and quote escaped by a backslash.
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _read_type(column: ArrowColumn) -> str | None:
+    """The cast the binary read needs: ADBC decodes numeric as text of its own making."""
+    arrow = column.type
+    value_type = arrow.value_type if arrow is not None and pa.types.is_list(arrow) else arrow
+    if pa.types.is_decimal(value_type):
+        return "text[]" if pa.types.is_list(column.type) else "text"
+    return column.cast
+
+
+def read_query(sql: str, columns: Sequence[ArrowColumn]) -> str:
+    parts = []
+    for column in columns:
+        ref = f"t.{quote_ident(column.name)}"
+        cast = _read_type(column)
+        parts.append(f"{ref}::{cast}" if cast else ref)
+    return f"SELECT {', '.join(parts)} FROM ({sql}) AS t"
+
+
+def _converter(target: pa.Schema) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    """Cast each decoded batch to ``target`` (safe casts: an overflow fails, never wraps)."""
+
+    def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays = []
+        for array, field in zip(batch.columns, target, strict=True):
+            if array.type != field.type:
+                if isinstance(array, pa.ExtensionArray):
+                    array = array.storage
+                array = array.cast(field.type)
+            arrays.append(array)
+        return pa.RecordBatch.from_arrays(arrays, schema=target)
+
+    return convert
+
+
+class _Session:
+    """One ADBC connection in a read-only transaction; every method blocks (run in a thread)."""
+
+    def __init__(self, conninfo: str) -> None:
+        import adbc_driver_manager as dm
+        import adbc_driver_postgresql as dp
+
+        self._error: type[Exception] = dm.Error
+        self._begun = False
+        try:
+            self._database = dp.connect(conninfo)
+            self._connection = dm.AdbcConnection(self._database)
+            self._statement = dm.AdbcStatement(self._connection)
+        except dm.Error as exc:
+            self.close()
+            raise CannotConnect(str(exc)) from None
+        self._statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+
+    def execute(self, sql: str) -> None:
+        self._statement.set_sql_query(sql)
+        self._statement.execute_update()
+
+    def begin(self) -> None:
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._begun = True
+        for statement in SETTINGS:
+            self.execute(statement)
+
+    def query(self, sql: str) -> pa.RecordBatchReader:
+        self._statement.set_sql_query(sql)
+        stream, _ = self._statement.execute_query()
+        return pa.RecordBatchReader.from_stream(stream)
+
+    def cancel(self) -> None:
+        """Ask the server to stop the running query (thread-safe)."""
+        with contextlib.suppress(Exception):
+            self._statement.cancel()
+
+    def close(self) -> None:
+        if self._begun:
+            with contextlib.suppress(Exception):
+                self.execute("ROLLBACK")  # read-only: nothing to commit
+        for name in ("_statement", "_connection", "_database"):
+            handle = self.__dict__.pop(name, None)
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    handle.close()
+
+
+class _Pump:
+    """Reader thread -> bounded queue -> writer thread; the first error stops both."""
+
+    def __init__(
+        self,
+        session: _Session,
+        reader: pa.RecordBatchReader,
+        target: pa.Schema,
+        sink: ParquetSink,
+        on_rows: Callable[[int], None],
+    ) -> None:
+        self._session = session
+        self._reader = reader
+        self._convert = _converter(target)
+        self._sink = sink
+        self._on_rows = on_rows
+        self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self._stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.rows = 0
+        self.high_water = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._session.cancel()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._stop.is_set():
+            self.errors.append(exc)
+        self.stop()
+
+    def read(self) -> None:
+        try:
+            for batch in self._reader:
+                if self._stop.is_set():
+                    break
+                self._queue.put(self._convert(batch))
+                self.high_water = max(self.high_water, self._queue.qsize())
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            self._queue.put(None)
+
+    def write(self) -> None:
+        # Drains the queue to the end even after a failure, so the reader never blocks on it.
+        while (batch := self._queue.get()) is not None:
+            if self._stop.is_set():
+                continue
+            try:
+                self._sink.write_batch(batch)
+            except BaseException as exc:
+                self._fail(exc)
+                continue
+            self.rows += batch.num_rows
+            self._on_rows(batch.num_rows)
+
+    async def run(self) -> None:
+        threads = [
+            threading.Thread(target=self.read, name="rowstream-adbc-read", daemon=True),
+            threading.Thread(target=self.write, name="rowstream-parquet", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+
+        def join() -> None:
+            for thread in threads:
+                thread.join()
+
+        try:
+            await asyncio.to_thread(join)
+        except asyncio.CancelledError:
+            self.stop()
+            raise
+        finally:
+            # After a stop both end soon (the cancelled query fails the reader); nothing may
+            # touch the sink or the connection while they run.
+            await shielded(asyncio.to_thread(join))
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None], n: int) -> None:
+    loop.call_soon_threadsafe(callback, n)
+
+
+async def copy_to_parquet(
+    url: URL,
+    sql: str,
+    columns: Sequence[ArrowColumn],
+    sink: ParquetSink,
+    on_rows: Callable[[int], None],
+) -> int:
+    """Export ``sql`` into ``sink`` through ADBC; returns the number of rows.
+
+    Raises :class:`CannotConnect` when ADBC cannot open its connection (the caller falls
+    back to reading through asyncpg).
+    """
+    if any(c.type is None for c in columns):
+        raise ConfigurationError("the binary COPY path needs every column's Arrow type")
+    session = await asyncio.to_thread(_Session, libpq_conninfo(url))
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.to_thread(session.begin)
+        reader = await asyncio.to_thread(session.query, read_query(sql, columns))
+        pump = _Pump(
+            session,
+            reader,
+            schema_of(columns),
+            sink,
+            lambda n: _call_soon(loop, on_rows, n),
+        )
+        await pump.run()
+    except session._error as exc:
+        raise translate(exc, url=url) from None
+    finally:
+        await shielded(asyncio.to_thread(session.close))
+    if pump.errors:
+        error = pump.errors[0]
+        if isinstance(error, pa.ArrowException):
+            raise SinkError(
+                f"cannot convert PostgreSQL's rows to Parquet: {str(error).splitlines()[0]}"
+            ) from error
+        if isinstance(error, session._error):
+            raise translate(error, url=url) from error
+        raise error
+    return pump.rows
