@@ -5,8 +5,10 @@ Its output (every type, through PgBouncer, the fall-back) is checked in test_exp
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -69,3 +71,65 @@ async def test_queue_stays_bounded(
     table = pq.read_table(out)
     assert table.column("id").to_pylist() == list(range(1, 200_001))
     assert table.schema.field("note").type == pa.string()
+
+
+def _largest(directory: Path) -> int:
+    """The size of the largest file in ``directory``; -1 when it is empty."""
+    return max((p.stat().st_size for p in directory.iterdir()), default=-1)
+
+
+async def _rowstream_backends(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT state || ': ' || query FROM pg_stat_activity "
+            "WHERE application_name = 'rowstream' AND pid <> pg_backend_pid() "
+            "AND datname = current_database()"
+        )
+        return [r[0] for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_cancelling_stops_the_server_query(pg_url: str, tmp_path: Path) -> None:
+    # In-process, so the process's exit cannot be what ends the backend: the cancellation
+    # itself must cancel the COPY, close ADBC's connection and remove the temporary file.
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS arrow_cancel; CREATE TABLE arrow_cancel AS "
+            "SELECT i AS id, md5(i::text) || md5((i + 1)::text) AS note "
+            "FROM generate_series(1, 1500000) i",
+            timeout=None,
+        )
+    finally:
+        await conn.close()
+    target = tmp_path / "cancelled.parquet"
+    task = asyncio.create_task(rowstream.export(pg_url, "arrow_cancel", target))
+    try:
+        for _ in range(600):
+            written = _largest(tmp_path) > 1_000_000
+            if written or task.done():
+                break
+            await asyncio.sleep(0.02)
+        assert not task.done(), "the export finished before it could be cancelled"
+        assert written, "the export never started writing"
+        assert any("COPY" in b for b in await _rowstream_backends(pg_url))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert _largest(tmp_path) == -1, "the temporary file is left behind"
+        # Closed, not merely idle: the connection is gone (the server may take a moment to
+        # notice the closed socket).
+        for _ in range(50):
+            left = await _rowstream_backends(pg_url)
+            if not left:
+                break
+            await asyncio.sleep(0.1)
+        assert left == []
+    finally:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute("DROP TABLE IF EXISTS arrow_cancel")
+        finally:
+            await conn.close()

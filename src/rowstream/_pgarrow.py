@@ -33,7 +33,7 @@ from ._pgcopy import SETTINGS, quote_ident
 from ._sinks._parquet import ParquetSink
 from ._source import APPLICATION_NAME
 from ._strategy import shielded
-from ._translate import translate
+from ._translate import scrub, translate
 
 __all__ = ["CannotConnect", "copy_to_parquet", "libpq_conninfo"]
 
@@ -299,7 +299,10 @@ async def copy_to_parquet(
     """
     if any(c.type is None for c in columns):
         raise ConfigurationError("the binary COPY path needs every column's Arrow type")
-    session = await asyncio.to_thread(_Session, libpq_conninfo(url))
+    try:
+        session = await asyncio.to_thread(_Session, libpq_conninfo(url))
+    except CannotConnect as exc:
+        raise CannotConnect(scrub(str(exc), url)) from None
     loop = asyncio.get_running_loop()
     try:
         await asyncio.to_thread(session.begin)

@@ -52,7 +52,8 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-def _scrub(text: str, url: URL | None) -> str:
+def scrub(text: str, url: URL | None) -> str:
+    """``text`` with the URL's password replaced by ``***``."""
     if url is not None and url.password:
         text = text.replace(str(url.password), "***")
     return text
@@ -117,7 +118,7 @@ def translate(exc: BaseException, *, url: URL | None, connecting: bool = False) 
     state = _sqlstate(inner)
     errno = _mysql_errno(inner)
     text = str(inner.args[1]) if errno is not None and len(inner.args) > 1 else str(inner)
-    detail = _scrub(_first_line(text) or type(inner).__name__, url)
+    detail = scrub(_first_line(text) or type(inner).__name__, url)
 
     if state == _PG_MISSING_DATABASE or errno == _MY_MISSING_DATABASE:
         return SourceError(f"cannot use {where}: {detail}; create the database or fix the URL")
