@@ -22,7 +22,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 from sqlalchemy.engine import URL
@@ -36,6 +36,8 @@ from ._strategy import shielded
 from ._translate import scrub, translate
 
 __all__ = ["CannotConnect", "copy_to_parquet", "libpq_conninfo"]
+
+T = TypeVar("T")
 
 # The driver's batch size hint. Measured on the 5M-row orders table: 1 MiB batches (about
 # 8,000 rows) decode as fast as its default of 16 MiB and cost some 40 MB less peak RSS.
@@ -160,7 +162,7 @@ class _Session:
         import adbc_driver_manager as dm
         import adbc_driver_postgresql as dp
 
-        self._error: type[Exception] = dm.Error
+        self.error: type[Exception] = dm.Error
         self._begun = False
         try:
             self._database = dp.connect(conninfo)
@@ -185,6 +187,18 @@ class _Session:
         self._statement.set_sql_query(sql)
         stream, _ = self._statement.execute_query()
         return pa.RecordBatchReader.from_stream(stream)
+
+    async def call(self, method: Callable[..., T], *args: Any) -> T:
+        """Run a blocking ``method`` in a thread; a cancellation cancels it on the server and
+        waits for the thread, so the connection is never closed under a running call."""
+        future = asyncio.ensure_future(asyncio.to_thread(method, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.cancel()
+            with contextlib.suppress(Exception):
+                await shielded(future)
+            raise
 
     def cancel(self) -> None:
         """Ask the server to stop the running query (thread-safe)."""
@@ -305,8 +319,8 @@ async def copy_to_parquet(
         raise CannotConnect(scrub(str(exc), url)) from None
     loop = asyncio.get_running_loop()
     try:
-        await asyncio.to_thread(session.begin)
-        reader = await asyncio.to_thread(session.query, read_query(sql, columns))
+        await session.call(session.begin)
+        reader = await session.call(session.query, read_query(sql, columns))
         pump = _Pump(
             session,
             reader,
@@ -315,7 +329,7 @@ async def copy_to_parquet(
             lambda n: _call_soon(loop, on_rows, n),
         )
         await pump.run()
-    except session._error as exc:
+    except session.error as exc:
         raise translate(exc, url=url) from None
     finally:
         await shielded(asyncio.to_thread(session.close))
@@ -325,7 +339,7 @@ async def copy_to_parquet(
             raise SinkError(
                 f"cannot convert PostgreSQL's rows to Parquet: {str(error).splitlines()[0]}"
             ) from error
-        if isinstance(error, session._error):
+        if isinstance(error, session.error):
             raise translate(error, url=url) from error
         raise error
     return pump.rows
