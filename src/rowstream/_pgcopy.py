@@ -17,6 +17,7 @@ is read-only before COPY, so a ``--where`` cannot smuggle in a second statement 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -33,6 +34,15 @@ if TYPE_CHECKING:
 __all__ = ["SETTINGS", "PgColumn", "copy_csv", "copy_jsonl", "pg_transaction", "probe"]
 
 Write = Callable[[bytes], Awaitable[None]]
+
+# asyncpg hands COPY data over as it arrives: when the client keeps up with the server, that
+# is 10-12 KB a time, and each hand-over costs a trip through the event loop (pause and resume
+# reading, a waiter, the sink). Waiting 1 ms after a small chunk lets the socket gather about
+# 130 KB instead. Measured on the 5M-row orders table to CSV: the client's CPU fell from
+# 3.5-3.8 s to 1.3-1.5 s (psql: 0.9 s) at the same or better speed; the server never waits,
+# since the socket buffer holds far more than 1 ms of COPY output.
+COALESCE_BYTES = 128 * 1024
+COALESCE_SECONDS = 0.001
 
 
 @dataclass(frozen=True)
@@ -160,9 +170,18 @@ def select_list(columns: Sequence[ArrowColumn], alias: str = "t") -> str:
     return ", ".join(parts)
 
 
+def _coalescing(write: Write) -> Write:
+    async def sink(chunk: bytes) -> None:
+        await write(chunk)
+        if len(chunk) < COALESCE_BYTES:
+            await asyncio.sleep(COALESCE_SECONDS)
+
+    return sink
+
+
 async def copy_csv(apg: Any, sql: str, write: Write) -> int:
     """COPY CSV with a header into ``write``; returns the number of rows."""
-    status = await apg.copy_from_query(sql, output=write, format="csv", header=True)
+    status = await apg.copy_from_query(sql, output=_coalescing(write), format="csv", header=True)
     return _rows(str(status))
 
 
@@ -188,7 +207,7 @@ async def copy_jsonl(apg: Any, sql: str, columns: Sequence[str], write: Write) -
         if end:
             await write(data[:end].replace(b"\\\\", b"\\"))
 
-    status = await apg.copy_from_query(query, output=unescape, format="text")
+    status = await apg.copy_from_query(query, output=_coalescing(unescape), format="text")
     if carry:
         await write(carry.replace(b"\\\\", b"\\"))
     return _rows(str(status))
