@@ -28,7 +28,7 @@ import pyarrow as pa
 from sqlalchemy.engine import URL
 
 from ._arrow import ArrowColumn, schema_of
-from ._exceptions import ConfigurationError, SinkError
+from ._exceptions import SinkError
 from ._pgcopy import SETTINGS, quote_ident
 from ._sinks._parquet import ParquetSink
 from ._source import APPLICATION_NAME
@@ -311,8 +311,6 @@ async def copy_to_parquet(
     Raises :class:`CannotConnect` when ADBC cannot open its connection (the caller falls
     back to reading through asyncpg).
     """
-    if any(c.type is None for c in columns):
-        raise ConfigurationError("the binary COPY path needs every column's Arrow type")
     try:
         session = await asyncio.to_thread(_Session, libpq_conninfo(url))
     except CannotConnect as exc:
