@@ -351,3 +351,76 @@ async def test_summary_line_on_a_terminal(small_table: str, tmp_path: Path) -> N
         _run_on_a_terminal, small_table, "--table", "exp_cli", "-o", str(target), "--quiet"
     )
     assert quiet_code == 0 and quiet.strip() == ""
+
+
+MY_BIG = "exp_big_my"
+
+
+async def _my_execute(url: str, sql: str) -> list[tuple[object, ...]]:
+    import rowstream
+
+    engine = rowstream.create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.exec_driver_sql(sql)
+            return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def my_big_table(servers: Servers) -> Iterator[str]:
+    # MariaDB's SEQUENCE engine fills a million rows in about a second.
+    asyncio.run(
+        _my_execute(
+            servers.mysql_url,
+            f"CREATE OR REPLACE TABLE {MY_BIG} (id int PRIMARY KEY, note varchar(64)) "
+            "AS SELECT seq AS id, concat(md5(seq), md5(seq + 1)) AS note FROM seq_1_to_1500000",
+        )
+    )
+    try:
+        yield servers.mysql_url
+    finally:
+        asyncio.run(_my_execute(servers.mysql_url, f"DROP TABLE IF EXISTS {MY_BIG}"))
+
+
+async def _my_queries_on(url: str, table: str) -> list[tuple[object, ...]]:
+    return await _my_execute(
+        url,
+        "SELECT id, command, info FROM information_schema.processlist "
+        f"WHERE id <> connection_id() AND instr(info, '{table}') > 0",
+    )
+
+
+@pytest.mark.slow
+async def test_ctrl_c_on_mariadb_leaves_nothing(my_big_table: str, tmp_path: Path) -> None:
+    # The generic path (rowstream.stream's unbuffered cursor): an interrupt must kill the
+    # server's query, not leave it streaming into a closed socket.
+    target = tmp_path / "big.csv"
+    proc = _start_export(my_big_table, "--table", MY_BIG, "-o", str(target))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if _temp_size(tmp_path) > 1_000_000:
+                break
+            assert proc.poll() is None, proc.communicate()
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the export never started writing")
+        assert await _my_queries_on(my_big_table, MY_BIG), "the export's query should be running"
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert [line for line in err.splitlines() if line.strip()] == ["rowstream: interrupted"]
+    assert not target.exists()
+    assert _names(tmp_path) == []
+    for _ in range(50):
+        left = await _my_queries_on(my_big_table, MY_BIG)
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == []
