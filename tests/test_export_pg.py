@@ -129,6 +129,17 @@ async def test_jsonl_values_are_to_jsonb(types_table: str, tmp_path: Path, strat
     assert '"f4": "NaN"' in lines[1] and '"f8": "Infinity"' in lines[1]
 
 
+async def test_jsonl_strategies_write_the_same_bytes(types_table: str, tmp_path: Path) -> None:
+    # COPY builds cheap scalars with to_json() or plain text, the stream path with to_jsonb()
+    # everywhere: byte for byte the same, floats' exponents and NaN included.
+    copied, streamed = tmp_path / "copy.jsonl", tmp_path / "stream.jsonl"
+    await rowstream.export(types_table, sa.text(QUERY), copied, strategy="copy")
+    await rowstream.export(types_table, sa.text(QUERY), streamed, strategy="stream")
+    assert copied.read_bytes() == streamed.read_bytes()
+    line = copied.read_text(encoding="utf-8").splitlines()[0]
+    assert '"f8": 179769313486231570000000000000000000000' in line  # to_jsonb's float
+
+
 EXPECTED_ARROW = {
     "id": pa.int32(),
     "i2": pa.int16(),

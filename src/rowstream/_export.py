@@ -457,7 +457,7 @@ async def _export_copy(
         job.progress.set_estimate(estimate)
         if job.format != "parquet":
             job.strategy = "copy"
-            await _copy_text(apg, sql, [c.name for c in columns], job)
+            await _copy_text(apg, sql, columns, job)
             return
     # Parquet: the rows come over a connection of ADBC's (binary COPY decoded in C++); the
     # probe's connection is back in the pool by then, so a pool of one cannot deadlock.
@@ -505,12 +505,12 @@ def _progress_writer(job: _Job) -> Write:
     return write
 
 
-async def _copy_text(apg: Any, sql: str, names: list[str], job: _Job) -> None:
+async def _copy_text(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> None:
     write = _progress_writer(job)
     if job.format == "csv":
         job.rows = await copy_csv(apg, sql, write)
     else:
-        job.rows = await copy_jsonl(apg, sql, names, write)
+        job.rows = await copy_jsonl(apg, sql, columns, write)
 
 
 async def _copy_parquet(
