@@ -243,6 +243,29 @@ async def test_parquet_falls_back_to_a_cursor_when_adbc_cannot_connect(
     assert repr(pq.read_table(fast).to_pylist()) == repr(pq.read_table(slow).to_pylist())
 
 
+async def test_psycopg_sources(types_table: str, tmp_path: Path) -> None:
+    # COPY and the catalog probe speak asyncpg; a psycopg URL or connection still exports the
+    # same files (a private asyncpg engine on the same URL does those parts).
+    url = sa.make_url(types_table).set(drivername="postgresql+psycopg")
+    out = tmp_path / "psycopg.csv"
+    report = await rowstream.export(url, sa.text(QUERY), out)
+    assert report.strategy == "copy"
+    assert out.read_bytes() == await _oracle_copy(types_table, QUERY)
+    parquet, reference = tmp_path / "psycopg.parquet", tmp_path / "asyncpg.parquet"
+    await rowstream.export(url, sa.text(QUERY), parquet)
+    await rowstream.export(types_table, sa.text(QUERY), reference)
+    assert repr(pq.read_table(parquet).to_pylist()) == repr(pq.read_table(reference).to_pylist())
+    engine = rowstream.create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            borrowed = tmp_path / "borrowed.csv"
+            report = await rowstream.export(conn, sa.text(QUERY), borrowed)
+            assert report.strategy == "stream"
+            assert borrowed.read_bytes() == out.read_bytes()
+    finally:
+        await engine.dispose()
+
+
 async def test_table_name_columns_and_where(types_table: str, tmp_path: Path) -> None:
     out = tmp_path / "some.csv"
     report = await rowstream.export(

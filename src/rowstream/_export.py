@@ -46,7 +46,14 @@ from ._pgcopy import (
 from ._progress import ExportProgress, format_bytes, peak_memory_mb
 from ._sinks import CsvSink, JsonlSink, Sink, check_compression
 from ._sizing import DEFAULT_BATCH_BYTES
-from ._source import ResolvedSource, Source, mask_url, resolve_source, resolve_url
+from ._source import (
+    ResolvedSource,
+    Source,
+    create_engine,
+    mask_url,
+    resolve_source,
+    resolve_url,
+)
 from ._strategy import shielded
 from ._stream import stream
 from ._translate import raise_translated
@@ -252,6 +259,7 @@ async def export(
         check_writable(Path(path))
     _check_sqlite_file(source)
     resolved = resolve_source(source)
+    pg_engine = _asyncpg_engine(resolved)
     target = AtomicFile(path)
     try:
         statement, arrow = await _statement(resolved, table_or_statement, where, columns, fmt)
@@ -275,14 +283,16 @@ async def export(
                 )
             try:
                 if use_copy:
-                    await _export_copy(resolved, statement, job)
+                    await _export_copy(pg_engine, statement, job)
                 else:
-                    await _export_stream(resolved, statement, arrow, job)
+                    await _export_stream(resolved, pg_engine, statement, arrow, job)
                 if zipped is not None:
                     zipped.close()
             except OSError as exc:
                 raise SinkError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     finally:
+        if pg_engine is not resolved.engine:
+            await shielded(pg_engine.dispose())
         await shielded(resolved.aclose())
     return ExportReport(
         path=str(path),
@@ -447,10 +457,22 @@ async def _pg_connection(engine: AsyncEngine) -> AsyncConnection:
         raise_translated(exc, url=engine.url, connecting=True)
 
 
-async def _export_copy(
-    resolved: ResolvedSource, statement: Select[Any] | TextualSelect | TextClause, job: _Job
-) -> None:
+def _asyncpg_engine(resolved: ResolvedSource) -> AsyncEngine:
+    """The engine PostgreSQL's COPY and catalog probe go through: asyncpg's.
+
+    They use asyncpg's own API (``copy_from_query``, prepared statement attributes); a source
+    on another driver (``postgresql+psycopg://``) gets a private asyncpg engine on the same
+    URL for them, while the rows of the stream strategy still come through the source.
+    """
     engine = resolved.engine
+    if resolved.dialect != "postgresql" or engine.dialect.driver == "asyncpg":
+        return engine
+    return create_engine(engine.url.set(drivername="postgresql+asyncpg"), pool_size=1)
+
+
+async def _export_copy(
+    engine: AsyncEngine, statement: Select[Any] | TextualSelect | TextClause, job: _Job
+) -> None:
     sql = _sql(engine, statement)
     async with _pg_session(engine) as apg:
         columns, estimate = await probe(apg, sql)
@@ -581,6 +603,7 @@ class _RawJsonl(JsonlSink):
 
 async def _export_stream(
     resolved: ResolvedSource,
+    pg_engine: AsyncEngine,
     statement: Select[Any] | TextualSelect | TextClause,
     typed: list[ArrowColumn] | None,
     job: _Job,
@@ -592,7 +615,7 @@ async def _export_stream(
     arrow: list[ArrowColumn] = []
     if resolved.dialect == "postgresql":
         sql = _sql(engine, statement)
-        pg, estimate = await _pg_columns(engine, sql)
+        pg, estimate = await _pg_columns(pg_engine, sql)
         job.progress.set_estimate(estimate)
         names = [c.name for c in pg]
         if job.format == "parquet":
