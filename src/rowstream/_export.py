@@ -579,6 +579,8 @@ def _pg_text(column: PgColumn, fmt: Format) -> str:
         if column.typname == "timestamptz":
             # Whatever the session's time zone: UTC, as the COPY path writes it.
             return f"rtrim(to_jsonb({ref} AT TIME ZONE 'UTC')::text, '\"') || '+00:00\"'"
+        # to_jsonb() itself, not the COPY path's cheaper equivalents (_pgcopy.json_value):
+        # the tests hold the two paths' bytes against each other.
         return f"to_jsonb({ref})::text"
     if column.typname == "bool":
         return f"CASE WHEN {ref} THEN 't' WHEN NOT {ref} THEN 'f' END"

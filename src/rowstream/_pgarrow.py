@@ -126,7 +126,7 @@ def _read_type(column: ArrowColumn) -> str | None:
     arrow = column.type
     value_type = arrow.value_type if arrow is not None and pa.types.is_list(arrow) else arrow
     if pa.types.is_decimal(value_type):
-        return "text[]" if pa.types.is_list(column.type) else "text"
+        return "text[]" if pa.types.is_list(arrow) else "text"
     return column.cast
 
 

@@ -7,8 +7,8 @@ Everything runs in one REPEATABLE READ transaction on one asyncpg connection wit
 transaction (safe behind a transaction-pooling PgBouncer).
 
 - CSV: COPY CSV straight into the file.
-- JSONL: the server builds each line from ``to_jsonb()`` of every column, keys in column order
-  (``to_jsonb(row)`` would sort the keys), sent as COPY text.
+- JSONL: the server builds each line, keys in column order (``to_jsonb(row)`` would sort the
+  keys), each value as ``to_jsonb()`` renders it (:func:`json_value`), sent as COPY text.
 - Parquet is read as binary COPY by ADBC (:mod:`rowstream._pgarrow`), with the same settings.
 
 The statement is prepared first (extended protocol: exactly one statement), and the transaction
