@@ -7,6 +7,7 @@ the generic stream) must write the same thing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
@@ -351,3 +352,47 @@ async def test_planner_estimate_for_the_progress_bar(pg_url: str) -> None:
         assert estimate == 5000
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def lost_table(pg_url: str) -> AsyncIterator[str]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS exp_lost; CREATE TABLE exp_lost AS "
+            "SELECT i AS id, md5(i::text) || md5((i + 1)::text) AS note "
+            "FROM generate_series(1, 1500000) i",
+            timeout=None,
+        )
+        yield pg_url
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS exp_lost")
+        await conn.close()
+
+
+def _largest(directory: Path) -> int:
+    return max((p.stat().st_size for p in directory.iterdir()), default=-1)
+
+
+@pytest.mark.parametrize("name", ["lost.csv", "lost.parquet"])
+async def test_connection_lost_in_the_middle(lost_table: str, tmp_path: Path, name: str) -> None:
+    # The server ends the COPY's backend (as a restart or a pooler would): one clear error
+    # that says to run the export again, and nothing at the target.
+    task = asyncio.create_task(rowstream.export(lost_table, "exp_lost", tmp_path / name))
+    conn = await asyncpg.connect(lost_table)
+    try:
+        for _ in range(600):
+            if _largest(tmp_path) > 1_000_000 or task.done():
+                break
+            await asyncio.sleep(0.02)
+        assert not task.done(), "the export finished before the connection could be cut"
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+            "application_name = 'rowstream' AND query LIKE 'COPY%' AND pid <> pg_backend_pid()"
+        )
+        assert killed == 1
+    finally:
+        await conn.close()
+    with pytest.raises(rowstream.ConnectionLostError, match="run the export again"):
+        await task
+    assert _largest(tmp_path) == -1

@@ -506,7 +506,7 @@ async def _pg_session(engine: AsyncEngine) -> AsyncIterator[Any]:
     except RowstreamError:
         raise
     except Exception as exc:
-        raise_translated(exc, url=engine.url)
+        raise_translated(exc, url=engine.url, resumable=False)
     finally:
         await shielded(_close(conn))
 

@@ -92,6 +92,10 @@ class CannotConnect(Exception):
     """ADBC could not open its connection; the caller reads another way."""
 
 
+class ReadError(Exception):
+    """Reading ADBC's stream failed (the connection dropped, the query was cancelled...)."""
+
+
 def libpq_conninfo(url: URL) -> str:
     """A libpq connection string for ``url`` (SQLAlchemy's, any driver).
 
@@ -254,6 +258,10 @@ class _Pump:
                     break
                 self._queue.put(self._convert(batch))
                 self.high_water = max(self.high_water, self._queue.qsize())
+        except OSError as exc:
+            # pyarrow raises the driver's failures as OSError, which would read as a failure
+            # to write the file: keep the server's words, as a read failure.
+            self._fail(ReadError(str(exc).strip()))
         except BaseException as exc:
             self._fail(exc)
         finally:
@@ -328,7 +336,7 @@ async def copy_to_parquet(
         )
         await pump.run()
     except session.error as exc:
-        raise translate(exc, url=url) from None
+        raise translate(exc, url=url, resumable=False) from None
     finally:
         await shielded(asyncio.to_thread(session.close))
     if pump.errors:
@@ -337,7 +345,7 @@ async def copy_to_parquet(
             raise SinkError(
                 f"cannot convert PostgreSQL's rows to Parquet: {str(error).splitlines()[0]}"
             ) from error
-        if isinstance(error, session.error):
-            raise translate(error, url=url) from error
+        if isinstance(error, (session.error, ReadError)):
+            raise translate(error, url=url, resumable=False) from error
         raise error
     return pump.rows

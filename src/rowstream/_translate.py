@@ -104,8 +104,14 @@ def is_connection_lost(exc: BaseException) -> bool:
     )
 
 
-def translate(exc: BaseException, *, url: URL | None, connecting: bool = False) -> RowstreamError:
-    """Map ``exc`` to the most specific rowstream error, with a message that says what to do."""
+def translate(
+    exc: BaseException, *, url: URL | None, connecting: bool = False, resumable: bool = True
+) -> RowstreamError:
+    """Map ``exc`` to the most specific rowstream error, with a message that says what to do.
+
+    ``resumable=False``: the work cannot pick up where it stopped (an export's COPY), so a lost
+    connection says to run it again.
+    """
     if isinstance(exc, RowstreamError):
         return exc
     where = url.render_as_string(hide_password=True) if url is not None else "the database"
@@ -134,6 +140,11 @@ def translate(exc: BaseException, *, url: URL | None, connecting: bool = False) 
         )
     if not connecting and is_connection_lost(exc):
         # Mid-stream, a refused or reset connection is a drop the stream can resume from.
+        if not resumable:
+            return ConnectionLostError(
+                f"lost the connection to {where}: {detail}; nothing was written to the "
+                "target: run the export again"
+            )
         return ConnectionLostError(
             f"lost the connection to {where}: {detail}; rowstream resumes by itself when the "
             "stream has a key, otherwise run the stream again"
@@ -148,6 +159,8 @@ def translate(exc: BaseException, *, url: URL | None, connecting: bool = False) 
     return QueryError(f"the server rejected the query: {detail}")
 
 
-def raise_translated(exc: BaseException, *, url: URL | None, connecting: bool = False) -> NoReturn:
+def raise_translated(
+    exc: BaseException, *, url: URL | None, connecting: bool = False, resumable: bool = True
+) -> NoReturn:
     """``raise translate(exc) from exc``, for use in ``except`` blocks."""
-    raise translate(exc, url=url, connecting=connecting) from exc
+    raise translate(exc, url=url, connecting=connecting, resumable=resumable) from exc
