@@ -73,6 +73,10 @@ async def test_queue_stays_bounded(
     assert table.schema.field("note").type == pa.string()
 
 
+def _names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
 def _largest(directory: Path) -> int:
     """The size of the largest file in ``directory``; -1 when it is empty."""
     return max((p.stat().st_size for p in directory.iterdir()), default=-1)
@@ -138,3 +142,23 @@ async def test_cancelling_stops_the_server_query(pg_url: str, tmp_path: Path) ->
             await conn.execute("DROP TABLE IF EXISTS arrow_cancel")
         finally:
             await conn.close()
+
+
+async def test_parquet_over_tls_with_a_password(pg_tls_url: str, tmp_path: Path) -> None:
+    # The server refuses TCP without TLS and asks for a scram password: ADBC's connection
+    # (strategy "copy", no fall-back) must carry both from the URL, as asyncpg's does.
+    query = sa.text(
+        "SELECT i AS id, md5(i::text) AS note, timestamptz '2024-01-01' + i * interval '1 s' AS at "
+        "FROM generate_series(1, 50000) i"
+    )
+    out, reference = tmp_path / "tls.parquet", tmp_path / "stream.parquet"
+    report = await rowstream.export(pg_tls_url, query, out)
+    assert report.strategy == "copy" and report.rows == 50_000
+    await rowstream.export(pg_tls_url, query, reference, strategy="stream")
+    assert pq.read_table(out).equals(pq.read_table(reference))
+    wrong = sa.make_url(pg_tls_url).set(password="not-the-password-42")
+    with pytest.raises(rowstream.SourceError) as failed:
+        await rowstream.export(wrong, query, tmp_path / "refused.parquet")
+    assert "not-the-password-42" not in str(failed.value)
+    assert "password" in str(failed.value)
+    assert _names(tmp_path) == ["stream.parquet", "tls.parquet"]

@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import asyncmy
 import asyncmy.errors
@@ -159,6 +160,39 @@ async def _can_log_in(url: URL) -> bool:
         return True
     except Exception:
         return False
+
+
+async def _pg_run(socket_dir: str, port: int, sql: str) -> None:
+    conn = await asyncpg.connect(
+        host=socket_dir, port=port, user="postgres", database="postgres", timeout=LOGIN_TIMEOUT
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _pg_answers(socket_dir: str, port: int) -> bool:
+    try:
+        await _pg_run(socket_dir, port, "SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+def _tls_setup(db: Path, as_user: dict[str, Any]) -> list[str]:
+    """A self-signed certificate and a pg_hba.conf that refuses TCP without TLS; returns the
+    server options that turn TLS on."""
+    key, cert = str(db / "server.key"), str(db / "server.crt")
+    request = ["req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=127.0.0.1"]
+    _run(["openssl", *request, "-keyout", key, "-out", cert], **as_user)
+    (db / "server.key").chmod(0o600)
+    (db / "pg_hba.conf").write_text(
+        "local all all trust\n"
+        "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+        "hostnossl all all 127.0.0.1/32 reject\n"
+    )
+    return ["-c", "ssl=on", "-c", "password_encryption=scram-sha-256"]
 
 
 def can_log_in(url: str) -> bool:
@@ -341,6 +375,20 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
     def postgresql(self) -> str:
         if not self.private and can_log_in(PG_DEFAULT):
             return PG_DEFAULT
+        port, _ = self._private_postgresql()
+        return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def postgresql_tls(self, password: str) -> str:
+        """A private PostgreSQL that takes TCP clients only over TLS and with a password
+        (scram-sha-256), as production servers do. Its URL carries both."""
+        port, data = self._private_postgresql(tls=True)
+        literal = password.replace("'", "''")
+        asyncio.run(_pg_run(str(data), port, f"ALTER ROLE postgres PASSWORD '{literal}'"))
+        user = quote(password, safe="")
+        return f"postgresql://postgres:{user}@127.0.0.1:{port}/postgres?ssl=require"
+
+    def _private_postgresql(self, *, tls: bool = False) -> tuple[int, Path]:
+        """Start a private PostgreSQL; returns its port and directory (the socket's too)."""
         bindir = _pg_bindir()
         if bindir is None:
             apt_install("postgresql")
@@ -351,40 +399,22 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
         data = private_dir(user)
         self._dirs.append(data)
         port = free_port()
-        _run(
-            [
-                f"{bindir}/initdb",
-                "-D",
-                str(data / "db"),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                # No locale: a fresh machine may have none generated, and tests need none.
-                "--no-locale",
-            ],
-            user=user,
-            group=user,
-            extra_groups=[] if user is not None else None,
-        )
+        as_user: dict[str, Any] = {
+            "user": user,
+            "group": user,
+            "extra_groups": [] if user is not None else None,
+        }
+        # No locale: a fresh machine may have none generated, and tests need none.
+        initdb = [f"{bindir}/initdb", "-D", str(data / "db"), "-A", "trust", "-U", "postgres"]
+        _run([*initdb, "-E", "UTF8", "--no-locale"], **as_user)
+        options = ["-c", "fsync=off", "-c", "max_connections=200"]
+        if tls:
+            options += _tls_setup(data / "db", as_user)
         log = data / "postgres.log"
         proc = self._spawn(
             [
-                f"{bindir}/postgres",
-                "-D",
-                str(data / "db"),
-                "-p",
-                str(port),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-k",
-                str(data),
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=200",
+                *(f"{bindir}/postgres", "-D", str(data / "db"), "-p", str(port), "-k", str(data)),
+                *("-c", "listen_addresses=127.0.0.1", *options),
             ],
             log,
             user=user,
@@ -392,14 +422,13 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
             stop=signal.SIGINT,
         )
         self._wait_for(proc, port, "PostgreSQL", log)
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         deadline = time.monotonic() + START_TIMEOUT
-        # The port opens a moment before the server accepts logins.
-        while not asyncio.run(_can_log_in(make_url(url))):
+        # The port opens a moment before the server accepts logins; the socket needs no TLS.
+        while not asyncio.run(_pg_answers(str(data), port)):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"PostgreSQL on port {port} refuses logins; see {log}")
             time.sleep(0.2)
-        return url
+        return port, data
 
     # MariaDB ------------------------------------------------------------------------------
     def mariadb(self) -> str:

@@ -47,6 +47,17 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         yield Servers(pg_url=pg_url, mysql_url=mysql_url, pgbouncer_url=bouncer_url)
 
 
+# Quotes, a backslash and a space: the password must survive every connection string.
+TLS_PASSWORD = "s3cret 'quoted' \\ pass"
+
+
+@pytest.fixture(scope="session")
+def pg_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private PostgreSQL reached only over TLS and with a password (started on first use)."""
+    with _bringup.Stack(tmp_path_factory.mktemp("tls"), private=True) as stack:
+        yield stack.postgresql_tls(TLS_PASSWORD)
+
+
 @pytest.fixture
 def pg_url(servers: Servers) -> str:
     return servers.pg_url
