@@ -36,12 +36,12 @@ from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkErr
 from ._pgcopy import (
     PgColumn,
     Write,
+    cast_query,
     copy_csv,
     copy_jsonl,
     pg_transaction,
     probe,
     quote_ident,
-    select_list,
 )
 from ._progress import ExportProgress, format_bytes, peak_memory_mb
 from ._sinks import CsvSink, JsonlSink, Sink, check_compression
@@ -554,7 +554,7 @@ async def _copy_parquet(
         # through the engine's own connections instead, slower but the same file.
         logger.info("ADBC cannot connect (%s); reading Parquet through a cursor", exc)
     job.strategy = "cursor"
-    query = f"SELECT {select_list(arrow)} FROM ({sql}) AS t"
+    query = cast_query(sql, arrow)
     size = job.batch_rows or 10_000
     async with _pg_session(engine) as apg:
         cursor = await apg.cursor(query)
@@ -624,7 +624,7 @@ async def _export_stream(
             from ._sinks._parquet import ParquetSink
 
             arrow = [c.arrow for c in pg]
-            query = f"SELECT {select_list(arrow)} FROM ({sql}) AS t"
+            query = cast_query(sql, arrow)
             sink = ParquetSink(job.out, arrow, compression=job.compression or "zstd")
         else:
             query = f"SELECT {', '.join(_pg_text(c, job.format) for c in pg)} FROM ({sql}) AS t"

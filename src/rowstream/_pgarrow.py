@@ -2,7 +2,7 @@
 
 Data path: libpq connection (ADBC) -> ``COPY (query) TO STDOUT (FORMAT binary)``, decoded
 into record batches in C (reader thread) -> cast to the export's Arrow types -> a queue of
-two batches -> Parquet encoder (writer thread) -> file.
+a few batches -> Parquet encoder (writer thread) -> file.
 
 Why ADBC: the server sends binary COPY about twice as fast as CSV (ERRATA 10: 1.61M against
 852k rows/s), and the driver decodes it without a Python object per value. Decoding and
@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL
 
 from ._arrow import ArrowColumn, schema_of
 from ._exceptions import SinkError
-from ._pgcopy import SETTINGS, quote_ident
+from ._pgcopy import SETTINGS, cast_query
 from ._sinks._parquet import ParquetSink
 from ._source import APPLICATION_NAME
 from ._strategy import shielded
@@ -134,15 +134,6 @@ def _read_type(column: ArrowColumn) -> str | None:
     return column.cast
 
 
-def read_query(sql: str, columns: Sequence[ArrowColumn]) -> str:
-    parts = []
-    for column in columns:
-        ref = f"t.{quote_ident(column.name)}"
-        cast = _read_type(column)
-        parts.append(f"{ref}::{cast}" if cast else ref)
-    return f"SELECT {', '.join(parts)} FROM ({sql}) AS t"
-
-
 def _converter(target: pa.Schema) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
     """Cast each decoded batch to ``target`` (safe casts: an overflow fails, never wraps)."""
 
@@ -229,7 +220,7 @@ class _Pump:
         reader: pa.RecordBatchReader,
         target: pa.Schema,
         sink: ParquetSink,
-        on_rows: Callable[[int], None],
+        on_rows: Callable[[int], object],
     ) -> None:
         self._session = session
         self._reader = reader
@@ -303,10 +294,6 @@ class _Pump:
             await shielded(asyncio.to_thread(join))
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[int], None], n: int) -> None:
-    loop.call_soon_threadsafe(callback, n)
-
-
 async def copy_to_parquet(
     url: URL,
     sql: str,
@@ -326,13 +313,13 @@ async def copy_to_parquet(
     loop = asyncio.get_running_loop()
     try:
         await session.call(session.begin)
-        reader = await session.call(session.query, read_query(sql, columns))
+        reader = await session.call(session.query, cast_query(sql, columns, _read_type))
         pump = _Pump(
             session,
             reader,
             schema_of(columns),
             sink,
-            lambda n: _call_soon(loop, on_rows, n),
+            lambda n: loop.call_soon_threadsafe(on_rows, n),
         )
         await pump.run()
     except session.error as exc:

@@ -162,12 +162,22 @@ def _rows(status: str) -> int:
         return 0
 
 
-def select_list(columns: Sequence[ArrowColumn], alias: str = "t") -> str:
+def _own_cast(column: ArrowColumn) -> str | None:
+    return column.cast
+
+
+def cast_query(
+    sql: str,
+    columns: Sequence[ArrowColumn],
+    cast: Callable[[ArrowColumn], str | None] = _own_cast,
+) -> str:
+    """``sql`` wrapped to select each column, cast to the SQL type ``cast`` gives (if any)."""
     parts = []
     for column in columns:
-        ref = f"{alias}.{quote_ident(column.name)}"
-        parts.append(f"{ref}::{column.cast}" if column.cast else ref)
-    return ", ".join(parts)
+        ref = f"t.{quote_ident(column.name)}"
+        to = cast(column)
+        parts.append(f"{ref}::{to}" if to else ref)
+    return f"SELECT {', '.join(parts)} FROM ({sql}) AS t"
 
 
 def _coalescing(write: Write) -> Write:
