@@ -145,9 +145,16 @@ async def _prepared_statements_survive(engine: AsyncEngine, url: str) -> str:
         return "not checked (driver is not asyncpg)"
     import asyncpg
 
-    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    first = await asyncpg.connect(dsn)
-    second = await asyncpg.connect(dsn)
+    # Plain asyncpg connections (the engine's own cache nothing), from the dialect's reading
+    # of the URL: TLS (ssl=require) and any password reach asyncpg as the streams' do, where a
+    # DSN string would need its own escaping.
+    _, params = engine.dialect.create_connect_args(engine.url)
+    first = await asyncpg.connect(**params)
+    try:
+        second = await asyncpg.connect(**params)
+    except BaseException:
+        await first.close()
+        raise
     try:
         statement = await first.prepare("SELECT 1")
         await statement.fetchval()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -41,15 +42,57 @@ Source = str | URL | AsyncEngine | AsyncConnection | AsyncSession
 _SMALL_POOL = {"pool_size": 2, "max_overflow": 2}
 
 
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme, userinfo, rest)`` of a URL string with credentials, split at the LAST ``@``.
+
+    Passwords are often pasted unescaped and may hold any character, ``@`` included; a host
+    never holds ``@``, so the last one ends the credentials (as curl reads them). There are
+    credentials only when the user name (up to the first ``:`` or ``@``) holds no ``/``:
+    ``sqlite:///dir/a@b.db`` and ``postgresql://host/db@x`` have none.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return None
+    userinfo, _, after = rest.rpartition("@")
+    if "/" in userinfo.split(":", 1)[0]:
+        return None
+    return scheme, userinfo, after
+
+
+def _parse(url: str) -> URL:
+    """SQLAlchemy's ``make_url``, with the credentials ending at the last ``@``.
+
+    ``make_url`` ends the password at the first ``@`` (``ghost:pre@TAIL@host`` gives the
+    password ``pre`` and the host ``TAIL@host``). The ``@`` inside the credentials are
+    percent-encoded before parsing (``make_url`` decodes them back), so the URL connects as
+    meant; other ``%`` escapes keep their meaning, as ``make_url`` has always read them.
+    """
+    found = _userinfo(url)
+    if found is not None and "@" in found[1]:
+        scheme, userinfo, after = found
+        url = f"{scheme}://{userinfo.replace('@', '%40')}@{after}"
+    return make_url(url)
+
+
+def _repair(url: URL) -> URL:
+    """A URL object that ``make_url`` split at the first ``@`` of a password, put right:
+    a host never holds ``@``, so what stands before its last ``@`` is the password's."""
+    if url.host is None or "@" not in url.host:
+        return url
+    spill, _, host = url.host.rpartition("@")
+    return url.set(password=f"{url.password or ''}@{spill}", host=host)
+
+
 def split_url(url: str | URL) -> tuple[URL, str, str]:
     """Parse ``url`` into (URL, backend, driver), refusing what rowstream cannot read.
 
     ``backend`` is normalized (``postgres`` -> ``postgresql``); ``driver`` is "" when the URL
     names none. Shared by the async and the sync side, which then pick their own driver.
+    The credentials end at the last ``@`` (see :func:`_parse`).
     """
     if isinstance(url, str):
         try:
-            parsed = make_url(url)
+            parsed = _parse(url)
         except (ArgumentError, ValueError):  # ValueError: a non-numeric port
             raise ConfigurationError(
                 f"malformed database URL {mask_url(url)!r}: expected something like "
@@ -57,7 +100,7 @@ def split_url(url: str | URL) -> tuple[URL, str, str]:
                 "sqlite:///path/to/file.db"
             ) from None
     else:
-        parsed = url
+        parsed = _repair(url)
     backend, _, driver = parsed.drivername.partition("+")
     backend = _BACKEND_ALIASES.get(backend, backend)
     if backend not in DEFAULT_DRIVERS:
@@ -87,19 +130,58 @@ def resolve_url(url: str | URL) -> URL:
 
 
 def mask_url(url: str | URL) -> str:
-    """Render ``url`` with its password hidden; safe for messages and logs."""
+    """Render ``url`` with everything between the user name and the host hidden.
+
+    Safe for messages, logs and progress lines whatever the password holds: the credentials
+    end at the last ``@``, and a URL object that ``make_url`` split at an earlier ``@`` is put
+    right first (see :func:`_repair`).
+
+    >>> mask_url("postgresql://ghost:pre@TAIL@db/shop")
+    'postgresql://ghost:***@db/shop'
+    """
     if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
+        return _repair(url).render_as_string(hide_password=True)
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return _parse(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
-        # Not parseable: still hide anything that looks like user:password@.
-        scheme, sep, rest = url.partition("://")
-        if sep and "@" in rest:
-            creds, _, host = rest.rpartition("@")
-            user = creds.split(":", 1)[0]
-            return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-        return url
+        # Not parseable: hide the credentials by hand.
+        found = _userinfo(url)
+        if found is None:
+            return url
+        scheme, userinfo, after = found
+        user, colon, _ = userinfo.partition(":")
+        return f"{scheme}://{user}{':***' if colon else ''}@{after}"
+
+
+def password_forms(url: URL | None) -> list[str]:
+    """Every form in which ``url``'s password may show up in a driver's error, longest first.
+
+    The password as meant and as parsed, percent-encoded (as a URL or a libpq string carries
+    it), and the part of a mis-split password that landed in the host: :func:`scrub` removes
+    them all from a message.
+    """
+    if url is None:
+        return []
+    forms: set[str] = set()
+    repaired = _repair(url)
+    if repaired.password:
+        password = str(repaired.password)
+        forms.update(
+            {password, quote(password, safe=""), quote(password, safe=" +"), quote_plus(password)}
+        )
+    if url.password:
+        forms.add(str(url.password))
+    if url.host and "@" in url.host:
+        forms.add(url.host.rpartition("@")[0])
+    forms.discard("")
+    return sorted(forms, key=len, reverse=True)
+
+
+def scrub(text: str, url: URL | None) -> str:
+    """``text`` with every form of the URL's password replaced by ``***``."""
+    for form in password_forms(url):
+        text = text.replace(form, "***")
+    return text
 
 
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:

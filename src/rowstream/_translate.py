@@ -20,6 +20,9 @@ from ._exceptions import (
     SourceError,
     UnsupportedQueryError,
 )
+from ._source import mask_url, scrub
+
+__all__ = ["is_connection_lost", "raise_translated", "scrub", "translate"]
 
 # SQLSTATE classes and codes (PostgreSQL) and error numbers (MySQL/MariaDB client and server).
 _PG_CONNECTION_LOST = {
@@ -50,13 +53,6 @@ _EAGER_FIX = (
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
-
-
-def scrub(text: str, url: URL | None) -> str:
-    """``text`` with the URL's password replaced by ``***``."""
-    if url is not None and url.password:
-        text = text.replace(str(url.password), "***")
-    return text
 
 
 def _driver_error(exc: BaseException) -> BaseException:
@@ -114,7 +110,7 @@ def translate(
     """
     if isinstance(exc, RowstreamError):
         return exc
-    where = url.render_as_string(hide_password=True) if url is not None else "the database"
+    where = mask_url(url) if url is not None else "the database"
     if isinstance(exc, sa_exc.InvalidRequestError) and not isinstance(exc, sa_exc.DBAPIError):
         text = str(exc)
         if "yield_per" in text or "unique()" in text:
