@@ -1,4 +1,5 @@
-"""``rowstream export`` as a subprocess: bad input gives one clear line, Ctrl-C leaves nothing.
+"""``rowstream export`` as a subprocess: bad input gives one clear line, Ctrl-C, SIGTERM and
+SIGHUP leave nothing, a closed standard output (``| head``) ends quietly.
 
 Every failure must print exactly one line on stderr, exit non-zero, show no traceback and no
 password, and leave neither the target nor a temporary file behind.
@@ -269,11 +270,24 @@ async def _backends_on(url: str, table: str) -> list[str]:
         await conn.close()
 
 
+# What each stopping signal prints, and the exit status: 128 + its number, as a shell reports.
+STOPS = {
+    signal.SIGINT: ("rowstream: interrupted", 130),
+    signal.SIGTERM: ("rowstream: terminated", 143),
+    signal.SIGHUP: ("rowstream: hung up", 129),
+}
+
+
 async def _interrupt_export(
-    url: str, table: str, target: Path, running: Callable[[], Awaitable[list[Any]]]
+    url: str,
+    table: str,
+    target: Path,
+    running: Callable[[], Awaitable[list[Any]]],
+    signum: signal.Signals = signal.SIGINT,
 ) -> None:
-    """Export ``table``, press Ctrl-C once it is well under way (a temporary file with data
-    in it), and check what is left: one line, no file, and no query on the server."""
+    """Export ``table``, send ``signum`` (Ctrl-C by default) once it is well under way (a
+    temporary file with data in it), and check what is left: one line, the signal's exit
+    status, no file, and no query on the server."""
     proc = _start_export(url, "--table", table, "-o", str(target))
     try:
         deadline = time.monotonic() + 60
@@ -285,15 +299,16 @@ async def _interrupt_export(
         else:
             pytest.fail("the export never started writing")
         assert await running(), "the export's query should be running"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = await asyncio.to_thread(proc.communicate, timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode != 0
+    line, code = STOPS[signum]
+    assert proc.returncode == code, err
     assert "Traceback" not in err
-    assert [line for line in err.splitlines() if line.strip()] == ["rowstream: interrupted"]
+    assert [line for line in err.splitlines() if line.strip()] == [line]
     assert _names(target.parent) == []  # neither the target nor a temporary file
     # The process is gone; its query must be gone too (a cancel, not a backend left working).
     for _ in range(50):
@@ -310,6 +325,88 @@ async def test_ctrl_c_leaves_nothing(big_table: str, tmp_path: Path, suffix: str
     await _interrupt_export(
         big_table, BIG, tmp_path / f"big.{suffix}", lambda: _backends_on(big_table, BIG)
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+async def test_sigterm_and_sighup_leave_nothing(
+    big_table: str, tmp_path: Path, signum: signal.Signals
+) -> None:
+    # What systemd, Kubernetes and Celery send, and what a closed terminal sends.
+    await _interrupt_export(
+        big_table, BIG, tmp_path / "big.csv", lambda: _backends_on(big_table, BIG), signum
+    )
+
+
+def test_importing_rowstream_leaves_signals_alone() -> None:
+    probe = (
+        "import signal, rowstream, rowstream.sync, rowstream._cli; "
+        "print([signal.getsignal(s) is signal.SIG_DFL "
+        "for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "[True, True, False]", result.stderr  # Python ignores SIGPIPE
+
+
+async def _read_a_line_and_close(
+    url: str, query: str, running: Callable[[], Awaitable[list[Any]]], *extra: str
+) -> None:
+    """``rowstream export URL --query ... -o - | head -1`` through a real pipe: read one line,
+    close the pipe, and check that the export ends quietly and its query is gone."""
+    proc = _start_export(url, "--query", query, "-o", "-", *extra)
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.to_thread(proc.stdout.readline)
+        assert first.strip()
+        assert await running(), "the export's query should still be running"
+        proc.stdout.close()
+        assert proc.stderr is not None
+        err = await asyncio.to_thread(proc.stderr.read)
+        code = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert err == ""
+    assert code == 128 + signal.SIGPIPE  # what a shell reports for `seq 1e9 | head -1`'s seq
+    for _ in range(50):
+        left = await running()
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == []
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_closed_stdout_ends_quietly_on_postgresql(pg_url: str, fmt: str) -> None:
+    marker = f"rs_pipe_{fmt}"
+    query = f"SELECT i, md5(i::text) AS {marker} FROM generate_series(1, 3000000) i"
+    await _read_a_line_and_close(
+        pg_url, query, lambda: _backends_on(pg_url, marker), "--format", fmt
+    )
+
+
+async def test_closed_stdout_ends_quietly_on_mariadb(mysql_url: str) -> None:
+    query = "SELECT seq, md5(seq) AS rs_pipe_my FROM seq_1_to_50000000"
+    await _read_a_line_and_close(mysql_url, query, lambda: _my_queries_on(mysql_url, "rs_pipe_my"))
+
+
+async def test_closed_stdout_through_a_shell_pipe(pg_url: str) -> None:
+    script = (
+        f"{sys.executable} -m rowstream export '{pg_url}' --query "
+        "'SELECT i FROM generate_series(1, 3000000) i' -o - --compression gzip | head -c 10 "
+        ">/dev/null; echo ${PIPESTATUS[0]}"
+    )
+    result = await asyncio.to_thread(
+        subprocess.run, ["bash", "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.stderr == ""
+    assert result.stdout.strip() == "141"
 
 
 def test_the_environment_has_no_stray_signals() -> None:
@@ -406,4 +503,18 @@ async def test_ctrl_c_on_mariadb_leaves_nothing(my_big_table: str, tmp_path: Pat
     # server's query, not leave it streaming into a closed socket.
     await _interrupt_export(
         my_big_table, MY_BIG, tmp_path / "big.csv", lambda: _my_queries_on(my_big_table, MY_BIG)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+async def test_sigterm_and_sighup_on_mariadb_leave_nothing(
+    my_big_table: str, tmp_path: Path, signum: signal.Signals
+) -> None:
+    await _interrupt_export(
+        my_big_table,
+        MY_BIG,
+        tmp_path / "big.csv",
+        lambda: _my_queries_on(my_big_table, MY_BIG),
+        signum,
     )

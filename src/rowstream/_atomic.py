@@ -3,7 +3,8 @@
 Output goes to a temporary file beside the target (same directory, so the final rename stays on
 one file system and is atomic), is flushed and fsynced, and only then renamed over the target.
 On any error, or on cancellation (Ctrl-C), the temporary file is removed and the target is left
-as it was. ``-`` means standard output, which cannot be atomic: it is written as it goes.
+as it was. ``-`` means standard output, which cannot be atomic: it is written as it goes, and a
+reader that closes it (``| head``) ends the export with :class:`StdoutClosed`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,49 @@ from typing import BinaryIO
 
 from ._exceptions import SinkError
 
-__all__ = ["STDOUT", "AtomicFile", "check_writable"]
+__all__ = ["STDOUT", "AtomicFile", "StdoutClosed", "check_writable"]
 
 STDOUT = "-"
 TEMP_SUFFIX = ".rowstream-tmp"
+
+
+class StdoutClosed(SinkError):
+    """Standard output was closed by its reader before the export ended (``| head``).
+
+    A ``SinkError`` like any other for the API; the CLI ends quietly on it, as Unix tools do.
+    It is raised in place of ``BrokenPipeError``, which is a ``ConnectionError`` and would
+    otherwise read as a lost database connection.
+    """
+
+    def __init__(self, message: str = "", **context: object) -> None:
+        super().__init__(
+            message
+            or "standard output was closed before the export ended (its reader, such as head, "
+            "stopped reading); the query was cancelled",
+            **context,
+        )
+
+
+class _Stdout:
+    """Standard output's binary buffer, with a closed pipe raised as :class:`StdoutClosed`."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        try:
+            return self._out.write(data)
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+
+    def fileno(self) -> int:
+        return self._out.fileno()
 
 
 def check_writable(target: Path) -> None:
@@ -60,7 +100,8 @@ class AtomicFile:
 
     def __enter__(self) -> BinaryIO:
         if self.stdout:
-            self._file = sys.stdout.buffer
+            self._file = _Stdout(sys.stdout.buffer)  # type: ignore[assignment]
+            assert self._file is not None
             return self._file
         check_writable(self.target)
         try:
@@ -95,8 +136,7 @@ class AtomicFile:
         if file is None:
             return
         if self.stdout:
-            with contextlib.suppress(BrokenPipeError):
-                file.flush()
+            file.flush()
             return
         assert self.temp is not None
         try:

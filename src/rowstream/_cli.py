@@ -3,17 +3,31 @@
 Each subcommand lives in its own module with ``register(subparsers)``, which adds its parser and
 sets ``run`` (an ``async`` function taking the parsed arguments and returning an exit code).
 rowstream's errors become one line on stderr and a non-zero exit, never a traceback.
+
+Signals: SIGINT (Ctrl-C), SIGTERM (systemd, Kubernetes, Celery) and SIGHUP (a closed terminal)
+all cancel the running command, so its query is cancelled on the server and its temporary file
+removed; one line says so and the exit status is 128 + the signal's number (130, 143, 129), as
+a shell reports a process the signal ended. Only this entry point installs handlers: importing
+rowstream leaves a process's signals alone.
+
+A closed standard output (``rowstream export ... -o - | head -1``) ends the command quietly,
+as ``cat`` or ``seq`` end when their reader goes: the query is cancelled, nothing is printed,
+and the exit status is 141 (128 + SIGPIPE), what a shell reports for them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from ._atomic import StdoutClosed
 from ._exceptions import ConfigurationError, RowstreamError
 
 COMMANDS = ("rowstream._demo", "rowstream._cli_export", "rowstream._doctor")
@@ -26,7 +40,10 @@ if sys.platform.startswith("linux"):
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE
+# The signals that stop a command the way Ctrl-C does, and the line each prints.
+STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,11 +74,20 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    received: list[signal.Signals] = []
     try:
-        code: int = asyncio.run(args.run(args))
+        code: int = asyncio.run(_run(args, received))
     except KeyboardInterrupt:
         print("rowstream: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        print(f"rowstream: {STOP_SIGNALS[received[0]]}", file=sys.stderr)
+        return 128 + received[0]
+    except StdoutClosed:
+        _silence_stdout()
+        return EXIT_STDOUT_CLOSED
     except ConfigurationError as exc:
         print(f"rowstream: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -69,6 +95,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rowstream: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return code
+
+
+async def _run(args: argparse.Namespace, received: list[signal.Signals]) -> int:
+    """Run the command; SIGTERM and SIGHUP cancel it as asyncio.run() does on SIGINT."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def stop(signum: signal.Signals) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        result: Any = await args.run(args)
+        return int(result)
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+def _silence_stdout() -> None:
+    # Python flushes sys.stdout at exit: into a closed pipe that prints "Exception ignored
+    # ... BrokenPipeError". Point the descriptor at /dev/null first (Python's documented way).
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":
