@@ -10,6 +10,7 @@ reader that closes it (``| head``) ends the export with :class:`StdoutClosed`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from typing import BinaryIO
 
 from ._exceptions import SinkError
 
-__all__ = ["STDOUT", "AtomicFile", "StdoutClosed", "check_writable"]
+__all__ = ["STDOUT", "AtomicFile", "StdoutClosed", "check_writable", "write_error"]
 
 STDOUT = "-"
 TEMP_SUFFIX = ".rowstream-tmp"
@@ -42,26 +43,52 @@ class StdoutClosed(SinkError):
         )
 
 
-class _Stdout:
-    """Standard output's binary buffer, with a closed pipe raised as :class:`StdoutClosed`."""
+def write_error(target: str, exc: OSError) -> SinkError:
+    """The :class:`SinkError` for an ``OSError`` met while writing ``target``.
 
-    def __init__(self, out: BinaryIO) -> None:
+    ``BrokenPipeError`` and ``ENOSPC`` are ``OSError`` too, and ``BrokenPipeError`` a
+    ``ConnectionError``: met inside a driver's COPY callback they would read as a database
+    failure, so they are named for what they are here, where the file is known.
+    """
+    if target == STDOUT:
+        if isinstance(exc, BrokenPipeError):
+            return StdoutClosed()
+        return SinkError(f"cannot write to standard output: {exc.strerror or exc}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = str(Path(target).parent.resolve())
+        return SinkError(
+            f"cannot write {target!r}: no space left on device (the disk or quota that holds "
+            f"{where!r} is full); free some space or write elsewhere; nothing was written and "
+            "the target is as it was"
+        )
+    return SinkError(f"cannot write {target!r}: {exc.strerror or exc}")
+
+
+class _Output:
+    """The file an export writes (the temporary file, or standard output), with its
+    ``OSError`` raised as a :class:`SinkError` about that file (see :func:`write_error`)."""
+
+    def __init__(self, out: BinaryIO, target: str) -> None:
         self._out = out
+        self._target = target
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             return self._out.write(data)
-        except BrokenPipeError:
-            raise StdoutClosed() from None
+        except OSError as exc:
+            raise write_error(self._target, exc) from None
 
     def flush(self) -> None:
         try:
             self._out.flush()
-        except BrokenPipeError:
-            raise StdoutClosed() from None
+        except OSError as exc:
+            raise write_error(self._target, exc) from None
 
     def fileno(self) -> int:
         return self._out.fileno()
+
+    def close(self) -> None:
+        self._out.close()
 
 
 def check_writable(target: Path) -> None:
@@ -100,7 +127,7 @@ class AtomicFile:
 
     def __enter__(self) -> BinaryIO:
         if self.stdout:
-            self._file = _Stdout(sys.stdout.buffer)  # type: ignore[assignment]
+            self._file = _Output(sys.stdout.buffer, STDOUT)  # type: ignore[assignment]
             assert self._file is not None
             return self._file
         check_writable(self.target)
@@ -109,13 +136,15 @@ class AtomicFile:
                 dir=self.target.parent, prefix=f".{self.target.name}.", suffix=TEMP_SUFFIX
             )
         except OSError as exc:
-            raise SinkError(f"cannot write {str(self.target)!r}: {exc.strerror}") from None
+            raise write_error(str(self.target), exc) from None
         self.temp = Path(name)
         # mkstemp creates 0600; a finished export should have the usual permissions.
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        self._file = os.fdopen(fd, "wb", buffering=1024 * 1024)
+        raw = os.fdopen(fd, "wb", buffering=1024 * 1024)
+        self._file = _Output(raw, str(self.target))  # type: ignore[assignment]
+        assert self._file is not None
         return self._file
 
     def __exit__(
@@ -145,9 +174,11 @@ class AtomicFile:
             self.size = os.fstat(file.fileno()).st_size
             file.close()
             os.replace(self.temp, self.target)
-        except OSError as exc:
+        except (OSError, SinkError) as exc:
             self._remove(file)
-            raise SinkError(f"cannot write {str(self.target)!r}: {exc.strerror}") from None
+            if isinstance(exc, SinkError):
+                raise
+            raise write_error(str(self.target), exc) from None
         self.temp = None
         # The rename is durable only once the directory entry is on disk too.
         with contextlib.suppress(OSError):

@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
-from ._atomic import STDOUT, AtomicFile, check_writable
-from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError, SourceError
+from ._atomic import STDOUT, AtomicFile, check_writable, write_error
+from ._exceptions import ConfigurationError, QueryError, RowstreamError, SourceError
 from ._pgcopy import (
     PgColumn,
     Write,
@@ -289,7 +289,7 @@ async def export(
                 if zipped is not None:
                     zipped.close()
             except OSError as exc:
-                raise SinkError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+                raise write_error(str(path), exc) from None
     finally:
         if pg_engine is not resolved.engine:
             await shielded(pg_engine.dispose())
