@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import pickle
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, joinedload, mapped_column, r
 from sqlalchemy.pool import NullPool
 
 import rowstream
+import rowstream.sync
 from rowstream import (
     ConnectionLostError,
     QueryError,
@@ -67,7 +70,14 @@ async def test_refused_connection_is_a_source_error(db_url: str) -> None:
     await let_aiosqlite_stop()
     error = translate(exc, url=url, connecting=True)
     assert type(error) is SourceError
-    assert "cannot connect" in str(error) and PASSWORD not in str(error)
+    assert PASSWORD not in str(error)
+    if url.get_backend_name() == "sqlite":
+        # A file has no server, host or port: the advice is about the path.
+        assert "cannot open the SQLite database" in str(error)
+        assert "the directory '/no-such-dir' does not exist" in str(error)
+        assert "server" not in str(error) and "port" not in str(error)
+    else:
+        assert "cannot connect" in str(error)
 
 
 async def test_missing_database_is_a_source_error(pg_url: str, mysql_url: str) -> None:
@@ -191,3 +201,91 @@ def test_rowstream_errors_pass_through_and_survive_pickling() -> None:
         str(copy) == str(original) == "lost it; run the stream again (table='orders', last_key=41)"
     )
     assert isinstance(copy, RowstreamError)
+
+
+async def test_several_statements_on_a_direct_postgresql_are_not_blamed_on_a_pooler(
+    pg_url: str,
+) -> None:
+    # The driver's own error, straight from asyncpg through exec_driver_sql (the statement
+    # guard, where present, would refuse this text before any driver sees it).
+    exc = await raised(pg_url, lambda conn: conn.exec_driver_sql("SELECT 1; SELECT 2", {"x": 1}))
+    assert "multiple commands" in str(exc)
+    error = translate(exc, url=make_url(pg_url))
+    assert type(error) is QueryError
+    assert "the server rejected the query" in str(error)
+    assert "send one statement at a time" in str(error)
+    assert "pooler" not in str(error) and "PgBouncer" not in str(error)
+
+
+async def test_a_full_pool_says_so_and_how_to_size_it(db_url: str) -> None:
+    engine = rowstream.create_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        async with engine.connect() as held:
+            await held.execute(sa.text("SELECT 1"))
+            with pytest.raises(SourceError) as caught:
+                async with rowstream.stream(engine, sa.text("SELECT 1")) as rows:
+                    [r async for r in rows]
+    finally:
+        await engine.dispose()
+    message = str(caught.value)
+    assert "connection pool" in message and "is full" in message
+    assert "pool_size" in message and "max_overflow" in message and "fewer streams" in message
+    assert "server is running" not in message
+
+
+async def test_a_sqlite_file_that_cannot_be_opened_gets_advice_about_the_file(
+    tmp_path: Path,
+) -> None:
+    garbage = tmp_path / "notes.db"
+    garbage.write_bytes(b"this is a text file, not a database\n" * 200)
+    cases = {
+        f"sqlite:///{tmp_path}/missing/dir/x.db": "the directory",
+        f"sqlite:///{garbage}": "not a SQLite database",
+        f"sqlite:///{tmp_path}": "is a directory",
+    }
+    for url, says in cases.items():
+        with pytest.raises(SourceError) as caught:
+            async with rowstream.stream(url, sa.text("SELECT * FROM sqlite_master")) as rows:
+                [r async for r in rows]
+        await let_aiosqlite_stop()
+        message = str(caught.value)
+        assert "cannot open the SQLite database" in message and says in message, message
+        assert "host" not in message and "port" not in message and "server" not in message
+
+
+class _Events(_Base):
+    __tablename__ = "translate_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    happened_at: Mapped[datetime.datetime] = mapped_column(sa.DateTime)
+
+
+async def test_a_client_side_conversion_error_names_the_column_and_value(sqlite_url: str) -> None:
+    # SQLite keeps DATETIME as text; the row "yesterday" fails in SQLAlchemy's parser, in
+    # this process: the server rejected nothing.
+    engine = rowstream.create_engine(sqlite_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_Base.metadata.create_all)
+            await conn.exec_driver_sql(
+                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s "
+                "WHERE i < 2500) INSERT INTO translate_events SELECT i, "
+                "CASE i WHEN 2222 THEN 'yesterday' ELSE '2024-01-01 00:00:00' END FROM s"
+            )
+        table = _Events.__table__
+        for statement in (sa.select(table), sa.select(_Events)):
+            with pytest.raises(QueryError) as caught:
+                async with rowstream.stream(engine, statement, batch_rows=500) as rows:
+                    [r async for r in rows]
+            message = str(caught.value)
+            assert "cannot convert column 'happened_at'" in message, message
+            assert "'yesterday'" in message and "Invalid isoformat string" in message
+            assert "server" not in message
+        with (
+            pytest.raises(QueryError) as sync_caught,
+            rowstream.sync.stream(sqlite_url, sa.select(table), batch_rows=500) as sync_rows,
+        ):
+            list(sync_rows)
+        assert "cannot convert column 'happened_at'" in str(sync_caught.value)
+        assert "'yesterday'" in str(sync_caught.value)
+    finally:
+        await engine.dispose()

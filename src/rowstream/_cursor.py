@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
-from ._exceptions import UnsupportedQueryError
+from ._convert import conversion_error, first_failure, raw_window
+from ._exceptions import QueryError, UnsupportedQueryError
 from ._plan import Plan
 from ._sizing import FIRST_BATCH_ROWS
 from ._source import ResolvedSource
 from ._strategy import CLEANUP_TIMEOUT
-from ._translate import raise_translated
+from ._translate import is_conversion_error, raise_translated, translate
 
 _MYSQL = {"mysql", "mariadb"}
 
@@ -61,6 +62,7 @@ class CursorStrategy:
         self._keys: list[str] = []
         self._previous: list[Any] = []
         self._mysql_thread: int | None = None
+        self._delivered = 0
         self.exhausted = False
 
     async def open(self) -> None:
@@ -104,12 +106,36 @@ class CursorStrategy:
         try:
             batch = list(await self._result.fetchmany(size))
         except Exception as exc:
+            if is_conversion_error(exc):
+                raise await self._conversion_error(exc, size) from exc
             raise_translated(exc, url=self._source.engine.url)
+        self._delivered += len(batch)
         if len(batch) < size:
             self.exhausted = True
         if self._session is not None:
             self._previous = batch
         return batch
+
+    async def _conversion_error(self, exc: Exception, size: int) -> QueryError:
+        """Name the column and value a row's conversion failed on (see rowstream._convert)."""
+        source = self._source
+        fallback = translate(exc, url=source.engine.url)
+        assert isinstance(fallback, QueryError)
+        window = raw_window(
+            self._statement, source.engine.dialect, skip=self._delivered, limit=size
+        )
+        # Read on a connection of its own: an unbuffered MySQL result holds this one.
+        if window is None or (source.borrowed is not None and source.dialect in _MYSQL):
+            return fallback
+        try:
+            if source.borrowed is not None:
+                rows = (await source.borrowed.execute(window.statement)).all()
+            else:
+                async with source.engine.connect() as conn:
+                    rows = (await conn.execute(window.statement)).all()
+        except Exception:
+            return fallback  # the diagnosis is a bonus: the error stands without it
+        return conversion_error(first_failure(rows, window), fallback)
 
     def _let_go(self, batch: list[Any]) -> None:
         """Expunge the previous batch's instances: they are the caller's to keep, and the

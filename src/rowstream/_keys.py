@@ -191,16 +191,25 @@ async def _check_unique_not_null(source: ResolvedSource, columns: list[ColumnEle
     catalog = await _reflect_table(source, table)
     if catalog is None:
         raise StreamKeyError(f"cannot check the key of {table.name}: the table was not found")
-    db_nullable = catalog.nullable
-    if not any(u and u <= names for u in catalog.unique):
+    nullable = names & catalog.nullable
+    is_unique = any(u and u <= names for u in catalog.unique)
+    # Nullability first: a nullable column is often unique but for its NULLs, and "not
+    # unique" alone would send the reader looking for duplicates that are not there.
+    if nullable:
+        also = (
+            "; it is not unique either (no primary key or unique constraint covers it)"
+            if not is_unique
+            else ""
+        )
+        raise StreamKeyError(
+            f"key ({', '.join(sorted(nullable))}) of {table.name} is nullable: its NULLs "
+            f"cannot be ordered past (NULL > x is never true){also}; pass key= with non-null "
+            "columns, or declare them NOT NULL"
+        )
+    if not is_unique:
         raise StreamKeyError(
             f"key ({', '.join(sorted(names))}) of {table.name} is not unique: keyset paging and "
             "resume need a primary key or a unique constraint; pass key= with one"
-        )
-    if names & db_nullable:
-        raise StreamKeyError(
-            f"key ({', '.join(sorted(names & db_nullable))}) of {table.name} is nullable: "
-            "NULLs cannot be ordered past; pass key= with non-null columns"
         )
 
 

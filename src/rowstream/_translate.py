@@ -7,7 +7,10 @@ error number, aiosqlite by message), so classification looks at all three and fa
 
 from __future__ import annotations
 
+import os
+import re
 import socket
+from pathlib import Path
 from typing import NoReturn
 
 import sqlalchemy.exc as sa_exc
@@ -38,7 +41,13 @@ _PG_CONNECTION_LOST = {
 }
 _PG_MISSING_DATABASE = "3D000"
 _PG_AUTH = {"28P01", "28000"}
-_PG_NO_PREPARED_STATEMENT = "26000"
+# A transaction-pooling pooler hands the next transaction a backend that never prepared the
+# statement (26000), or one that already has one of that name (42P05). Anything else that
+# mentions prepared statements (asyncpg's "cannot insert multiple commands into a prepared
+# statement", a 42601 syntax error) is about the statement, not the path.
+_PG_POOLER_STATES = {"26000", "42P05"}
+_PG_MISSING_PREPARED = re.compile(r"prepared statement .* (does not exist|already exists)")
+_PG_SYNTAX = "42601"
 _MY_CONNECTION_LOST = {2006, 2013, 2055}
 _MY_CANNOT_CONNECT = {2002, 2003, 2005}
 _MY_MISSING_DATABASE = 1049
@@ -128,7 +137,15 @@ def translate(
         return SourceError(
             f"cannot log in to {where}: {detail}; check the user name and password in the URL"
         )
-    if state == _PG_NO_PREPARED_STATEMENT or "prepared statement" in detail:
+    if isinstance(exc, sa_exc.TimeoutError):
+        # QueuePool's "limit of size N overflow M reached": the server is fine, the engine's
+        # pool is not big enough for the streams running at once.
+        return SourceError(
+            f"the connection pool of {where} is full: {detail}; every connection is held by "
+            "another stream or session: give the engine a larger pool (rowstream.create_engine"
+            "(url, pool_size=..., max_overflow=...)) or run fewer streams at once"
+        )
+    if state in _PG_POOLER_STATES or _PG_MISSING_PREPARED.search(detail):
         return SourceError(
             f"{where}: {detail}; a transaction-pooling pooler (PgBouncer) sits in the path: "
             "use a URL or rowstream.create_engine(), which turn statement caches off, or pass "
@@ -145,6 +162,8 @@ def translate(
             f"lost the connection to {where}: {detail}; rowstream resumes by itself when the "
             "stream has a key, otherwise run the stream again"
         )
+    if url is not None and url.get_backend_name() == "sqlite" and _is_sqlite_file_error(text):
+        return SourceError(_sqlite_file_advice(url, detail))
     if connecting or errno in _MY_CANNOT_CONNECT or isinstance(inner, OSError):
         if isinstance(inner, socket.gaierror):
             detail = "unknown host"
@@ -152,7 +171,62 @@ def translate(
             f"cannot connect to {where}: {detail}; check that the server is running and "
             "that host, port and database in the URL are right"
         )
+    if is_conversion_error(inner):
+        return QueryError(
+            f"cannot convert a value of the result: {detail}; the column's type in the "
+            "statement does not match what the database holds: fix the value, or select the "
+            "column with another type (sa.type_coerce(column, sa.String))"
+        )
+    if state == _PG_SYNTAX and "multiple commands" in detail:
+        return QueryError(f"the server rejected the query: {detail}; send one statement at a time")
     return QueryError(f"the server rejected the query: {detail}")
+
+
+def is_conversion_error(exc: BaseException) -> bool:
+    """True for an error raised in this process while a row's values were converted (a result
+    processor or a driver's decoder: ``Invalid isoformat string``, a number out of range),
+    as opposed to one the database sent."""
+    return isinstance(exc, (ValueError, ArithmeticError, TypeError)) and not isinstance(
+        exc, sa_exc.SQLAlchemyError
+    )
+
+
+_SQLITE_FILE_ERRORS = (
+    "unable to open database file",
+    "file is not a database",
+    "database disk image is malformed",
+    "attempt to write a readonly database",
+)
+
+
+def _is_sqlite_file_error(text: str) -> bool:
+    return any(phrase in text for phrase in _SQLITE_FILE_ERRORS)
+
+
+def _sqlite_file_advice(url: URL, detail: str) -> str:
+    """What is wrong with a SQLite file that cannot be opened: it has no host or port."""
+    database = url.database or ""
+    path = Path(database)
+    label = f"cannot open the SQLite database {database!r}: {detail}"
+    if "not a database" in detail or "malformed" in detail:
+        return f"{label}; the file is not a SQLite database (or is damaged): check the path"
+    if database.startswith("file:") or not database or database == ":memory:":
+        return f"{label}; check the path in the URL"
+    if path.is_dir():
+        return f"{label}; {database!r} is a directory: name the database file in it"
+    if not path.parent.is_dir():
+        return (
+            f"{label}; the directory {str(path.parent)!r} does not exist: create it or fix the "
+            "path (sqlite:///relative.db or sqlite:////absolute.db)"
+        )
+    if path.exists() and not os.access(path, os.R_OK):
+        return f"{label}; this user may not read the file: check its permissions"
+    if not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        return (
+            f"{label}; the file does not exist and this user may not create files in "
+            f"{str(path.parent)!r}: check the path and the directory's permissions"
+        )
+    return f"{label}; check the path and the permissions of the file and its directory"
 
 
 def raise_translated(

@@ -41,8 +41,9 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.selectable import Select
 
 from ._checkpoint import CheckpointStore, Watermark
+from ._convert import conversion_error, first_failure, raw_window
 from ._cursor import detach
-from ._exceptions import ConfigurationError, RowstreamError, StreamKeyError
+from ._exceptions import ConfigurationError, QueryError, RowstreamError, StreamKeyError
 from ._keys import Key, KeyArg, KeyedStream, resolve_key
 from ._keyset import pageable
 from ._pipeline import BUFFER_BATCHES, CANCEL_GRACE, Handler, Item, PipelineStats
@@ -57,7 +58,7 @@ from ._process import (
 from ._sizing import DEFAULT_BATCH_BYTES, FIRST_BATCH_ROWS, BatchSizer
 from ._source import APPLICATION_NAME, ResolvedSource, mask_url, split_url
 from ._stream import Stats
-from ._translate import raise_translated
+from ._translate import is_conversion_error, raise_translated, translate
 
 __all__ = ["SyncRowStream", "create_engine", "process", "stream"]
 
@@ -190,6 +191,7 @@ class SyncRowStream(KeyedStream):
         self._engine: sa.Engine | None = None
         self._owns_engine = False
         self._borrowed: sa.Connection | None = None
+        self._read: Any = None  # the statement the cursor reads
         self._conn: sa.Connection | None = None
         self._trans: sa.RootTransaction | None = None
         self._session: Session | None = None
@@ -296,6 +298,7 @@ class SyncRowStream(KeyedStream):
         try:
             self._key = _resolve_key(conn, self._plan, self._key_arg)
             statement = self._statement(dialect)
+            self._read = statement
             if not conn.in_transaction():
                 self._trans = conn.begin()
             statement = statement.execution_options(yield_per=FIRST_BATCH_ROWS)
@@ -395,6 +398,26 @@ class SyncRowStream(KeyedStream):
                 "the stream is closed: read it inside its `with rowstream.sync.stream(...)` block"
             )
 
+    def _conversion_error(self, exc: Exception, size: int) -> QueryError:
+        """Name the column and value a row's conversion failed on (see rowstream._convert)."""
+        engine = self._engine
+        assert engine is not None
+        fallback = translate(exc, url=engine.url)
+        assert isinstance(fallback, QueryError)
+        window = raw_window(self._read, engine.dialect, skip=self.stats.rows, limit=size)
+        # Read on a connection of its own: an unbuffered MySQL result holds this one.
+        if window is None or (self._borrowed is not None and engine.dialect.name in _MYSQL):
+            return fallback
+        try:
+            if self._borrowed is not None:
+                rows = self._borrowed.execute(window.statement).all()
+            else:
+                with engine.connect() as conn:
+                    rows = conn.execute(window.statement).all()
+        except Exception:
+            return fallback  # the diagnosis is a bonus: the error stands without it
+        return conversion_error(first_failure(rows, window), fallback)
+
     def _next_batch(self) -> list[Any]:
         self._check_open()
         if self._done:
@@ -412,6 +435,8 @@ class SyncRowStream(KeyedStream):
             batch = list(self._result.fetchmany(size))
         except Exception as exc:
             assert self._engine is not None
+            if is_conversion_error(exc):
+                raise self._conversion_error(exc, size) from exc
             raise_translated(exc, url=self._engine.url)
         if len(batch) < size:
             self._done = True
