@@ -272,9 +272,16 @@ async def test_a_client_side_conversion_error_names_the_column_and_value(sqlite_
                 "CASE i WHEN 2222 THEN 'yesterday' ELSE '2024-01-01 00:00:00' END FROM s"
             )
         table = _Events.__table__
-        for statement in (sa.select(table), sa.select(_Events)):
+        for statement, strategy in [
+            (sa.select(table), "cursor"),
+            (sa.select(_Events), "cursor"),
+            (sa.select(table), "keyset"),
+            (sa.select(_Events), "keyset"),
+        ]:
             with pytest.raises(QueryError) as caught:
-                async with rowstream.stream(engine, statement, batch_rows=500) as rows:
+                async with rowstream.stream(
+                    engine, statement, batch_rows=500, strategy=strategy
+                ) as rows:
                     [r async for r in rows]
             message = str(caught.value)
             assert "cannot convert column 'happened_at'" in message, message
@@ -288,4 +295,39 @@ async def test_a_client_side_conversion_error_names_the_column_and_value(sqlite_
         assert "cannot convert column 'happened_at'" in str(sync_caught.value)
         assert "'yesterday'" in str(sync_caught.value)
     finally:
+        await engine.dispose()
+
+
+async def test_a_value_the_declared_type_does_not_know_names_the_column(db_url: str) -> None:
+    # The Table says Enum; the database holds a value the Enum does not list. SQLAlchemy's
+    # processor refuses it in this process, on every database, and on both strategies.
+    engine = rowstream.create_engine(db_url)
+    declared = sa.Table(
+        "translate_orders",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("status", sa.Enum("paid", "open", native_enum=False)),
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("DROP TABLE IF EXISTS translate_orders")
+            await conn.exec_driver_sql(
+                "CREATE TABLE translate_orders (id int PRIMARY KEY, status varchar(20))"
+            )
+            await conn.exec_driver_sql(
+                "INSERT INTO translate_orders VALUES (1, 'paid'), (2, 'open'), (3, 'refunded')"
+            )
+        for strategy in ("cursor", "keyset"):
+            with pytest.raises(QueryError) as caught:
+                async with rowstream.stream(
+                    engine, sa.select(declared), strategy=strategy, batch_rows=2
+                ) as rows:
+                    [r async for r in rows]
+            message = str(caught.value)
+            assert "cannot convert column 'status'" in message, message
+            assert "'refunded'" in message
+            assert "server" not in message
+    finally:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("DROP TABLE IF EXISTS translate_orders")
         await engine.dispose()

@@ -8,7 +8,8 @@
     │   │                        missing database, bad credentials, a pooler in the way
     │   └── ConnectionLostError      the connection dropped in the middle of a stream
     ├── QueryError               the server rejected the statement: unknown table or column,
-    │                            syntax, permissions, a timeout
+    │                            syntax, permissions, a timeout; or a value of the result
+    │                            cannot be converted here (the message names column and value)
     ├── StreamKeyError           no usable key: nullable, not unique, not in the statement
     ├── ResumeError              a dropped stream could not be resumed (no key, retries spent)
     └── SinkError                the output cannot be written (export)
@@ -78,7 +79,8 @@ class ConnectionLostError(SourceError):
 
 
 class QueryError(RowstreamError):
-    """The server rejected the statement."""
+    """The server rejected the statement, or a value of its result could not be converted
+    in this process (then ``context["column"]`` names the column)."""
 
 
 class StreamKeyError(RowstreamError):

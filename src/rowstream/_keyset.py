@@ -13,11 +13,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.selectable import Select
 
-from ._exceptions import StreamKeyError
+from ._convert import conversion_error, first_failure, raw_window
+from ._exceptions import QueryError, StreamKeyError
 from ._keys import Key
 from ._plan import Plan
 from ._source import ResolvedSource
-from ._translate import raise_translated
+from ._translate import is_conversion_error, raise_translated, translate
 
 
 class KeysetStrategy:
@@ -101,10 +102,29 @@ class KeysetStrategy:
                 return rows
             return list((await conn.execute(statement)).all())
         except Exception as exc:
+            if is_conversion_error(exc):
+                raise await _conversion_error(conn, statement, exc, self._source) from exc
             raise_translated(exc, url=self._source.engine.url)
 
     async def aclose(self) -> None:
         """Each page already let go of its connection."""
+
+
+async def _conversion_error(
+    conn: AsyncConnection, page: Select[Any], exc: Exception, source: ResolvedSource
+) -> QueryError:
+    """Name the column and value a row of ``page`` failed to convert on: the page is read
+    again, whole, with result processing off (see rowstream._convert)."""
+    fallback = translate(exc, url=source.engine.url)
+    assert isinstance(fallback, QueryError)
+    window = raw_window(page, source.engine.dialect, skip=0, limit=page._limit or 0)
+    if window is None:
+        return fallback
+    try:
+        rows = (await conn.execute(window.statement)).all()
+    except Exception:
+        return fallback  # the diagnosis is a bonus: the error stands without it
+    return conversion_error(first_failure(rows, window), fallback)
 
 
 def pageable(statement: Select[Any], key: Key) -> str | None:

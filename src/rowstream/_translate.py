@@ -184,11 +184,11 @@ def translate(
 
 def is_conversion_error(exc: BaseException) -> bool:
     """True for an error raised in this process while a row's values were converted (a result
-    processor or a driver's decoder: ``Invalid isoformat string``, a number out of range),
-    as opposed to one the database sent."""
-    return isinstance(exc, (ValueError, ArithmeticError, TypeError)) and not isinstance(
-        exc, sa_exc.SQLAlchemyError
-    )
+    processor or a driver's decoder: ``Invalid isoformat string``, a number out of range, a
+    value an ``Enum`` does not know), as opposed to one the database sent."""
+    return isinstance(
+        exc, (ValueError, ArithmeticError, TypeError, LookupError)
+    ) and not isinstance(exc, sa_exc.SQLAlchemyError)
 
 
 _SQLITE_FILE_ERRORS = (
