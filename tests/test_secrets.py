@@ -288,3 +288,33 @@ def test_cli_progress_and_doctor_on_success_show_no_fragment(
     assert doctored.returncode == 0, doctored.stderr
     assert ROLE in doctored.stdout
     assert_no_fragment(doctored.stdout, doctored.stderr)
+
+
+def test_cli_rejected_query_echoing_the_password(ghost_url: str, tmp_path: Path) -> None:
+    literal = HOSTILE.replace("'", "''")
+    result = _cli("export", ghost_url, "--query", f"SELECT CAST('{literal}' AS int)", "-o", "-")
+    assert result.returncode == 1
+    assert result.stderr.startswith("rowstream: error: the server rejected the query")
+    assert "***" in result.stderr
+    assert_no_fragment(result.stderr, result.stdout)
+
+
+async def test_a_dropped_connection_shows_no_fragment(ghost_url: str, pg_tls_url: str) -> None:
+    admin = rowstream.create_engine(pg_tls_url, poolclass=NullPool)
+    try:
+        with pytest.raises(RowstreamError) as caught:
+            async with rowstream.stream(
+                ghost_url, sa.text("SELECT generate_series(1, 2000000) AS n"), batch_rows=1000
+            ) as rows:
+                async for batch in rows.batches():
+                    assert batch
+                    async with admin.connect() as conn:
+                        await conn.exec_driver_sql(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            f"WHERE usename = '{ROLE}'"
+                        )
+    finally:
+        await admin.dispose()
+    lost = caught.value.__cause__
+    assert lost is not None and "lost the connection" in str(lost)
+    assert_no_fragment(*error_texts(caught.value), *error_texts(lost))
