@@ -329,13 +329,17 @@ async def test_ctrl_c_leaves_nothing(big_table: str, tmp_path: Path, suffix: str
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+@pytest.mark.parametrize("database", ["postgresql", "mariadb"])
 async def test_sigterm_and_sighup_leave_nothing(
-    big_table: str, tmp_path: Path, signum: signal.Signals
+    request: pytest.FixtureRequest, tmp_path: Path, database: str, signum: signal.Signals
 ) -> None:
     # What systemd, Kubernetes and Celery send, and what a closed terminal sends.
-    await _interrupt_export(
-        big_table, BIG, tmp_path / "big.csv", lambda: _backends_on(big_table, BIG), signum
-    )
+    running: Callable[[str, str], Awaitable[list[Any]]] = _backends_on
+    url, table = request.getfixturevalue("big_table"), BIG
+    if database == "mariadb":
+        running = _my_queries_on
+        url, table = request.getfixturevalue("my_big_table"), MY_BIG
+    await _interrupt_export(url, table, tmp_path / "big.csv", lambda: running(url, table), signum)
 
 
 def test_importing_rowstream_leaves_signals_alone() -> None:
@@ -503,18 +507,4 @@ async def test_ctrl_c_on_mariadb_leaves_nothing(my_big_table: str, tmp_path: Pat
     # server's query, not leave it streaming into a closed socket.
     await _interrupt_export(
         my_big_table, MY_BIG, tmp_path / "big.csv", lambda: _my_queries_on(my_big_table, MY_BIG)
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
-async def test_sigterm_and_sighup_on_mariadb_leave_nothing(
-    my_big_table: str, tmp_path: Path, signum: signal.Signals
-) -> None:
-    await _interrupt_export(
-        my_big_table,
-        MY_BIG,
-        tmp_path / "big.csv",
-        lambda: _my_queries_on(my_big_table, MY_BIG),
-        signum,
     )
