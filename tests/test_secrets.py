@@ -108,7 +108,11 @@ def test_scrub_removes_each_form_of_the_password() -> None:
     from urllib.parse import quote, quote_plus
 
     url = resolve_url(f"postgresql://{ROLE}:{HOSTILE}@db/shop")
-    text = f"a {HOSTILE} b {quote(HOSTILE, safe='')} c {quote_plus(HOSTILE)} d"
+    conninfo = HOSTILE.replace("\\", "\\\\").replace("'", "\\'")
+    text = (
+        f"a {HOSTILE} b {quote(HOSTILE, safe='')} c {quote_plus(HOSTILE)} d {HOSTILE!r} "
+        f"e password='{conninfo}'"
+    )
     assert_no_fragment(scrub(text, url))
     mis = make_url("postgresql://ghost:pre@TAIL@host/db")
     assert "TAIL" not in scrub('could not translate host name "TAIL@host"', mis)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import pickle
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -251,6 +254,31 @@ async def test_a_sqlite_file_that_cannot_be_opened_gets_advice_about_the_file(
         message = str(caught.value)
         assert "cannot open the SQLite database" in message and says in message, message
         assert "host" not in message and "port" not in message and "server" not in message
+
+
+def test_an_unreadable_sqlite_file_names_the_permissions(tmp_path: Path) -> None:
+    # Root reads any file: the probe runs without the capabilities that let it (setpriv).
+    database = tmp_path / "locked.db"
+    sqlite3.connect(database).close()
+    database.chmod(0o000)
+    probe = (
+        "import sqlalchemy as sa, rowstream.sync\n"
+        "try:\n"
+        f"    with rowstream.sync.stream('sqlite:///{database}', sa.text('SELECT 1')) as r:\n"
+        "        list(r)\n"
+        "except rowstream.RowstreamError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    without_override = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    result = subprocess.run(
+        [*without_override, sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.startswith("SourceError cannot open the SQLite database"), result
+    assert "may not read the file: check its permissions" in result.stdout
+    assert "host" not in result.stdout and "port" not in result.stdout
 
 
 class _Events(_Base):

@@ -156,9 +156,9 @@ def mask_url(url: str | URL) -> str:
 def password_forms(url: URL | None) -> list[str]:
     """Every form in which ``url``'s password may show up in a driver's error, longest first.
 
-    The password as meant and as parsed, percent-encoded (as a URL or a libpq string carries
-    it), and the part of a mis-split password that landed in the host: :func:`scrub` removes
-    them all from a message.
+    The password as meant and as parsed, percent-encoded (as a URL carries it), escaped (as
+    ``repr()`` and a libpq connection string write it), and the part of a mis-split password
+    that landed in the host: :func:`scrub` removes them all from a message.
     """
     if url is None:
         return []
@@ -167,7 +167,15 @@ def password_forms(url: URL | None) -> list[str]:
     if repaired.password:
         password = str(repaired.password)
         forms.update(
-            {password, quote(password, safe=""), quote(password, safe=" +"), quote_plus(password)}
+            {
+                password,
+                quote(password, safe=""),
+                quote(password, safe=" +"),
+                quote_plus(password),
+                # As Python's repr() and libpq's conninfo quoting escape it.
+                repr(password)[1:-1],
+                password.replace("\\", "\\\\").replace("'", "\\'"),
+            }
         )
     if url.password:
         forms.add(str(url.password))
