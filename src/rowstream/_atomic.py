@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ._exceptions import SinkError
 
@@ -38,7 +38,7 @@ class StdoutClosed(SinkError):
         super().__init__(
             message
             or "standard output was closed before the export ended (its reader, such as head, "
-            "stopped reading); the query was cancelled",
+            "stopped reading)",
             **context,
         )
 
@@ -127,9 +127,9 @@ class AtomicFile:
 
     def __enter__(self) -> BinaryIO:
         if self.stdout:
-            self._file = _Output(sys.stdout.buffer, STDOUT)  # type: ignore[assignment]
-            assert self._file is not None
-            return self._file
+            out = cast(BinaryIO, _Output(sys.stdout.buffer, STDOUT))
+            self._file = out
+            return out
         check_writable(self.target)
         try:
             fd, name = tempfile.mkstemp(
@@ -143,9 +143,9 @@ class AtomicFile:
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
         raw = os.fdopen(fd, "wb", buffering=1024 * 1024)
-        self._file = _Output(raw, str(self.target))  # type: ignore[assignment]
-        assert self._file is not None
-        return self._file
+        out = cast(BinaryIO, _Output(raw, str(self.target)))
+        self._file = out
+        return out
 
     def __exit__(
         self,

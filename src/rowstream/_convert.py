@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from ._exceptions import QueryError
-from ._translate import is_conversion_error
+from ._translate import is_conversion_error, translate
 
-__all__ = ["Window", "conversion_error", "first_failure", "raw_window"]
+__all__ = ["Window", "conversion_error", "first_failure", "raw_window", "unlocated"]
 
 # A value is shown up to this many characters: enough to recognise, not a whole document.
 MAX_SHOWN = 80
@@ -79,6 +79,13 @@ def first_failure(
                 if is_conversion_error(exc):
                     return name, value, exc
     return None
+
+
+def unlocated(exc: BaseException, url: URL) -> QueryError:
+    """The conversion error before its column is known (``translate``'s reading of it)."""
+    error = translate(exc, url=url)
+    assert isinstance(error, QueryError)
+    return error
 
 
 def conversion_error(

@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
-from ._convert import conversion_error, first_failure, raw_window
+from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._exceptions import QueryError, UnsupportedQueryError
 from ._plan import Plan
 from ._sizing import FIRST_BATCH_ROWS
 from ._source import ResolvedSource
 from ._strategy import CLEANUP_TIMEOUT
-from ._translate import is_conversion_error, raise_translated, translate
+from ._translate import is_conversion_error, raise_translated
 
 _MYSQL = {"mysql", "mariadb"}
 
@@ -119,8 +119,7 @@ class CursorStrategy:
     async def _conversion_error(self, exc: Exception, size: int) -> QueryError:
         """Name the column and value a row's conversion failed on (see rowstream._convert)."""
         source = self._source
-        fallback = translate(exc, url=source.engine.url)
-        assert isinstance(fallback, QueryError)
+        fallback = unlocated(exc, source.engine.url)
         window = raw_window(
             self._statement, source.engine.dialect, skip=self._delivered, limit=size
         )

@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.selectable import Select
 
-from ._convert import conversion_error, first_failure, raw_window
+from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._exceptions import QueryError, StreamKeyError
 from ._keys import Key
 from ._plan import Plan
 from ._source import ResolvedSource
-from ._translate import is_conversion_error, raise_translated, translate
+from ._translate import is_conversion_error, raise_translated
 
 
 class KeysetStrategy:
@@ -115,8 +115,7 @@ async def _conversion_error(
 ) -> QueryError:
     """Name the column and value a row of ``page`` failed to convert on: the page is read
     again, whole, with result processing off (see rowstream._convert)."""
-    fallback = translate(exc, url=source.engine.url)
-    assert isinstance(fallback, QueryError)
+    fallback = unlocated(exc, source.engine.url)
     window = raw_window(page, source.engine.dialect, skip=0, limit=page._limit or 0)
     if window is None:
         return fallback

@@ -186,9 +186,12 @@ def is_conversion_error(exc: BaseException) -> bool:
     """True for an error raised in this process while a row's values were converted (a result
     processor or a driver's decoder: ``Invalid isoformat string``, a number out of range, a
     value an ``Enum`` does not know), as opposed to one the database sent."""
-    return isinstance(
-        exc, (ValueError, ArithmeticError, TypeError, LookupError)
-    ) and not isinstance(exc, sa_exc.SQLAlchemyError)
+    return (
+        isinstance(exc, (ValueError, ArithmeticError, TypeError, LookupError))
+        and not isinstance(exc, sa_exc.SQLAlchemyError)
+        # aiosqlite's ValueError("no active connection") is about the connection.
+        and "connection" not in str(exc).lower()
+    )
 
 
 _SQLITE_FILE_ERRORS = (

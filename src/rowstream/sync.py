@@ -41,7 +41,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.selectable import Select
 
 from ._checkpoint import CheckpointStore, Watermark
-from ._convert import conversion_error, first_failure, raw_window
+from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._cursor import detach
 from ._exceptions import ConfigurationError, QueryError, RowstreamError, StreamKeyError
 from ._keys import Key, KeyArg, KeyedStream, resolve_key
@@ -58,7 +58,7 @@ from ._process import (
 from ._sizing import DEFAULT_BATCH_BYTES, FIRST_BATCH_ROWS, BatchSizer
 from ._source import APPLICATION_NAME, ResolvedSource, mask_url, split_url
 from ._stream import Stats
-from ._translate import is_conversion_error, raise_translated, translate
+from ._translate import is_conversion_error, raise_translated
 
 __all__ = ["SyncRowStream", "create_engine", "process", "stream"]
 
@@ -402,8 +402,7 @@ class SyncRowStream(KeyedStream):
         """Name the column and value a row's conversion failed on (see rowstream._convert)."""
         engine = self._engine
         assert engine is not None
-        fallback = translate(exc, url=engine.url)
-        assert isinstance(fallback, QueryError)
+        fallback = unlocated(exc, engine.url)
         window = raw_window(self._read, engine.dialect, skip=self.stats.rows, limit=size)
         # Read on a connection of its own: an unbuffered MySQL result holds this one.
         if window is None or (self._borrowed is not None and engine.dialect.name in _MYSQL):
