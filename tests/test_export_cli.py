@@ -270,6 +270,16 @@ async def _backends_on(url: str, table: str) -> list[str]:
         await conn.close()
 
 
+async def _assert_query_gone(running: Callable[[], Awaitable[list[Any]]]) -> None:
+    """The server lets go of a cancelled query within a few seconds."""
+    for _ in range(50):
+        left = await running()
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == []
+
+
 # What each stopping signal prints, and the exit status: 128 + its number, as a shell reports.
 STOPS = {
     signal.SIGINT: ("rowstream: interrupted", 130),
@@ -311,12 +321,7 @@ async def _interrupt_export(
     assert [line for line in err.splitlines() if line.strip()] == [line]
     assert _names(target.parent) == []  # neither the target nor a temporary file
     # The process is gone; its query must be gone too (a cancel, not a backend left working).
-    for _ in range(50):
-        left = await running()
-        if not left:
-            break
-        await asyncio.sleep(0.1)
-    assert left == []
+    await _assert_query_gone(running)
 
 
 @pytest.mark.slow
@@ -378,12 +383,7 @@ async def _read_a_line_and_close(
                 pipe.close()
     assert err == ""
     assert code == 128 + signal.SIGPIPE  # what a shell reports for `seq 1e9 | head -1`'s seq
-    for _ in range(50):
-        left = await running()
-        if not left:
-            break
-        await asyncio.sleep(0.1)
-    assert left == []
+    await _assert_query_gone(running)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
