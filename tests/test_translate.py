@@ -230,10 +230,24 @@ async def test_a_full_pool_says_so_and_how_to_size_it(db_url: str) -> None:
                     [r async for r in rows]
     finally:
         await engine.dispose()
-    message = str(caught.value)
-    assert "connection pool" in message and "is full" in message
-    assert "pool_size" in message and "max_overflow" in message and "fewer streams" in message
-    assert "server is running" not in message
+    sync_engine = rowstream.sync.create_engine(
+        db_url, pool_size=1, max_overflow=0, pool_timeout=0.2
+    )
+    try:
+        with sync_engine.connect() as sync_held:
+            sync_held.execute(sa.text("SELECT 1"))
+            with (
+                pytest.raises(SourceError) as sync_caught,
+                rowstream.sync.stream(sync_engine, sa.text("SELECT 1")) as sync_rows,
+            ):
+                list(sync_rows)
+    finally:
+        sync_engine.dispose()
+    for error in (caught.value, sync_caught.value):
+        message = str(error)
+        assert "connection pool" in message and "is full" in message
+        assert "pool_size" in message and "max_overflow" in message
+        assert "fewer streams" in message and "server is running" not in message
 
 
 async def test_a_sqlite_file_that_cannot_be_opened_gets_advice_about_the_file(
