@@ -373,3 +373,12 @@ async def test_a_value_the_declared_type_does_not_know_names_the_column(db_url: 
         async with engine.begin() as conn:
             await conn.exec_driver_sql("DROP TABLE IF EXISTS translate_orders")
         await engine.dispose()
+
+
+async def test_what_the_driver_refuses_is_not_blamed_on_the_server(pg_url: str) -> None:
+    # asyncpg counts the arguments itself: the statement never reaches the server.
+    exc = await raised(pg_url, lambda conn: conn.exec_driver_sql("SELECT $1::int, $2::int", (1,)))
+    error = translate(exc, url=make_url(pg_url))
+    assert type(error) is QueryError
+    assert str(error).startswith("the database driver (asyncpg) refused the query"), error
+    assert "server rejected" not in str(error)

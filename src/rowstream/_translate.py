@@ -179,7 +179,22 @@ def translate(
         )
     if state == _PG_SYNTAX and "multiple commands" in detail:
         return QueryError(f"the server rejected the query: {detail}; send one statement at a time")
+    if not _from_the_database(inner, state, errno):
+        # The driver itself refused (asyncpg's InterfaceError, a client-side MySQL error):
+        # nothing reached the server, so it is not said to have rejected anything.
+        driver = type(inner).__module__.split(".")[0]
+        return QueryError(f"the database driver ({driver}) refused the query: {detail}")
     return QueryError(f"the server rejected the query: {detail}")
+
+
+def _from_the_database(inner: BaseException, state: str | None, errno: int | None) -> bool:
+    """True when the database itself reported the error: a SQLSTATE (PostgreSQL), a server
+    error number (MySQL's client errors are 2000 and up), or SQLite's engine."""
+    if state is not None:
+        return True
+    if errno is not None:
+        return errno < 2000
+    return type(inner).__module__.split(".")[0] == "sqlite3"
 
 
 def is_conversion_error(exc: BaseException) -> bool:
