@@ -332,18 +332,21 @@ async def test_ctrl_c_leaves_nothing(big_table: str, tmp_path: Path, suffix: str
     )
 
 
+@pytest.fixture(params=["postgresql", "mariadb"])
+def big_export(request: pytest.FixtureRequest) -> tuple[str, str, Callable[[str, str], Any]]:
+    """(URL, table, running-queries probe) of each database's big table."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("big_table"), BIG, _backends_on
+    return request.getfixturevalue("my_big_table"), MY_BIG, _my_queries_on
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
-@pytest.mark.parametrize("database", ["postgresql", "mariadb"])
 async def test_sigterm_and_sighup_leave_nothing(
-    request: pytest.FixtureRequest, tmp_path: Path, database: str, signum: signal.Signals
+    big_export: tuple[str, str, Callable[[str, str], Any]], tmp_path: Path, signum: signal.Signals
 ) -> None:
     # What systemd, Kubernetes and Celery send, and what a closed terminal sends.
-    running: Callable[[str, str], Awaitable[list[Any]]] = _backends_on
-    url, table = request.getfixturevalue("big_table"), BIG
-    if database == "mariadb":
-        running = _my_queries_on
-        url, table = request.getfixturevalue("my_big_table"), MY_BIG
+    url, table, running = big_export
     await _interrupt_export(url, table, tmp_path / "big.csv", lambda: running(url, table), signum)
 
 
