@@ -149,6 +149,8 @@ async def _prepared_statements_survive(engine: AsyncEngine, url: str) -> str:
     # of the URL: TLS (ssl=require) and any password reach asyncpg as the streams' do, where a
     # DSN string would need its own escaping.
     _, params = engine.dialect.create_connect_args(engine.url)
+    for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+        params.pop(adapter_only, None)  # SQLAlchemy's adapter takes these, asyncpg does not
     first = await asyncpg.connect(**params)
     try:
         second = await asyncpg.connect(**params)
