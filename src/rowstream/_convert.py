@@ -5,12 +5,15 @@ raises ``ValueError`` and the like while SQLAlchemy builds the rows of a batch, 
 code that keeps no trace of the column or the raw value, and the batch's raw rows are gone by
 then. So, on that error only, the failing window is read again with the processors off
 (:func:`raw_window`), and each value goes through its column's processor until one fails
-(:func:`first_failure`): the normal path pays nothing. Both faces run the query their way.
+(:func:`first_failure`): the normal path pays nothing. The window starts after the rows
+already delivered (OFFSET, so the database walks past them once more: a cost paid on the error
+path only). Both faces run the query their way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,14 +31,14 @@ MAX_SHOWN = 80
 Processor = Callable[[Any], Any] | None
 
 
+@dataclass(frozen=True)
 class Window:
     """The failing batch read again as the driver returns it: the statement, and each
     column's name and result processor."""
 
-    def __init__(self, statement: Any, names: list[str], processors: list[Processor]) -> None:
-        self.statement = statement
-        self.names = names
-        self.processors = processors
+    statement: Any
+    names: list[str]
+    processors: list[Processor]
 
 
 def raw_window(statement: Any, dialect: Dialect, *, skip: int, limit: int) -> Window | None:
@@ -95,13 +98,16 @@ def conversion_error(
     if found is None:
         return fallback
     name, value, exc = found
-    shown = repr(value)
-    if len(shown) > MAX_SHOWN:
-        shown = shown[: MAX_SHOWN - 3] + "..."
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    shown = _cut(repr(value))
+    # The reason often quotes the value again: it is cut the same way.
+    reason = _cut(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     return QueryError(
         f"cannot convert column {name!r}: its value {shown} is not what the column's type "
         f"expects ({reason}); fix the stored value, or select the column with another type "
         "(sa.type_coerce(column, sa.String))",
         column=name,
     )
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
