@@ -18,11 +18,12 @@ import contextlib
 import gzip
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -57,6 +58,16 @@ from ._source import (
 from ._strategy import shielded
 from ._stream import stream
 from ._translate import raise_translated
+from ._values import (
+    DEFAULT_ZERO_DATES,
+    Kind,
+    Plan,
+    PlanColumn,
+    ZeroDates,
+    check_zero_dates,
+    parquet_kind,
+    sqlite_affinity,
+)
 
 if TYPE_CHECKING:
     # pyarrow loads only for Parquet (see rowstream._sinks).
@@ -206,6 +217,9 @@ class _Job:
     counter: _Counter
     rows: int = 0
     strategy: str = ""
+    kinds: list[PlanColumn] | None = None
+    zero_dates: ZeroDates = DEFAULT_ZERO_DATES
+    text_columns: frozenset[str] = frozenset()
 
 
 async def export(
@@ -221,6 +235,8 @@ async def export(
     compression: str | None = None,
     strategy: ExportStrategy = "auto",
     progress: bool = False,
+    zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
+    text_columns: Sequence[str] | None = None,
 ) -> ExportReport:
     """Export a table or a query to ``path`` (CSV, JSON Lines or Parquet), atomically.
 
@@ -237,6 +253,13 @@ async def export(
     text (Parquet cannot store Arrow's month_day_nano interval). ``strategy="auto"`` uses COPY
     on PostgreSQL when rowstream opens the connection, and :func:`rowstream.stream` otherwise
     (``"stream"`` forces it; ``batch_rows``/``batch_bytes`` apply to it).
+
+    A value is written exactly or the export stops with a :class:`SinkError` that names the
+    column and the way past it (docs/types-mariadb.md, docs/types-sqlite.md):
+    ``zero_dates`` is what MariaDB's zero dates (``0000-00-00``) become, ``"refuse"`` (the
+    default), ``"null"`` or ``"text"`` (the server's text; the column is text in Parquet);
+    ``text_columns`` are written to Parquet as text (each value as CSV writes it), for SQLite
+    columns that hold values of several storage classes.
 
     Example::
 
@@ -258,11 +281,19 @@ async def export(
     if str(path) != STDOUT:
         check_writable(Path(path))
     _check_sqlite_file(source)
+    zero_dates = check_zero_dates(zero_dates)
+    as_text = frozenset(text_columns or ())
     resolved = resolve_source(source)
     pg_engine = _asyncpg_engine(resolved)
     target = AtomicFile(path)
     try:
-        statement, arrow = await _statement(resolved, table_or_statement, where, columns, fmt)
+        statement, arrow, kinds = await _statement(
+            resolved, table_or_statement, where, columns, fmt
+        )
+        if resolved.dialect != "postgresql":
+            if kinds is None and isinstance(statement, (TextClause, TextualSelect)):
+                statement, kinds = await _query_kinds(resolved, statement)
+            arrow = _typed_arrow(arrow, kinds, resolved.dialect, fmt, zero_dates, as_text)
         with ExportProgress(enabled=progress) as bar, target as raw:
             counter = _Counter(raw)
             out: BinaryIO = counter  # type: ignore[assignment]
@@ -272,6 +303,7 @@ async def export(
                 zipped = gzip.GzipFile(fileobj=out, mode="wb", mtime=0)
                 out = zipped  # type: ignore[assignment]
             job = _Job(fmt, compression, batch_rows, batch_bytes, bar, out, counter)
+            job.kinds, job.zero_dates, job.text_columns = kinds, zero_dates, as_text
             use_copy = (
                 resolved.dialect == "postgresql"
                 and resolved.borrowed is None
@@ -338,9 +370,13 @@ async def _statement(
     where: str | None,
     columns: Sequence[str] | None,
     fmt: Format,
-) -> tuple[Select[Any] | TextualSelect | TextClause, list[ArrowColumn] | None]:
-    """The statement to export, and the Arrow columns its types give (None: untyped)."""
+) -> tuple[
+    Select[Any] | TextualSelect | TextClause, list[ArrowColumn] | None, list[PlanColumn] | None
+]:
+    """The statement to export, the Arrow columns its types give (None: untyped) and what its
+    values need to be exact (:mod:`rowstream._values`; None: nothing known)."""
     arrow: list[ArrowColumn] | None
+    kinds: list[PlanColumn] | None = None
     if isinstance(table_or_statement, (Select, TextualSelect, TextClause)):
         if where is not None or columns is not None:
             raise ConfigurationError(
@@ -349,7 +385,7 @@ async def _statement(
         arrow = None
         if isinstance(table_or_statement, Select):
             arrow = _arrow_columns(table_or_statement.selected_columns, resolved.dialect, fmt)
-        return table_or_statement, arrow
+        return table_or_statement, arrow, None
     if isinstance(table_or_statement, str):
         schema, name = _split_name(table_or_statement)
         if resolved.dialect == "postgresql":
@@ -360,10 +396,11 @@ async def _statement(
             selected: list[Any] = list(table.c) if columns else [sa.literal_column("*")]
             arrow = None
         else:
-            table = await _reflect(resolved, schema, name)
+            table, notes = await _reflect(resolved, schema, name)
             picked = _pick(table, columns, table_or_statement)
             arrow = _arrow_columns(picked, resolved.dialect, fmt)
-            selected = [_raw(c, resolved.dialect) for c in picked]
+            kinds = [PlanColumn(c.name, _kind(c, resolved.dialect, notes)) for c in picked]
+            selected = [_raw(c, k.kind, resolved) for c, k in zip(picked, kinds, strict=True)]
     elif isinstance(table_or_statement, sa.Table):
         table = table_or_statement
         selected = _pick(table, columns, table.fullname)
@@ -378,7 +415,7 @@ async def _statement(
         if not where.strip():
             raise ConfigurationError("--where is empty: give a condition, or leave it out")
         statement = statement.where(sa.text(f"({where})"))
-    return statement, arrow
+    return statement, arrow, kinds
 
 
 def _arrow_columns(columns: Any, dialect: str, fmt: Format) -> list[ArrowColumn] | None:
@@ -402,29 +439,153 @@ def _pick(table: sa.TableClause, columns: Sequence[str] | None, label: str) -> l
     return [table.c[c] for c in columns]
 
 
-def _raw(column: Any, dialect: str) -> Any:
+def _raw(column: Any, kind: Kind | None, resolved: ResolvedSource) -> Any:
     """The column as the driver returns it, without SQLAlchemy's result processing.
 
     The processors are lossy for export: MySQL's DOUBLE comes back as a Decimal padded to 10
     places, TIME (a duration of up to 838 hours) as a time of day modulo 24 hours, SQLite's
-    NUMERIC as a padded Decimal. The column keeps its reflected type for Parquet (see
-    :func:`_arrow_columns`). SQLite stores dates as text, so their parsing is kept.
+    NUMERIC as a padded Decimal, SQLite's dates parsed (and refused unless ISO text, converted
+    to UTC when they have an offset). The column keeps its reflected type for Parquet (see
+    :func:`_arrow_columns`). MariaDB's FLOAT is read as a DOUBLE: the text protocol rounds a
+    FLOAT to 6 digits, the DOUBLE of a float32 is exact.
     """
-    if dialect == "sqlite" and isinstance(column.type, (sa.Date, sa.DateTime, sa.Time)):
-        return column
+    if kind == "float":
+        quoted = resolved.engine.dialect.identifier_preparer.quote(column.name)
+        # Not sa.cast(): SQLAlchemy skips (with a warning) a CAST to DOUBLE on MySQL.
+        return sa.literal_column(f"CAST({quoted} AS DOUBLE)").label(column.name)
     return sa.type_coerce(column, sa.types.NullType()).label(column.name)
 
 
-async def _reflect(resolved: ResolvedSource, schema: str | None, name: str) -> sa.Table:
+def _kind(column: Any, dialect: str, notes: dict[str, str]) -> Kind | None:
+    """What a reflected column's values need (see :mod:`rowstream._values`)."""
+    t = column.type
+    if dialect == "sqlite":
+        if isinstance(t, sa.Boolean):
+            return "boolean"
+        return sqlite_affinity(notes.get(column.name))
+    if notes.get(column.name) == "json" or isinstance(t, sa.JSON):
+        return "json"
+    visit = getattr(t, "__visit_name__", "").upper()
+    if visit == "FLOAT" and (getattr(t, "precision", None) or 0) <= MAX_FLOAT32_PRECISION:
+        return "float"
+    return _MY_TEMPORAL.get(visit)
+
+
+# MariaDB FLOAT(p) is a float32 up to p = 24, a double above.
+MAX_FLOAT32_PRECISION = 24
+_MY_TEMPORAL: dict[str, Kind] = {"TIMESTAMP": "timestamp", "DATETIME": "datetime", "DATE": "date"}
+# MariaDB's column type codes in a result's description (MYSQL_TYPE_*).
+_MY_CODES: dict[int, Kind] = {
+    4: "float",
+    7: "timestamp",
+    10: "date",
+    12: "datetime",
+    14: "date",
+    245: "json",
+}
+
+
+async def _query_kinds(
+    resolved: ResolvedSource, statement: TextClause | TextualSelect
+) -> tuple[TextClause | TextualSelect, list[PlanColumn] | None]:
+    """MariaDB query: its columns' types (from a LIMIT 0 probe), FLOAT columns read exactly.
+
+    The query becomes a derived table: ``SELECT q.a, CAST(q.f AS DOUBLE) AS f FROM (...) q``.
+    A query that cannot be one (duplicate column names) runs as it is, its values as the
+    driver returns them. SQLite: nothing to ask (a query's columns have no declared types).
+    """
+    if resolved.dialect == "sqlite":
+        return statement, None
+    clause = statement.element if isinstance(statement, TextualSelect) else statement
+    if not isinstance(clause, TextClause):
+        return statement, None
+
+    def derived(select_list: str) -> TextClause:
+        # The caller's own text and bound values, so parameters and %-escaping stay as they are.
+        text = sa.text(f"SELECT {select_list} FROM ({clause.text}) AS rowstream_q")
+        return text.bindparams(*clause._bindparams.values())
+
+    try:
+        async with _probe_connection(resolved) as conn:
+            result = await conn.execute(
+                sa.text(f"SELECT * FROM ({clause.text}) AS rowstream_q LIMIT 0").bindparams(
+                    *clause._bindparams.values()
+                )
+            )
+            description = result.cursor.description
+            result.close()
+    except Exception:
+        return statement, None  # the query itself will say what is wrong
+    kinds = [PlanColumn(d[0], _MY_CODES.get(cast(int, d[1]))) for d in description]
+    if not any(k.kind == "float" for k in kinds):
+        return statement, kinds
+    quote = resolved.engine.dialect.identifier_preparer.quote
+    select_list = ", ".join(
+        f"CAST(rowstream_q.{quote(k.name)} AS DOUBLE) AS {quote(k.name)}"
+        if k.kind == "float"
+        else f"rowstream_q.{quote(k.name)}"
+        for k in kinds
+    )
+    return derived(select_list), kinds
+
+
+@contextlib.asynccontextmanager
+async def _probe_connection(resolved: ResolvedSource) -> AsyncIterator[AsyncConnection]:
+    if resolved.borrowed is not None:
+        yield resolved.borrowed
+        return
+    async with resolved.engine.connect() as conn:
+        yield conn
+
+
+def _typed_arrow(
+    arrow: list[ArrowColumn] | None,
+    kinds: list[PlanColumn] | None,
+    dialect: str,
+    fmt: Format,
+    zero_dates: ZeroDates,
+    as_text: frozenset[str],
+) -> list[ArrowColumn] | None:
+    """Parquet column types for MariaDB and SQLite, once the columns' kinds are known."""
+    if fmt != "parquet" or (arrow is None and kinds is None):
+        return arrow
+    import pyarrow as pa
+
+    from ._arrow import ArrowColumn
+
+    if kinds is None:
+        assert arrow is not None
+        return [ArrowColumn(c.name, pa.string()) if c.name in as_text else c for c in arrow]
+    typed = []
+    for i, column in enumerate(kinds):
+        name, kind = column.name, column.kind
+        if dialect == "sqlite":
+            wanted = parquet_kind(kind)
+            typed.append(ArrowColumn(name, getattr(pa, wanted)() if wanted else None))
+        else:
+            typed.append(arrow[i] if arrow is not None else ArrowColumn(name, None))
+            if kind == "float" and arrow is None:
+                typed[-1] = ArrowColumn(name, pa.float32())
+        if name in as_text or (zero_dates == "text" and kind in ("date", "datetime", "timestamp")):
+            typed[-1] = ArrowColumn(name, pa.string())
+    return typed
+
+
+async def _reflect(
+    resolved: ResolvedSource, schema: str | None, name: str
+) -> tuple[sa.Table, dict[str, str]]:
+    """The table, and per column what reflection does not say: SQLite's declared type (for
+    its affinity), or ``"json"`` for MariaDB's JSON (a LONGTEXT with a json_valid() check)."""
     engine = resolved.engine
     try:
         conn = await engine.connect()
     except Exception as exc:
         raise_translated(exc, url=engine.url, connecting=True)
     try:
-        return await conn.run_sync(
+        table = await conn.run_sync(
             lambda sync: sa.Table(name, sa.MetaData(), schema=schema, autoload_with=sync)
         )
+        return table, await _column_notes(conn, resolved.dialect, schema, name)
     except NoSuchTableError:
         label = f"{schema}.{name}" if schema else name
         raise QueryError(
@@ -434,6 +595,34 @@ async def _reflect(resolved: ResolvedSource, schema: str | None, name: str) -> s
         raise_translated(exc, url=engine.url)
     finally:
         await shielded(conn.close())
+
+
+_JSON_CHECK = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)")
+
+
+async def _column_notes(
+    conn: AsyncConnection, dialect: str, schema: str | None, name: str
+) -> dict[str, str]:
+    if dialect == "sqlite":
+        prefix = f"{quote_ident(schema)}." if schema else ""
+        result = await conn.exec_driver_sql(f"PRAGMA {prefix}table_info({quote_ident(name)})")
+        # table_info rows: cid, name, type, notnull, dflt_value, pk.
+        rows: list[Any] = list(result)
+        return {str(row[1]): str(row[2] or "") for row in rows}
+    query = sa.text(
+        "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+        "WHERE CONSTRAINT_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :name"
+    )
+    try:
+        clauses = (await conn.execute(query, {"schema": schema, "name": name})).scalars()
+    except Exception:
+        return {}  # MySQL before 8.0.16 has no such view, and no CHECK-based JSON either
+    notes = {}
+    for clause in clauses:
+        match = _JSON_CHECK.fullmatch(clause.strip())
+        if match:
+            notes[match.group(1).replace("``", "`")] = "json"
+    return notes
 
 
 def _sql(engine: AsyncEngine, statement: Select[Any] | TextualSelect | TextClause) -> str:
@@ -660,6 +849,8 @@ async def _stream_into(
         keys = list(rows.keys())
         if not names or len(names) != len(keys):
             names = keys
+        plan = _plan(names, resolved.dialect, job)
+        fix = plan.apply if plan is not None and plan.active else None
         if job.format == "parquet" and resolved.dialect != "postgresql" and not arrow:
             from ._arrow import ArrowColumn
             from ._sinks._parquet import ParquetSink
@@ -671,10 +862,28 @@ async def _stream_into(
             )
         sink.begin(names)
         async for batch in rows.batches():
-            sink.write_rows(batch)
+            # Only batches with columns that need it are touched (see rowstream._values).
+            sink.write_rows(fix(batch) if fix is not None else batch)
             job.rows += len(batch)
             job.progress.advance(rows=len(batch), nbytes=job.counter.bytes - job.progress.bytes)
     return sink
+
+
+def _plan(names: list[str], dialect: str, job: _Job) -> Plan | None:
+    unknown = sorted(job.text_columns.difference(names))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown column {unknown[0]!r} in text_columns (--text-columns): the export has "
+            + ", ".join(names)
+        )
+    kinds = job.kinds
+    if kinds is None and dialect == "sqlite":
+        # A query's columns have no declared type: in Parquet each keeps the storage class
+        # of its first values.
+        kinds = [PlanColumn(n, "blob") for n in names]
+    if dialect == "postgresql" or kinds is None:
+        return None
+    return Plan(kinds, job.format, dialect, job.zero_dates, job.text_columns)
 
 
 def _text_sink(job: _Job, arrow: list[ArrowColumn]) -> Sink:
