@@ -282,9 +282,8 @@ def _boolean_fix(name: str, as_text: bool) -> Fix:
             else:
                 raise SinkError(
                     f"column {name!r} is declared BOOLEAN but holds {_shown(value)} "
-                    f"({_storage(value)}), not 0 or 1: export it as text with "
-                    f"--text-columns {name} (text_columns=[{name!r}]) or select CAST({name} "
-                    "AS INTEGER) in --query"
+                    f"({_storage(value)}), not 0 or 1: select CAST({name} AS INTEGER) in "
+                    f"--query to write its numbers (to Parquet: or --text-columns {name})"
                 )
         return out
 
