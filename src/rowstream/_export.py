@@ -287,6 +287,11 @@ async def export(
     pg_engine = _asyncpg_engine(resolved)
     target = AtomicFile(path)
     try:
+        if as_text and resolved.dialect == "postgresql":
+            raise ConfigurationError(
+                "text_columns (--text-columns) is for MariaDB and SQLite: on PostgreSQL, cast "
+                "the column to text in the query (col::text)"
+            )
         statement, arrow, kinds = await _statement(
             resolved, table_or_statement, where, columns, fmt
         )
@@ -852,12 +857,15 @@ async def _stream_into(
         plan = _plan(names, resolved.dialect, job)
         fix = plan.apply if plan is not None and plan.active else None
         if job.format == "parquet" and resolved.dialect != "postgresql" and not arrow:
+            import pyarrow as pa
+
             from ._arrow import ArrowColumn
             from ._sinks._parquet import ParquetSink
 
+            text = pa.string()
             sink = ParquetSink(
                 job.out,
-                [ArrowColumn(n, None) for n in names],
+                [ArrowColumn(n, text if n in job.text_columns else None) for n in names],
                 compression=job.compression or "zstd",
             )
         sink.begin(names)
