@@ -568,9 +568,16 @@ def _typed_arrow(
             wanted = parquet_kind(kind)
             typed.append(ArrowColumn(name, getattr(pa, wanted)() if wanted else None))
         else:
-            typed.append(arrow[i] if arrow is not None else ArrowColumn(name, None))
-            if kind == "float" and arrow is None:
-                typed[-1] = ArrowColumn(name, pa.float32())
+            if arrow is not None:
+                typed.append(arrow[i])
+            else:  # a query: the types its description gives, else from the values
+                query_types = {
+                    "float": pa.float32(),
+                    "date": pa.date32(),
+                    "datetime": pa.timestamp("us"),
+                    "timestamp": pa.timestamp("us", tz="UTC"),
+                }
+                typed.append(ArrowColumn(name, query_types.get(kind or "")))
         if name in as_text or (zero_dates == "text" and kind in ("date", "datetime", "timestamp")):
             typed[-1] = ArrowColumn(name, pa.string())
     return typed
@@ -828,14 +835,9 @@ async def _export_stream(
         arrow = typed or []
         names = [c.name for c in arrow]
         job.progress.set_estimate(await _estimate(resolved, statement))
-        sink = _text_sink(job, arrow)
-    try:
-        sink = await _stream_into(stream_source, statement, names, arrow, sink, resolved, job)
-    except BaseException:
-        abort = getattr(sink, "abort", None)
-        if abort is not None:
-            abort()
-        raise
+        # Parquet: made once the columns and their checks are known (_parquet_sink).
+        sink = CsvSink(job.out) if job.format == "csv" else JsonlSink(job.out)
+    sink = await _stream_into(stream_source, statement, names, arrow, sink, resolved, job)
     sink.finish()
 
 
@@ -848,32 +850,31 @@ async def _stream_into(
     resolved: ResolvedSource,
     job: _Job,
 ) -> Sink:
-    async with stream(
-        stream_source, statement, batch_rows=job.batch_rows, batch_bytes=job.batch_bytes
-    ) as rows:
-        keys = list(rows.keys())
-        if not names or len(names) != len(keys):
-            names = keys
-        plan = _plan(names, resolved.dialect, job)
-        fix = plan.apply if plan is not None and plan.active else None
-        if job.format == "parquet" and resolved.dialect != "postgresql" and not arrow:
-            import pyarrow as pa
-
-            from ._arrow import ArrowColumn
-            from ._sinks._parquet import ParquetSink
-
-            text = pa.string()
-            sink = ParquetSink(
-                job.out,
-                [ArrowColumn(n, text if n in job.text_columns else None) for n in names],
-                compression=job.compression or "zstd",
-            )
-        sink.begin(names)
-        async for batch in rows.batches():
-            # Only batches with columns that need it are touched (see rowstream._values).
-            sink.write_rows(fix(batch) if fix is not None else batch)
-            job.rows += len(batch)
-            job.progress.advance(rows=len(batch), nbytes=job.counter.bytes - job.progress.bytes)
+    """Stream the rows into the sink; on any error the sink is aborted (no half-written footer)."""
+    try:
+        async with stream(
+            stream_source, statement, batch_rows=job.batch_rows, batch_bytes=job.batch_bytes
+        ) as rows:
+            keys = list(rows.keys())
+            if not names or len(names) != len(keys):
+                names = keys
+            plan = _plan(names, resolved.dialect, job)
+            fix = None
+            if job.format == "parquet" and resolved.dialect != "postgresql":
+                sink = _parquet_sink(job, arrow, names, plan)
+            elif plan is not None and plan.active:
+                fix = plan.apply
+            sink.begin(names)
+            async for batch in rows.batches():
+                # Only columns that need it are touched (see rowstream._values).
+                sink.write_rows(fix(batch) if fix is not None else batch)
+                job.rows += len(batch)
+                job.progress.advance(rows=len(batch), nbytes=job.counter.bytes - job.progress.bytes)
+    except BaseException:
+        abort = getattr(sink, "abort", None)
+        if abort is not None:
+            abort()
+        raise
     return sink
 
 
@@ -894,13 +895,25 @@ def _plan(names: list[str], dialect: str, job: _Job) -> Plan | None:
     return Plan(kinds, job.format, dialect, job.zero_dates, job.text_columns)
 
 
-def _text_sink(job: _Job, arrow: list[ArrowColumn]) -> Sink:
-    if job.format == "csv":
-        return CsvSink(job.out)
-    if job.format == "jsonl":
-        return JsonlSink(job.out)
+def _parquet_sink(
+    job: _Job, arrow: list[ArrowColumn], names: list[str], plan: Plan | None
+) -> ParquetSink:
+    """Parquet for MariaDB and SQLite: the columns' types (untyped ones inferred from the first
+    rows), each with the check that keeps its values exact (run on the column the Arrow
+    conversion extracts anyway, so columns without one cost nothing more)."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from ._arrow import ArrowColumn
     from ._sinks._parquet import ParquetSink
 
+    if len(arrow) != len(names):
+        text = pa.string()
+        arrow = [ArrowColumn(n, text if n in job.text_columns else None) for n in names]
+    if plan is not None:
+        checks = plan.checks()
+        arrow = [dataclasses.replace(c, check=checks.get(i)) for i, c in enumerate(arrow)]
     return ParquetSink(job.out, arrow, compression=job.compression or "zstd")
 
 
