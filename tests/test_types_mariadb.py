@@ -275,3 +275,17 @@ async def test_cli_matches_api_and_refuses_in_one_line(my_types: str, tmp_path: 
     assert pq.read_table(target).column("d").to_pylist() == [date(2024, 1, 1), None, None]
     bad = run_cli(my_types, "--table", ZERO, "-o", str(tmp_path / "x.csv"), "--zero-dates", "x")
     assert bad.returncode != 0 and "--zero-dates" in bad.stderr
+
+
+async def test_table_object_reads_float_exactly(my_types: str, tmp_path: Path) -> None:
+    table = sa.Table(
+        TABLE,
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("f", sa.Float),
+        sa.Column("ts", sa.TIMESTAMP),
+    )
+    by_object, by_name = tmp_path / "object.jsonl", tmp_path / "name.jsonl"
+    await rowstream.export(my_types, table, by_object)
+    await rowstream.export(my_types, TABLE, by_name, columns=["id", "f", "ts"])
+    assert by_object.read_bytes() == by_name.read_bytes()

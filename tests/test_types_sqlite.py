@@ -255,3 +255,20 @@ async def test_cli_matches_api_and_refuses_in_one_line(lite: str, tmp_path: Path
     ok = run_cli(*args, "--text-columns", "m", "-q")
     assert ok.returncode == 0, ok.stderr
     assert pq.read_table(target).column("m").to_pylist() == ["1", "text"]
+
+
+async def test_table_object_reads_like_a_table_name(lite: str, tmp_path: Path) -> None:
+    """A Table whose types SQLAlchemy would process (DateTime parses ISO text) is read raw."""
+    table = sa.Table(
+        "ty_lite",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("flag", sa.Boolean),
+        sa.Column("dtm", sa.DateTime),
+        sa.Column("n", sa.Numeric),
+    )
+    by_object, by_name = tmp_path / "object.csv", tmp_path / "name.csv"
+    await rowstream.export(lite, table, by_object)
+    await rowstream.export(lite, "ty_lite", by_name, columns=["id", "flag", "dtm", "n"])
+    assert by_object.read_bytes() == by_name.read_bytes()
+    assert "2,f,yesterday,-9223372036854775808\n" in by_object.read_text()

@@ -410,6 +410,12 @@ async def _statement(
         table = table_or_statement
         selected = _pick(table, columns, table.fullname)
         arrow = _arrow_columns(selected, resolved.dialect, fmt)
+        if resolved.dialect != "postgresql":
+            # The same reading as a reflected table; SQLite's declared types are the DDL the
+            # Table's types compile to.
+            notes = _declared(selected, resolved) if resolved.dialect == "sqlite" else {}
+            kinds = [PlanColumn(c.name, _kind(c, resolved.dialect, notes)) for c in selected]
+            selected = [_raw(c, k.kind, resolved) for c, k in zip(selected, kinds, strict=True)]
     else:
         raise ConfigurationError(
             f"cannot export a {type(table_or_statement).__name__}: pass a table name, a "
@@ -459,6 +465,16 @@ def _raw(column: Any, kind: Kind | None, resolved: ResolvedSource) -> Any:
         # Not sa.cast(): SQLAlchemy skips (with a warning) a CAST to DOUBLE on MySQL.
         return sa.literal_column(f"CAST({quoted} AS DOUBLE)").label(column.name)
     return sa.type_coerce(column, sa.types.NullType()).label(column.name)
+
+
+def _declared(columns: list[Any], resolved: ResolvedSource) -> dict[str, str]:
+    declared = {}
+    for column in columns:
+        try:
+            declared[column.name] = str(column.type.compile(dialect=resolved.engine.dialect))
+        except Exception:  # a type without DDL (NullType): no declared type, BLOB affinity
+            declared[column.name] = ""
+    return declared
 
 
 def _kind(column: Any, dialect: str, notes: dict[str, str]) -> Kind | None:
