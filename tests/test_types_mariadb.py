@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import rowstream
+from rowstream._values import float32_text
 from tests.test_export_cli import assert_clean_failure, run_cli
 
 TABLE = "ty_my"
@@ -289,3 +290,16 @@ async def test_table_object_reads_float_exactly(my_types: str, tmp_path: Path) -
     await rowstream.export(my_types, table, by_object)
     await rowstream.export(my_types, TABLE, by_name, columns=["id", "f", "ts"])
     assert by_object.read_bytes() == by_name.read_bytes()
+
+
+def test_float32_text_is_numpys_shortest() -> None:
+    """Database-free: the FLOAT rendering equals numpy's shortest float32 text, edges included."""
+    rng = np.random.default_rng(10)
+    bits = rng.integers(0, 2**32, size=20_000, dtype=np.uint64).astype(np.uint32)
+    values = bits.view(np.float32)
+    edges = np.array(
+        [16777216, 3.4028235e38, -3.4028235e38, 1.17549435e-38, 1.4e-45, 0.1, 1e-45, 1.5],
+        dtype=np.float32,
+    )
+    for value in np.concatenate([values[np.isfinite(values)], edges]):
+        assert float(float32_text(float(value))) == float(str(value)), value

@@ -38,11 +38,13 @@ __all__ = [
     "DEFAULT_ZERO_DATES",
     "ZERO_DATES",
     "Float32",
+    "Kind",
     "Plan",
     "PlanColumn",
     "ZeroDates",
     "check_zero_dates",
     "float32_text",
+    "parquet_kind",
     "sqlite_affinity",
 ]
 
@@ -171,8 +173,6 @@ class Plan:
     zero_dates: ZeroDates = DEFAULT_ZERO_DATES
     text_columns: frozenset[str] = frozenset()
     _fixes: list[tuple[int, Fix]] = field(default_factory=list, init=False)
-    # Parquet, SQLite: the Arrow type each column was given (from its affinity or first rows).
-    _arrow: list[Any] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         for i, column in enumerate(self.columns):
