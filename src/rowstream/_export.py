@@ -511,9 +511,11 @@ async def _query_kinds(
 ) -> tuple[TextClause | TextualSelect, list[PlanColumn] | None]:
     """MariaDB query: its columns' types (from a LIMIT 0 probe), FLOAT columns read exactly.
 
-    The query becomes a derived table: ``SELECT q.a, CAST(q.f AS DOUBLE) AS f FROM (...) q``.
-    A query that cannot be one (duplicate column names) runs as it is, its values as the
-    driver returns them. SQLite: nothing to ask (a query's columns have no declared types).
+    With a FLOAT column the query becomes a derived table:
+    ``SELECT q.a, CAST(q.f AS DOUBLE) AS f FROM (...) q``; one with ORDER BY is refused instead
+    (MariaDB may ignore the order of a derived table). A query that cannot be a derived table
+    (duplicate column names) runs as it is. SQLite: nothing to ask (a query's columns have no
+    declared types).
     """
     if resolved.dialect == "sqlite":
         return statement, None
@@ -521,25 +523,28 @@ async def _query_kinds(
     if not isinstance(clause, TextClause):
         return statement, None
 
-    def derived(select_list: str) -> TextClause:
-        # The caller's own text and bound values, so parameters and %-escaping stay as they are.
-        text = sa.text(f"SELECT {select_list} FROM ({clause.text}) AS rowstream_q")
-        return text.bindparams(*clause._bindparams.values())
-
+    # A trailing semicolon cannot stand inside a derived table.
+    inner = clause.text.rstrip().rstrip(";")
+    binds = list(clause._bindparams.values())
     try:
         async with _probe_connection(resolved) as conn:
-            result = await conn.execute(
-                sa.text(f"SELECT * FROM ({clause.text}) AS rowstream_q LIMIT 0").bindparams(
-                    *clause._bindparams.values()
-                )
-            )
+            probe = sa.text(f"SELECT * FROM ({inner}) AS rowstream_q LIMIT 0")
+            result = await conn.execute(probe.bindparams(*binds))
             description = result.cursor.description
             result.close()
     except Exception:
         return statement, None  # the query itself will say what is wrong
     kinds = [PlanColumn(d[0], _MY_CODES.get(cast(int, d[1]))) for d in description]
-    if not any(k.kind == "float" for k in kinds):
+    floats = [k.name for k in kinds if k.kind == "float"]
+    if not floats:
         return statement, kinds
+    if _ORDER_BY.search(inner):
+        # MariaDB may drop the ORDER BY of a derived table: the rows would come unordered.
+        raise SinkError(
+            f"column {floats[0]!r} is a FLOAT, which MariaDB sends rounded to 6 digits, and "
+            "a query with ORDER BY cannot be wrapped to read it exactly: select "
+            f"CAST({floats[0]} AS DOUBLE) AS {floats[0]} in the query"
+        )
     quote = resolved.engine.dialect.identifier_preparer.quote
     select_list = ", ".join(
         f"CAST(rowstream_q.{quote(k.name)} AS DOUBLE) AS {quote(k.name)}"
@@ -547,7 +552,12 @@ async def _query_kinds(
         else f"rowstream_q.{quote(k.name)}"
         for k in kinds
     )
-    return derived(select_list), kinds
+    # The caller's own text and bound values, so parameters and %-escaping stay as they are.
+    wrapped = sa.text(f"SELECT {select_list} FROM ({inner}) AS rowstream_q")
+    return wrapped.bindparams(*binds), kinds
+
+
+_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
 
 @contextlib.asynccontextmanager
