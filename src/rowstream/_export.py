@@ -18,12 +18,11 @@ import contextlib
 import gzip
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -33,6 +32,7 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from ._atomic import STDOUT, AtomicFile, check_writable
+from ._coltypes import column_kind, column_notes, declared_types, query_kinds, typed_arrow
 from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError, SourceError
 from ._pgcopy import (
     PgColumn,
@@ -65,8 +65,6 @@ from ._values import (
     PlanColumn,
     ZeroDates,
     check_zero_dates,
-    parquet_kind,
-    sqlite_affinity,
 )
 
 if TYPE_CHECKING:
@@ -297,8 +295,8 @@ async def export(
         )
         if resolved.dialect != "postgresql":
             if kinds is None and isinstance(statement, (TextClause, TextualSelect)):
-                statement, kinds = await _query_kinds(resolved, statement)
-            arrow = _typed_arrow(arrow, kinds, resolved.dialect, fmt, zero_dates, as_text)
+                statement, kinds = await query_kinds(resolved, statement)
+            arrow = typed_arrow(arrow, kinds, resolved.dialect, fmt, zero_dates, as_text)
         with ExportProgress(enabled=progress) as bar, target as raw:
             counter = _Counter(raw)
             out: BinaryIO = counter  # type: ignore[assignment]
@@ -404,7 +402,7 @@ async def _statement(
             table, notes = await _reflect(resolved, schema, name)
             picked = _pick(table, columns, table_or_statement)
             arrow = _arrow_columns(picked, resolved.dialect, fmt)
-            kinds = [PlanColumn(c.name, _kind(c, resolved.dialect, notes)) for c in picked]
+            kinds = [PlanColumn(c.name, column_kind(c, resolved.dialect, notes)) for c in picked]
             selected = [_raw(c, k.kind, resolved) for c, k in zip(picked, kinds, strict=True)]
     elif isinstance(table_or_statement, sa.Table):
         table = table_or_statement
@@ -413,8 +411,8 @@ async def _statement(
         if resolved.dialect != "postgresql":
             # The same reading as a reflected table; SQLite's declared types are the DDL the
             # Table's types compile to.
-            notes = _declared(selected, resolved) if resolved.dialect == "sqlite" else {}
-            kinds = [PlanColumn(c.name, _kind(c, resolved.dialect, notes)) for c in selected]
+            notes = declared_types(selected, resolved) if resolved.dialect == "sqlite" else {}
+            kinds = [PlanColumn(c.name, column_kind(c, resolved.dialect, notes)) for c in selected]
             selected = [_raw(c, k.kind, resolved) for c, k in zip(selected, kinds, strict=True)]
     else:
         raise ConfigurationError(
@@ -467,148 +465,6 @@ def _raw(column: Any, kind: Kind | None, resolved: ResolvedSource) -> Any:
     return sa.type_coerce(column, sa.types.NullType()).label(column.name)
 
 
-def _declared(columns: list[Any], resolved: ResolvedSource) -> dict[str, str]:
-    declared = {}
-    for column in columns:
-        try:
-            declared[column.name] = str(column.type.compile(dialect=resolved.engine.dialect))
-        except Exception:  # a type without DDL (NullType): no declared type, BLOB affinity
-            declared[column.name] = ""
-    return declared
-
-
-def _kind(column: Any, dialect: str, notes: dict[str, str]) -> Kind | None:
-    """What a reflected column's values need (see :mod:`rowstream._values`)."""
-    t = column.type
-    if dialect == "sqlite":
-        if isinstance(t, sa.Boolean):
-            return "boolean"
-        return sqlite_affinity(notes.get(column.name))
-    if notes.get(column.name) == "json" or isinstance(t, sa.JSON):
-        return "json"
-    visit = getattr(t, "__visit_name__", "").upper()
-    if visit == "FLOAT" and (getattr(t, "precision", None) or 0) <= MAX_FLOAT32_PRECISION:
-        return "float"
-    return _MY_TEMPORAL.get(visit)
-
-
-# MariaDB FLOAT(p) is a float32 up to p = 24, a double above.
-MAX_FLOAT32_PRECISION = 24
-_MY_TEMPORAL: dict[str, Kind] = {"TIMESTAMP": "timestamp", "DATETIME": "datetime", "DATE": "date"}
-# MariaDB's column type codes in a result's description (MYSQL_TYPE_*).
-_MY_CODES: dict[int, Kind] = {
-    4: "float",
-    7: "timestamp",
-    10: "date",
-    12: "datetime",
-    14: "date",
-    245: "json",
-}
-
-
-async def _query_kinds(
-    resolved: ResolvedSource, statement: TextClause | TextualSelect
-) -> tuple[TextClause | TextualSelect, list[PlanColumn] | None]:
-    """MariaDB query: its columns' types (from a LIMIT 0 probe), FLOAT columns read exactly.
-
-    With a FLOAT column the query becomes a derived table:
-    ``SELECT q.a, CAST(q.f AS DOUBLE) AS f FROM (...) q``; one with ORDER BY is refused instead
-    (MariaDB may ignore the order of a derived table). A query that cannot be a derived table
-    (duplicate column names) runs as it is. SQLite: nothing to ask (a query's columns have no
-    declared types).
-    """
-    if resolved.dialect == "sqlite":
-        return statement, None
-    clause = statement.element if isinstance(statement, TextualSelect) else statement
-    if not isinstance(clause, TextClause):
-        return statement, None
-
-    # A trailing semicolon cannot stand inside a derived table.
-    inner = clause.text.rstrip().rstrip(";")
-    binds = list(clause._bindparams.values())
-    try:
-        async with _probe_connection(resolved) as conn:
-            probe = sa.text(f"SELECT * FROM ({inner}) AS rowstream_q LIMIT 0")
-            result = await conn.execute(probe.bindparams(*binds))
-            description = result.cursor.description
-            result.close()
-    except Exception:
-        return statement, None  # the query itself will say what is wrong
-    kinds = [PlanColumn(d[0], _MY_CODES.get(cast(int, d[1]))) for d in description]
-    floats = [k.name for k in kinds if k.kind == "float"]
-    if not floats:
-        return statement, kinds
-    if _ORDER_BY.search(inner):
-        # MariaDB may drop the ORDER BY of a derived table: the rows would come unordered.
-        raise SinkError(
-            f"column {floats[0]!r} is a FLOAT, which MariaDB sends rounded to 6 digits, and "
-            "a query with ORDER BY cannot be wrapped to read it exactly: select "
-            f"CAST({floats[0]} AS DOUBLE) AS {floats[0]} in the query"
-        )
-    quote = resolved.engine.dialect.identifier_preparer.quote
-    select_list = ", ".join(
-        f"CAST(rowstream_q.{quote(k.name)} AS DOUBLE) AS {quote(k.name)}"
-        if k.kind == "float"
-        else f"rowstream_q.{quote(k.name)}"
-        for k in kinds
-    )
-    # The caller's own text and bound values, so parameters and %-escaping stay as they are.
-    wrapped = sa.text(f"SELECT {select_list} FROM ({inner}) AS rowstream_q")
-    return wrapped.bindparams(*binds), kinds
-
-
-_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
-
-
-@contextlib.asynccontextmanager
-async def _probe_connection(resolved: ResolvedSource) -> AsyncIterator[AsyncConnection]:
-    if resolved.borrowed is not None:
-        yield resolved.borrowed
-        return
-    async with resolved.engine.connect() as conn:
-        yield conn
-
-
-def _typed_arrow(
-    arrow: list[ArrowColumn] | None,
-    kinds: list[PlanColumn] | None,
-    dialect: str,
-    fmt: Format,
-    zero_dates: ZeroDates,
-    as_text: frozenset[str],
-) -> list[ArrowColumn] | None:
-    """Parquet column types for MariaDB and SQLite, once the columns' kinds are known."""
-    if fmt != "parquet" or (arrow is None and kinds is None):
-        return arrow
-    import pyarrow as pa
-
-    from ._arrow import ArrowColumn
-
-    if kinds is None:
-        assert arrow is not None
-        return [ArrowColumn(c.name, pa.string()) if c.name in as_text else c for c in arrow]
-    typed = []
-    for i, column in enumerate(kinds):
-        name, kind = column.name, column.kind
-        if dialect == "sqlite":
-            wanted = parquet_kind(kind)
-            typed.append(ArrowColumn(name, getattr(pa, wanted)() if wanted else None))
-        else:
-            if arrow is not None:
-                typed.append(arrow[i])
-            else:  # a query: the types its description gives, else from the values
-                query_types = {
-                    "float": pa.float32(),
-                    "date": pa.date32(),
-                    "datetime": pa.timestamp("us"),
-                    "timestamp": pa.timestamp("us", tz="UTC"),
-                }
-                typed.append(ArrowColumn(name, query_types.get(kind or "")))
-        if name in as_text or (zero_dates == "text" and kind in ("date", "datetime", "timestamp")):
-            typed[-1] = ArrowColumn(name, pa.string())
-    return typed
-
-
 async def _reflect(
     resolved: ResolvedSource, schema: str | None, name: str
 ) -> tuple[sa.Table, dict[str, str]]:
@@ -623,7 +479,7 @@ async def _reflect(
         table = await conn.run_sync(
             lambda sync: sa.Table(name, sa.MetaData(), schema=schema, autoload_with=sync)
         )
-        return table, await _column_notes(conn, resolved.dialect, schema, name)
+        return table, await column_notes(conn, resolved.dialect, schema, name)
     except NoSuchTableError:
         label = f"{schema}.{name}" if schema else name
         raise QueryError(
@@ -633,34 +489,6 @@ async def _reflect(
         raise_translated(exc, url=engine.url)
     finally:
         await shielded(conn.close())
-
-
-_JSON_CHECK = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)")
-
-
-async def _column_notes(
-    conn: AsyncConnection, dialect: str, schema: str | None, name: str
-) -> dict[str, str]:
-    if dialect == "sqlite":
-        prefix = f"{quote_ident(schema)}." if schema else ""
-        result = await conn.exec_driver_sql(f"PRAGMA {prefix}table_info({quote_ident(name)})")
-        # table_info rows: cid, name, type, notnull, dflt_value, pk.
-        rows: list[Any] = list(result)
-        return {str(row[1]): str(row[2] or "") for row in rows}
-    query = sa.text(
-        "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
-        "WHERE CONSTRAINT_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :name"
-    )
-    try:
-        clauses = (await conn.execute(query, {"schema": schema, "name": name})).scalars()
-    except Exception:
-        return {}  # MySQL before 8.0.16 has no such view, and no CHECK-based JSON either
-    notes = {}
-    for clause in clauses:
-        match = _JSON_CHECK.fullmatch(clause.strip())
-        if match:
-            notes[match.group(1).replace("``", "`")] = "json"
-    return notes
 
 
 def _sql(engine: AsyncEngine, statement: Select[Any] | TextualSelect | TextClause) -> str:
