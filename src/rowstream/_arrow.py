@@ -13,8 +13,8 @@ non-null values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -34,12 +34,14 @@ MAX_DECIMAL128_PRECISION = 38
 
 @dataclass(frozen=True)
 class ArrowColumn:
-    """One output column: its name, its Arrow type (None: infer from the values) and the SQL
-    type it is cast to in the query (None: read as it is)."""
+    """One output column: its name, its Arrow type (None: infer from the values), the SQL
+    type it is cast to in the query (None: read as it is), and a check that makes a batch's
+    values exact for the type or refuses them (:mod:`rowstream._values`; None: none needed)."""
 
     name: str
     type: pa.DataType | None
     cast: str | None = None
+    check: Callable[[list[Any]], list[Any]] | None = field(default=None, compare=False)
 
 
 _PG_SCALARS: dict[str, pa.DataType] = {
@@ -182,6 +184,8 @@ def _to_text(value: Any) -> Any:
 
 
 def _array(values: list[Any], column: ArrowColumn) -> pa.Array:
+    if column.check is not None:
+        values = column.check(values)
     if column.type is None:
         return pa.array(values)
     if column.cast == "json" or (
@@ -200,10 +204,13 @@ def infer_columns(
         if column.type is not None:
             typed.append(column)
             continue
-        inferred = pa.array([row[i] for row in rows]).type
+        values = [row[i] for row in rows]
+        if column.check is not None:
+            values = column.check(values)
+        inferred = pa.array(values).type
         if pa.types.is_null(inferred):
             inferred = pa.string()
-        typed.append(ArrowColumn(column.name, inferred, column.cast))
+        typed.append(replace(column, type=inferred))
     return typed
 
 

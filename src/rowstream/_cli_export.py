@@ -16,6 +16,7 @@ from ._exceptions import ConfigurationError
 from ._export import FORMATS, export
 from ._sinks import COMPRESSIONS
 from ._sizing import parse_size
+from ._values import DEFAULT_ZERO_DATES, ZERO_DATES
 
 
 def register(subparsers: Any) -> None:
@@ -54,6 +55,18 @@ def register(subparsers: Any) -> None:
         choices=sorted({*COMPRESSIONS, "gzip", "none"}),
         help="zstd (Parquet's default), snappy, gzip, brotli, lz4 or none; gzip for CSV/JSONL",
     )
+    parser.add_argument(
+        "--zero-dates",
+        choices=ZERO_DATES,
+        default=DEFAULT_ZERO_DATES,
+        help="MariaDB's zero dates (0000-00-00): refuse them (the default), write NULL, or "
+        "write the server's text (the column is then text in Parquet)",
+    )
+    parser.add_argument(
+        "--text-columns",
+        metavar="A,B",
+        help="columns written to Parquet as text (SQLite columns that mix storage classes)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     parser.set_defaults(run=run)
 
@@ -63,11 +76,8 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             "--where and --columns narrow a --table: with --query, put them in the SQL"
         )
-    columns = None
-    if args.columns is not None:
-        columns = [c.strip() for c in args.columns.split(",")]
-        if not all(columns):
-            raise ConfigurationError(f"bad --columns {args.columns!r}: write a,b,c")
+    columns = _names("--columns", args.columns)
+    text_columns = _names("--text-columns", args.text_columns)
     if args.format == "parquet" or args.output.lower().endswith((".parquet", ".pq")):
         from ._arrow import use_lean_memory_pool
 
@@ -88,7 +98,18 @@ async def run(args: argparse.Namespace) -> int:
         batch_bytes=parse_size(args.batch_bytes) if args.batch_bytes else None,
         compression=args.compression,
         progress=not args.quiet,
+        zero_dates=args.zero_dates,
+        text_columns=text_columns,
     )
     if not args.quiet and sys.stderr.isatty():
         print(report.summary(), file=sys.stderr)
     return 0
+
+
+def _names(option: str, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [c.strip() for c in value.split(",")]
+    if not all(names):
+        raise ConfigurationError(f"bad {option} {value!r}: write a,b,c")
+    return names

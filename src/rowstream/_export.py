@@ -32,7 +32,8 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from ._atomic import STDOUT, AtomicFile, check_writable, write_error
-from ._exceptions import ConfigurationError, QueryError, RowstreamError, SourceError
+from ._coltypes import column_kind, column_notes, declared_types, query_kinds, typed_arrow
+from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError, SourceError
 from ._pgcopy import (
     PgColumn,
     Write,
@@ -57,6 +58,14 @@ from ._source import (
 from ._strategy import shielded
 from ._stream import stream
 from ._translate import raise_translated
+from ._values import (
+    DEFAULT_ZERO_DATES,
+    Kind,
+    Plan,
+    PlanColumn,
+    ZeroDates,
+    check_zero_dates,
+)
 
 if TYPE_CHECKING:
     # pyarrow loads only for Parquet (see rowstream._sinks).
@@ -206,6 +215,9 @@ class _Job:
     counter: _Counter
     rows: int = 0
     strategy: str = ""
+    kinds: list[PlanColumn] | None = None
+    zero_dates: ZeroDates = DEFAULT_ZERO_DATES
+    text_columns: frozenset[str] = frozenset()
 
 
 async def export(
@@ -221,6 +233,8 @@ async def export(
     compression: str | None = None,
     strategy: ExportStrategy = "auto",
     progress: bool = False,
+    zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
+    text_columns: Sequence[str] | None = None,
 ) -> ExportReport:
     """Export a table or a query to ``path`` (CSV, JSON Lines or Parquet), atomically.
 
@@ -237,6 +251,13 @@ async def export(
     text (Parquet cannot store Arrow's month_day_nano interval). ``strategy="auto"`` uses COPY
     on PostgreSQL when rowstream opens the connection, and :func:`rowstream.stream` otherwise
     (``"stream"`` forces it; ``batch_rows``/``batch_bytes`` apply to it).
+
+    A value is written exactly or the export stops with a :class:`SinkError` that names the
+    column and the way past it (docs/types-mariadb.md, docs/types-sqlite.md):
+    ``zero_dates`` is what MariaDB's zero dates (``0000-00-00``) become, ``"refuse"`` (the
+    default), ``"null"`` or ``"text"`` (the server's text; the column is text in Parquet);
+    ``text_columns`` are written to Parquet as text (each value as CSV writes it), for SQLite
+    columns that hold values of several storage classes.
 
     Example::
 
@@ -258,11 +279,24 @@ async def export(
     if str(path) != STDOUT:
         check_writable(Path(path))
     _check_sqlite_file(source)
+    zero_dates = check_zero_dates(zero_dates)
+    as_text = frozenset(text_columns or ())
     resolved = resolve_source(source)
     pg_engine = _asyncpg_engine(resolved)
     target = AtomicFile(path)
     try:
-        statement, arrow = await _statement(resolved, table_or_statement, where, columns, fmt)
+        if as_text and resolved.dialect == "postgresql":
+            raise ConfigurationError(
+                "text_columns (--text-columns) is for MariaDB and SQLite: on PostgreSQL, cast "
+                "the column to text in the query (col::text)"
+            )
+        statement, arrow, kinds = await _statement(
+            resolved, table_or_statement, where, columns, fmt
+        )
+        if resolved.dialect != "postgresql":
+            if kinds is None and isinstance(statement, (TextClause, TextualSelect)):
+                statement, kinds = await query_kinds(resolved, statement)
+            arrow = typed_arrow(arrow, kinds, resolved.dialect, fmt, zero_dates, as_text)
         with ExportProgress(enabled=progress) as bar, target as raw:
             counter = _Counter(raw)
             out: BinaryIO = counter  # type: ignore[assignment]
@@ -272,6 +306,7 @@ async def export(
                 zipped = gzip.GzipFile(fileobj=out, mode="wb", mtime=0)
                 out = zipped  # type: ignore[assignment]
             job = _Job(fmt, compression, batch_rows, batch_bytes, bar, out, counter)
+            job.kinds, job.zero_dates, job.text_columns = kinds, zero_dates, as_text
             use_copy = (
                 resolved.dialect == "postgresql"
                 and resolved.borrowed is None
@@ -338,9 +373,13 @@ async def _statement(
     where: str | None,
     columns: Sequence[str] | None,
     fmt: Format,
-) -> tuple[Select[Any] | TextualSelect | TextClause, list[ArrowColumn] | None]:
-    """The statement to export, and the Arrow columns its types give (None: untyped)."""
+) -> tuple[
+    Select[Any] | TextualSelect | TextClause, list[ArrowColumn] | None, list[PlanColumn] | None
+]:
+    """The statement to export, the Arrow columns its types give (None: untyped) and what its
+    values need to be exact (:mod:`rowstream._values`; None: nothing known)."""
     arrow: list[ArrowColumn] | None
+    kinds: list[PlanColumn] | None = None
     if isinstance(table_or_statement, (Select, TextualSelect, TextClause)):
         if where is not None or columns is not None:
             raise ConfigurationError(
@@ -349,7 +388,7 @@ async def _statement(
         arrow = None
         if isinstance(table_or_statement, Select):
             arrow = _arrow_columns(table_or_statement.selected_columns, resolved.dialect, fmt)
-        return table_or_statement, arrow
+        return table_or_statement, arrow, None
     if isinstance(table_or_statement, str):
         schema, name = _split_name(table_or_statement)
         if resolved.dialect == "postgresql":
@@ -360,14 +399,21 @@ async def _statement(
             selected: list[Any] = list(table.c) if columns else [sa.literal_column("*")]
             arrow = None
         else:
-            table = await _reflect(resolved, schema, name)
+            table, notes = await _reflect(resolved, schema, name)
             picked = _pick(table, columns, table_or_statement)
             arrow = _arrow_columns(picked, resolved.dialect, fmt)
-            selected = [_raw(c, resolved.dialect) for c in picked]
+            kinds = [PlanColumn(c.name, column_kind(c, resolved.dialect, notes)) for c in picked]
+            selected = [_raw(c, k.kind, resolved) for c, k in zip(picked, kinds, strict=True)]
     elif isinstance(table_or_statement, sa.Table):
         table = table_or_statement
         selected = _pick(table, columns, table.fullname)
         arrow = _arrow_columns(selected, resolved.dialect, fmt)
+        if resolved.dialect != "postgresql":
+            # The same reading as a reflected table; SQLite's declared types are the DDL the
+            # Table's types compile to.
+            notes = declared_types(selected, resolved) if resolved.dialect == "sqlite" else {}
+            kinds = [PlanColumn(c.name, column_kind(c, resolved.dialect, notes)) for c in selected]
+            selected = [_raw(c, k.kind, resolved) for c, k in zip(selected, kinds, strict=True)]
     else:
         raise ConfigurationError(
             f"cannot export a {type(table_or_statement).__name__}: pass a table name, a "
@@ -378,7 +424,7 @@ async def _statement(
         if not where.strip():
             raise ConfigurationError("--where is empty: give a condition, or leave it out")
         statement = statement.where(sa.text(f"({where})"))
-    return statement, arrow
+    return statement, arrow, kinds
 
 
 def _arrow_columns(columns: Any, dialect: str, fmt: Format) -> list[ArrowColumn] | None:
@@ -402,29 +448,38 @@ def _pick(table: sa.TableClause, columns: Sequence[str] | None, label: str) -> l
     return [table.c[c] for c in columns]
 
 
-def _raw(column: Any, dialect: str) -> Any:
+def _raw(column: Any, kind: Kind | None, resolved: ResolvedSource) -> Any:
     """The column as the driver returns it, without SQLAlchemy's result processing.
 
     The processors are lossy for export: MySQL's DOUBLE comes back as a Decimal padded to 10
     places, TIME (a duration of up to 838 hours) as a time of day modulo 24 hours, SQLite's
-    NUMERIC as a padded Decimal. The column keeps its reflected type for Parquet (see
-    :func:`_arrow_columns`). SQLite stores dates as text, so their parsing is kept.
+    NUMERIC as a padded Decimal, SQLite's dates parsed (and refused unless ISO text, converted
+    to UTC when they have an offset). The column keeps its reflected type for Parquet (see
+    :func:`_arrow_columns`). MariaDB's FLOAT is read as a DOUBLE: the text protocol rounds a
+    FLOAT to 6 digits, the DOUBLE of a float32 is exact.
     """
-    if dialect == "sqlite" and isinstance(column.type, (sa.Date, sa.DateTime, sa.Time)):
-        return column
+    if kind == "float":
+        quoted = resolved.engine.dialect.identifier_preparer.quote(column.name)
+        # Not sa.cast(): SQLAlchemy skips (with a warning) a CAST to DOUBLE on MySQL.
+        return sa.literal_column(f"CAST({quoted} AS DOUBLE)").label(column.name)
     return sa.type_coerce(column, sa.types.NullType()).label(column.name)
 
 
-async def _reflect(resolved: ResolvedSource, schema: str | None, name: str) -> sa.Table:
+async def _reflect(
+    resolved: ResolvedSource, schema: str | None, name: str
+) -> tuple[sa.Table, dict[str, str]]:
+    """The table, and per column what reflection does not say: SQLite's declared type (for
+    its affinity), or ``"json"`` for MariaDB's JSON (a LONGTEXT with a json_valid() check)."""
     engine = resolved.engine
     try:
         conn = await engine.connect()
     except Exception as exc:
         raise_translated(exc, url=engine.url, connecting=True)
     try:
-        return await conn.run_sync(
+        table = await conn.run_sync(
             lambda sync: sa.Table(name, sa.MetaData(), schema=schema, autoload_with=sync)
         )
+        return table, await column_notes(conn, resolved.dialect, schema, name)
     except NoSuchTableError:
         label = f"{schema}.{name}" if schema else name
         raise QueryError(
@@ -634,14 +689,9 @@ async def _export_stream(
         arrow = typed or []
         names = [c.name for c in arrow]
         job.progress.set_estimate(await _estimate(resolved, statement))
-        sink = _text_sink(job, arrow)
-    try:
-        sink = await _stream_into(stream_source, statement, names, arrow, sink, resolved, job)
-    except BaseException:
-        abort = getattr(sink, "abort", None)
-        if abort is not None:
-            abort()
-        raise
+        # Parquet: made once the columns and their checks are known (_parquet_sink).
+        sink = CsvSink(job.out) if job.format == "csv" else JsonlSink(job.out)
+    sink = await _stream_into(stream_source, statement, names, arrow, sink, resolved, job)
     sink.finish()
 
 
@@ -654,36 +704,70 @@ async def _stream_into(
     resolved: ResolvedSource,
     job: _Job,
 ) -> Sink:
-    async with stream(
-        stream_source, statement, batch_rows=job.batch_rows, batch_bytes=job.batch_bytes
-    ) as rows:
-        keys = list(rows.keys())
-        if not names or len(names) != len(keys):
-            names = keys
-        if job.format == "parquet" and resolved.dialect != "postgresql" and not arrow:
-            from ._arrow import ArrowColumn
-            from ._sinks._parquet import ParquetSink
-
-            sink = ParquetSink(
-                job.out,
-                [ArrowColumn(n, None) for n in names],
-                compression=job.compression or "zstd",
-            )
-        sink.begin(names)
-        async for batch in rows.batches():
-            sink.write_rows(batch)
-            job.rows += len(batch)
-            job.progress.advance(rows=len(batch), nbytes=job.counter.bytes - job.progress.bytes)
+    """Stream the rows into the sink; on any error the sink is aborted (no half-written footer)."""
+    try:
+        async with stream(
+            stream_source, statement, batch_rows=job.batch_rows, batch_bytes=job.batch_bytes
+        ) as rows:
+            keys = list(rows.keys())
+            if not names or len(names) != len(keys):
+                names = keys
+            plan = _plan(names, resolved.dialect, job)
+            fix = None
+            if job.format == "parquet" and resolved.dialect != "postgresql":
+                sink = _parquet_sink(job, arrow, names, plan)
+            elif plan is not None and plan.active:
+                fix = plan.apply
+            sink.begin(names)
+            async for batch in rows.batches():
+                # Only columns that need it are touched (see rowstream._values).
+                sink.write_rows(fix(batch) if fix is not None else batch)
+                job.rows += len(batch)
+                job.progress.advance(rows=len(batch), nbytes=job.counter.bytes - job.progress.bytes)
+    except BaseException:
+        abort = getattr(sink, "abort", None)
+        if abort is not None:
+            abort()
+        raise
     return sink
 
 
-def _text_sink(job: _Job, arrow: list[ArrowColumn]) -> Sink:
-    if job.format == "csv":
-        return CsvSink(job.out)
-    if job.format == "jsonl":
-        return JsonlSink(job.out)
+def _plan(names: list[str], dialect: str, job: _Job) -> Plan | None:
+    unknown = sorted(job.text_columns.difference(names))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown column {unknown[0]!r} in text_columns (--text-columns): the export has "
+            + ", ".join(names)
+        )
+    kinds = job.kinds
+    if kinds is None and dialect == "sqlite":
+        # A query's columns have no declared type: in Parquet each keeps the storage class
+        # of its first values.
+        kinds = [PlanColumn(n, "blob") for n in names]
+    if dialect == "postgresql" or kinds is None:
+        return None
+    return Plan(kinds, job.format, dialect, job.zero_dates, job.text_columns)
+
+
+def _parquet_sink(
+    job: _Job, arrow: list[ArrowColumn], names: list[str], plan: Plan | None
+) -> ParquetSink:
+    """Parquet for MariaDB and SQLite: the columns' types (untyped ones inferred from the first
+    rows), each with the check that keeps its values exact (run on the column the Arrow
+    conversion extracts anyway, so columns without one cost nothing more)."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from ._arrow import ArrowColumn
     from ._sinks._parquet import ParquetSink
 
+    if len(arrow) != len(names):
+        text = pa.string()
+        arrow = [ArrowColumn(n, text if n in job.text_columns else None) for n in names]
+    if plan is not None:
+        checks = plan.checks()
+        arrow = [dataclasses.replace(c, check=checks.get(i)) for i, c in enumerate(arrow)]
     return ParquetSink(job.out, arrow, compression=job.compression or "zstd")
 
 
