@@ -3,12 +3,16 @@
 Each subcommand lives in its own module with ``register(subparsers)``, which adds its parser and
 sets ``run`` (an ``async`` function taking the parsed arguments and returning an exit code).
 rowstream's errors become one line on stderr and a non-zero exit, never a traceback.
+
+Start-up time is part of the interface (``rowstream --help`` should answer at once, and a small
+export should not wait for modules it does not use): registering a subcommand imports nothing
+heavy, each ``run`` imports what its own path needs, and asyncio loads only once a command runs.
+Command modules' docstrings are their ``--help`` descriptions, so they are plain text.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import os
 import sys
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 
 from ._exceptions import ConfigurationError, RowstreamError
 
-COMMANDS = ("rowstream._demo", "rowstream._cli_export", "rowstream._doctor")
+COMMANDS = ("rowstream._demo", "rowstream._cli_export", "rowstream._cli_doctor")
 
 # The process is ours: Arrow's C++ allocations (the Parquet encoder's buffers among them) go
 # to jemalloc, which returns freed pages sooner than the default mimalloc. It must be chosen
@@ -57,6 +61,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import asyncio  # here, not at the top: --help and usage errors never need it
+
     try:
         code: int = asyncio.run(args.run(args))
     except KeyboardInterrupt:

@@ -1,8 +1,12 @@
-"""``rowstream export``: a table or query into CSV, JSON Lines or Parquet, atomically.
+"""rowstream export: a table or query into CSV, JSON Lines or Parquet, atomically.
 
 rowstream export postgresql://app@db/shop --table sales.orders -o orders.parquet
 rowstream export mysql://root@db/shop --query "SELECT id, total FROM orders" -o - --format jsonl
 """
+
+# This docstring is the command's --help description: plain text, no markup. The parser needs
+# only light modules; run() imports SQLAlchemy and the export machinery, and pyarrow loads only
+# for Parquet (see rowstream._cli).
 
 from __future__ import annotations
 
@@ -10,11 +14,8 @@ import argparse
 import sys
 from typing import Any
 
-import sqlalchemy as sa
-
 from ._exceptions import ConfigurationError
-from ._export import FORMATS, export
-from ._sinks import COMPRESSIONS
+from ._sinks._options import COMPRESSIONS, FORMATS
 from ._sizing import parse_size
 
 
@@ -59,6 +60,10 @@ def register(subparsers: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from ._export import export
+
     if args.query is not None and (args.where is not None or args.columns is not None):
         raise ConfigurationError(
             "--where and --columns narrow a --table: with --query, put them in the SQL"

@@ -45,6 +45,7 @@ from ._pgcopy import (
 )
 from ._progress import ExportProgress, format_bytes, peak_memory_mb
 from ._sinks import CsvSink, JsonlSink, Sink, check_compression
+from ._sinks._options import FORMATS, Format
 from ._sizing import DEFAULT_BATCH_BYTES
 from ._source import (
     ResolvedSource,
@@ -67,9 +68,7 @@ __all__ = ["FORMATS", "ExportReport", "export", "format_for_path"]
 
 logger = logging.getLogger("rowstream")
 
-Format = Literal["csv", "jsonl", "parquet"]
 ExportStrategy = Literal["auto", "copy", "stream"]
-FORMATS: tuple[Format, ...] = ("csv", "jsonl", "parquet")
 TEXT_COMPRESSIONS = ("gzip", "none")
 EXPORT_STRATEGIES = ("auto", "copy", "stream")
 WRITE_BEHIND_BYTES = 32 * 1024 * 1024
