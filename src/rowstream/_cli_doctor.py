@@ -22,7 +22,6 @@ def register(subparsers: Any) -> None:
         "doctor",
         help="explain a database setup and whether streaming will work through it",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("url", help="database URL, e.g. postgresql://user@host:6432/db")
     parser.set_defaults(run=run)
