@@ -4,7 +4,7 @@ async with rowstream.stream("postgresql://app@db/shop", select(Order)) as orders
     async for order in orders:
         ...
 
-``import rowstream`` loads only the exceptions and constants: the public functions and classes
+``import rowstream`` loads only the exceptions: the public functions and classes
 (and the ``rowstream.sync`` module) are imported on first use by the module ``__getattr__``
 below, so a command like ``rowstream --help`` does not pay for SQLAlchemy, and a CSV export
 never loads pyarrow. Type checkers and IDEs see the names through the ``TYPE_CHECKING``
@@ -27,7 +27,6 @@ from ._exceptions import (
     StreamKeyError,
     UnsupportedQueryError,
 )
-from ._sizing import DEFAULT_BATCH_BYTES
 
 if TYPE_CHECKING:
     from . import sync as sync  # the alias marks a re-export: rowstream.sync
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from ._doctor import Diagnosis, doctor
     from ._export import ExportReport, export
     from ._process import BatchFailure, ProcessReport, process
+    from ._sizing import DEFAULT_BATCH_BYTES
     from ._source import create_engine
     from ._stream import RowStream, Stats, stream
 
@@ -70,6 +70,7 @@ __all__ = [
 
 # Where each lazily loaded public name lives.
 _LAZY = {
+    "DEFAULT_BATCH_BYTES": "._sizing",
     "BatchFailure": "._process",
     "Checkpoint": "._checkpoint",
     "CheckpointStore": "._checkpoint",

@@ -16,7 +16,6 @@ from typing import Any
 
 from ._exceptions import ConfigurationError
 from ._sinks._options import COMPRESSIONS, FORMATS
-from ._sizing import parse_size
 
 
 def register(subparsers: Any) -> None:
@@ -63,6 +62,7 @@ async def run(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
     from ._export import export
+    from ._sizing import parse_size
 
     if args.query is not None and (args.where is not None or args.columns is not None):
         raise ConfigurationError(

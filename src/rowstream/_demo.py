@@ -11,9 +11,7 @@ batches, one at a time, into a file, with peak memory that does not grow with th
 from __future__ import annotations
 
 import argparse
-import csv
 import resource
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +57,8 @@ def register(subparsers: Any) -> None:
 
 
 def build_database(path: Path, rows: int) -> None:
+    import sqlite3
+
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     with sqlite3.connect(path) as db:
@@ -71,6 +71,8 @@ def peak_rss_mb() -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import csv
+
     import sqlalchemy as sa
 
     from ._stream import stream
