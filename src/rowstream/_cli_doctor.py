@@ -16,6 +16,8 @@ import argparse
 import sys
 from typing import Any
 
+from ._cli import loading
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -28,7 +30,8 @@ def register(subparsers: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from ._doctor import doctor
+    with loading():
+        from ._doctor import doctor
 
     diagnosis = await doctor(args.url)
     width = max(len(name) for name, _ in diagnosis.facts)

@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Any
 
+from ._cli import loading
 from ._exceptions import ConfigurationError
 from ._sinks._options import COMPRESSIONS, FORMATS
 
@@ -59,10 +60,11 @@ def register(subparsers: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
+    with loading():
+        import sqlalchemy as sa
 
-    from ._export import export
-    from ._sizing import parse_size
+        from ._export import export
+        from ._sizing import parse_size
 
     if args.query is not None and (args.where is not None or args.columns is not None):
         raise ConfigurationError(
@@ -74,7 +76,8 @@ async def run(args: argparse.Namespace) -> int:
         if not all(columns):
             raise ConfigurationError(f"bad --columns {args.columns!r}: write a,b,c")
     if args.format == "parquet" or args.output.lower().endswith((".parquet", ".pq")):
-        from ._arrow import use_lean_memory_pool
+        with loading():
+            from ._arrow import use_lean_memory_pool
 
         # Parquet writers allocate from pyarrow's default pool; in our own process it can be
         # the leaner one (see rowstream._arrow.lean_memory_pool).

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._cli import loading
+
 DEFAULT_ROWS = 1_000_000
 
 ORDERS_DDL = """
@@ -73,9 +75,10 @@ def peak_rss_mb() -> float:
 async def run(args: argparse.Namespace) -> int:
     import csv
 
-    import sqlalchemy as sa
+    with loading():
+        import sqlalchemy as sa
 
-    from ._stream import stream
+        from ._stream import stream
 
     directory: Path = args.dir
     database = directory / "orders.db"
