@@ -649,3 +649,20 @@ async def test_unknown_table_is_a_query_error(shop: Shop) -> None:
         async with rowstream.stream(shop.url, "SELECT id FROM no_such_table") as rows:
             await collect(rows)
     assert "no_such_table" in str(caught.value)
+
+
+async def test_stats_repr_shows_elapsed_and_rate(shop: Shop) -> None:
+    async with rowstream.stream(shop.url, sa.select(Order)) as rows:
+        await collect(rows)
+    stats = rows.stats
+    # Closed: the duration is fixed, so the repr can be compared exactly.
+    assert (
+        repr(stats)
+        == str(stats)
+        == (
+            f"Stats(rows={models.ORDERS}, batches={stats.batches}, bytes={stats.bytes}, "
+            f"elapsed={stats.elapsed:.3f}, rows_per_second={stats.rows_per_second:.0f}, "
+            f"reconnects=0, strategy={stats.strategy!r})"
+        )
+    )
+    assert stats.elapsed > 0 and stats.rows_per_second == models.ORDERS / stats.elapsed

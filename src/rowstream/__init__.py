@@ -3,10 +3,19 @@
 async with rowstream.stream("postgresql://app@db/shop", select(Order)) as orders:
     async for order in orders:
         ...
+
+``import rowstream`` loads only the exceptions: the public functions and classes
+(and the ``rowstream.sync`` module) are imported on first use by the module ``__getattr__``
+below, so a command like ``rowstream --help`` does not pay for SQLAlchemy, and a CSV export
+never loads pyarrow. Type checkers and IDEs see the names through the ``TYPE_CHECKING``
+imports.
 """
 
-from ._checkpoint import Checkpoint, CheckpointStore, FileCheckpoint, TableCheckpoint
-from ._doctor import Diagnosis, doctor
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ._exceptions import (
     ConfigurationError,
     ConnectionLostError,
@@ -18,11 +27,16 @@ from ._exceptions import (
     StreamKeyError,
     UnsupportedQueryError,
 )
-from ._export import ExportReport, export
-from ._process import BatchFailure, ProcessReport, process
-from ._sizing import DEFAULT_BATCH_BYTES
-from ._source import create_engine
-from ._stream import RowStream, Stats, stream
+
+if TYPE_CHECKING:
+    from . import sync as sync  # the alias marks a re-export: rowstream.sync
+    from ._checkpoint import Checkpoint, CheckpointStore, FileCheckpoint, TableCheckpoint
+    from ._doctor import Diagnosis, doctor
+    from ._export import ExportReport, export
+    from ._process import BatchFailure, ProcessReport, process
+    from ._sizing import DEFAULT_BATCH_BYTES
+    from ._source import create_engine
+    from ._stream import RowStream, Stats, stream
 
 __version__ = "0.1.0"
 
@@ -53,3 +67,39 @@ __all__ = [
     "process",
     "stream",
 ]
+
+# Where each lazily loaded public name lives.
+_LAZY = {
+    "DEFAULT_BATCH_BYTES": "._sizing",
+    "BatchFailure": "._process",
+    "Checkpoint": "._checkpoint",
+    "CheckpointStore": "._checkpoint",
+    "Diagnosis": "._doctor",
+    "ExportReport": "._export",
+    "FileCheckpoint": "._checkpoint",
+    "ProcessReport": "._process",
+    "RowStream": "._stream",
+    "Stats": "._stream",
+    "TableCheckpoint": "._checkpoint",
+    "create_engine": "._source",
+    "doctor": "._doctor",
+    "export": "._export",
+    "process": "._process",
+    "stream": "._stream",
+}
+
+
+def __getattr__(name: str) -> object:
+    # Called only for names not yet in the module's namespace (PEP 562).
+    if name == "sync":
+        return importlib.import_module(".sync", __name__)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value: object = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, "sync"})

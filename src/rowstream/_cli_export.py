@@ -1,8 +1,12 @@
-"""``rowstream export``: a table or query into CSV, JSON Lines or Parquet, atomically.
+"""rowstream export: a table or query into CSV, JSON Lines or Parquet, atomically.
 
 rowstream export postgresql://app@db/shop --table sales.orders -o orders.parquet
 rowstream export mysql://root@db/shop --query "SELECT id, total FROM orders" -o - --format jsonl
 """
+
+# This docstring is the command's --help description: plain text, no markup. The parser needs
+# only light modules; run() imports SQLAlchemy and the export machinery, and pyarrow loads only
+# for Parquet (see rowstream._cli).
 
 from __future__ import annotations
 
@@ -10,12 +14,9 @@ import argparse
 import sys
 from typing import Any
 
-import sqlalchemy as sa
-
+from ._cli import loading
 from ._exceptions import ConfigurationError
-from ._export import FORMATS, export
-from ._sinks import COMPRESSIONS
-from ._sizing import parse_size
+from ._sinks._options import COMPRESSIONS, FORMATS
 from ._values import DEFAULT_ZERO_DATES, ZERO_DATES
 
 
@@ -72,6 +73,12 @@ def register(subparsers: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    with loading():
+        import sqlalchemy as sa
+
+        from ._export import export
+        from ._sizing import parse_size
+
     if args.query is not None and (args.where is not None or args.columns is not None):
         raise ConfigurationError(
             "--where and --columns narrow a --table: with --query, put them in the SQL"
@@ -79,7 +86,8 @@ async def run(args: argparse.Namespace) -> int:
     columns = _names("--columns", args.columns)
     text_columns = _names("--text-columns", args.text_columns)
     if args.format == "parquet" or args.output.lower().endswith((".parquet", ".pq")):
-        from ._arrow import use_lean_memory_pool
+        with loading():
+            from ._arrow import use_lean_memory_pool
 
         # Parquet writers allocate from pyarrow's default pool; in our own process it can be
         # the leaner one (see rowstream._arrow.lean_memory_pool).

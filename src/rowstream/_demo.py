@@ -1,22 +1,22 @@
-"""``rowstream demo``: build a 1M-row SQLite orders table and stream it to a CSV file.
+"""rowstream demo: build a 1M-row SQLite orders table and stream it to a CSV file.
 
 It shows the main job end to end on an embedded database: rows streamed in byte-sized
 batches, one at a time, into a file, with peak memory that does not grow with the table.
 """
 
+# This docstring is the command's --help description: plain text, no markup. SQLAlchemy and
+# the stream are imported by run() only, so that registering the parser stays cheap (see
+# rowstream._cli).
+
 from __future__ import annotations
 
 import argparse
-import csv
 import resource
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from ._stream import stream
+from ._cli import loading
 
 DEFAULT_ROWS = 1_000_000
 
@@ -59,6 +59,8 @@ def register(subparsers: Any) -> None:
 
 
 def build_database(path: Path, rows: int) -> None:
+    import sqlite3
+
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     with sqlite3.connect(path) as db:
@@ -71,6 +73,13 @@ def peak_rss_mb() -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
+    import csv
+
+    with loading():
+        import sqlalchemy as sa
+
+        from ._stream import stream
+
     directory: Path = args.dir
     database = directory / "orders.db"
     output = directory / "orders.csv"

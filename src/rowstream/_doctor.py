@@ -1,19 +1,16 @@
-"""``rowstream doctor URL``: explain a setup and say whether streaming will work through it.
+"""Explain a database setup and say whether streaming will work through it.
 
-It connects the way a stream does, and reports: server and driver versions, whether a pooler
-sits in between and how it pools, the server's timeouts, whether a server-side cursor and a
-named prepared statement survive, and the settings to use. It exits non-zero when a stream
-would fail.
+:func:`doctor` connects the way a stream does, and reports: server and driver versions, whether
+a pooler sits in between and how it pools, the server's timeouts, whether a server-side cursor
+and a named prepared statement survive, and the settings to use. The command that prints it,
+``rowstream doctor URL``, is :mod:`rowstream._cli_doctor`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import sys
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -229,26 +226,3 @@ async def _stream_probe(engine: AsyncEngine, found: Diagnosis) -> None:
     except RowstreamError as exc:
         found.problems.append(f"a server-side cursor failed: {exc}")
         found.facts.append(("server-side cursor", "FAILS"))
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "doctor",
-        help="explain a database setup and whether streaming will work through it",
-        description=__doc__,
-    )
-    parser.add_argument("url", help="database URL, e.g. postgresql://user@host:6432/db")
-    parser.set_defaults(run=run)
-
-
-async def run(args: argparse.Namespace) -> int:
-    diagnosis = await doctor(args.url)
-    width = max(len(name) for name, _ in diagnosis.facts)
-    for name, value in diagnosis.facts:
-        print(f"{name:<{width}}  {value}")
-    for line in diagnosis.advice:
-        print(f"advice: {line}")
-    for line in diagnosis.problems:
-        print(f"problem: {line}", file=sys.stderr)
-    print("streaming: " + ("ok" if diagnosis.ok else "WILL FAIL, see the problems above"))
-    return 0 if diagnosis.ok else 1

@@ -33,7 +33,7 @@ from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from ._atomic import STDOUT, AtomicFile, check_writable, write_error
 from ._coltypes import column_kind, column_notes, declared_types, query_kinds, typed_arrow
-from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError, SourceError
+from ._exceptions import ConfigurationError, QueryError, RowstreamError, SourceError
 from ._pgcopy import (
     PgColumn,
     Write,
@@ -46,6 +46,7 @@ from ._pgcopy import (
 )
 from ._progress import ExportProgress, format_bytes, peak_memory_mb
 from ._sinks import CsvSink, JsonlSink, Sink, check_compression
+from ._sinks._options import FORMATS, Format
 from ._sizing import DEFAULT_BATCH_BYTES
 from ._source import (
     ResolvedSource,
@@ -76,9 +77,7 @@ __all__ = ["FORMATS", "ExportReport", "export", "format_for_path"]
 
 logger = logging.getLogger("rowstream")
 
-Format = Literal["csv", "jsonl", "parquet"]
 ExportStrategy = Literal["auto", "copy", "stream"]
-FORMATS: tuple[Format, ...] = ("csv", "jsonl", "parquet")
 TEXT_COMPRESSIONS = ("gzip", "none")
 EXPORT_STRATEGIES = ("auto", "copy", "stream")
 WRITE_BEHIND_BYTES = 32 * 1024 * 1024

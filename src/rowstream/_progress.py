@@ -1,8 +1,10 @@
 """Progress of an export: a live bar on a terminal, silence elsewhere, one summary line.
 
-The bar shows rows, rows/s, bytes written and an ETA from the planner's row estimate (an
-estimate: PostgreSQL's EXPLAIN, MySQL's TABLE_ROWS; SQLite has none, so no ETA there). It goes
-to stderr, so ``-o -`` keeps stdout clean, and it is off when stderr is not a terminal.
+The bar shows rows, rows/s and bytes written; when the planner's row estimate is known
+(PostgreSQL's EXPLAIN, MySQL's TABLE_ROWS; SQLite has none) also the percentage done and an
+ETA. It goes to stderr, so ``-o -`` keeps stdout clean, and it is off when stderr is not a
+terminal. rich is imported only when a bar is drawn: an export in a pipe or a cron job does
+not pay for it.
 """
 
 from __future__ import annotations
@@ -11,16 +13,10 @@ import resource
 import sys
 import time
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 __all__ = ["ExportProgress", "format_bytes", "peak_memory_mb"]
 
@@ -66,10 +62,22 @@ class ExportProgress:
 
     def __enter__(self) -> ExportProgress:
         if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("[bold]export[/]"),
                 BarColumn(),
-                TextColumn("{task.completed:,.0f} rows"),
+                # The percentage and the ETA are blank (ETA "-:--:--") while the total is
+                # unknown: no estimate, or more rows than the planner guessed.
+                TaskProgressColumn(),
+                TextColumn("{task.completed:,.0f}{task.fields[of]} rows"),
                 TextColumn("{task.fields[rate]} rows/s"),
                 TextColumn("{task.fields[size]}"),
                 TimeRemainingColumn(),
@@ -79,14 +87,15 @@ class ExportProgress:
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                "export", total=self._estimate, rate="-", size="0 B"
+                "export", total=self._estimate, rate="-", size="0 B", of=_of(self._estimate)
             )
         return self
 
     def set_estimate(self, estimate: int | None) -> None:
         self._estimate = estimate
         if self._progress is not None and self._task is not None and estimate:
-            self._progress.update(self._task, total=max(estimate, self.rows))
+            total = max(estimate, self.rows)
+            self._progress.update(self._task, total=total, of=_of(total))
 
     def advance(self, *, rows: int = 0, nbytes: int = 0) -> None:
         self.rows += rows
@@ -100,12 +109,16 @@ class ExportProgress:
         task = self._progress.tasks[0]
         elapsed = task.elapsed or 0.0
         rate = f"{self.rows / elapsed:,.0f}" if elapsed > 0 else "-"
-        total = task.total
-        if total is not None and self.rows > total:
-            # The planner guessed low: keep the bar honest rather than past 100%.
-            total = None
+        if task.total is not None and self.rows > task.total:
+            # The planner guessed low: drop the total rather than show a bar past 100% (and
+            # a finished ETA). update(total=None) means "unchanged" to rich, hence the field.
+            task.total = None
         self._progress.update(
-            self._task, completed=self.rows, total=total, rate=rate, size=format_bytes(self.bytes)
+            self._task,
+            completed=self.rows,
+            of=_of(task.total),
+            rate=rate,
+            size=format_bytes(self.bytes),
         )
         self._progress.refresh()
 
@@ -118,3 +131,8 @@ class ExportProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _of(total: float | None) -> str:
+    # "of ~N": the total is the planner's estimate, not a count.
+    return f" of ~{total:,.0f}" if total else ""

@@ -68,6 +68,15 @@ class Stats:
         elapsed = self.elapsed
         return self.rows / elapsed if elapsed > 0 else 0.0
 
+    def __repr__(self) -> str:
+        # The dataclass repr would show the raw clock readings; a reader wants the duration
+        # and the rate (the README's print(rows.stats)).
+        return (
+            f"Stats(rows={self.rows}, batches={self.batches}, bytes={self.bytes}, "
+            f"elapsed={self.elapsed:.3f}, rows_per_second={self.rows_per_second:.0f}, "
+            f"reconnects={self.reconnects}, strategy={self.strategy!r})"
+        )
+
 
 class RowStream(KeyedStream):
     """An open stream; use it as ``async with rowstream.stream(...) as rows``.

@@ -1,9 +1,14 @@
-"""Sink options that need no third-party import (the CLI validates them before pyarrow loads)."""
+"""Sink options that need no third-party import: the CLI lists and checks them before any
+heavy module loads (no SQLAlchemy, no pyarrow)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from .._exceptions import ConfigurationError
 
+Format = Literal["csv", "jsonl", "parquet"]
+FORMATS: tuple[Format, ...] = ("csv", "jsonl", "parquet")
 DEFAULT_COMPRESSION = "zstd"
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 

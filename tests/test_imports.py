@@ -1,0 +1,88 @@
+"""What each entry point imports, in a fresh interpreter: only what its path needs.
+
+Start-up time is what a user of the CLI waits for on every call (SQLAlchemy alone takes about
+0.3 s to import, pyarrow more), so ``import rowstream``, ``rowstream --help`` and a CSV export
+must not load what they do not use. The times themselves are measured, not asserted: see
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rowstream
+
+HEAVY = ("sqlalchemy", "pyarrow", "rich", "asyncio", "asyncpg", "asyncmy", "aiosqlite", "psycopg")
+_SRC = str(Path(rowstream.__file__).resolve().parents[1])
+
+
+def loaded_after(code: str) -> set[str]:
+    """Which of HEAVY a fresh interpreter has loaded after running ``code``."""
+    probe = (
+        f"{code}\nimport json, sys\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": _SRC, "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_import_rowstream_loads_nothing_heavy() -> None:
+    assert loaded_after("import rowstream") == set()
+
+
+def test_public_names_load_on_first_use() -> None:
+    assert loaded_after("import rowstream; rowstream.RowstreamError; rowstream.Stats") >= {
+        "sqlalchemy"
+    }
+    # The sync face is reachable as an attribute, as README's rowstream.sync.stream(...).
+    assert "pyarrow" not in loaded_after("import rowstream; rowstream.sync.stream")
+
+
+def test_lazy_names_are_the_modules_own() -> None:
+    from rowstream import _stream, sync
+
+    assert rowstream.stream is _stream.stream
+    assert rowstream.sync is sync
+    assert {"sync", *rowstream.__all__} <= set(dir(rowstream))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        rowstream.nope  # noqa: B018
+
+
+def test_help_and_the_parser_load_nothing_heavy() -> None:
+    code = (
+        "import contextlib, io\n"
+        "from rowstream._cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['export', '--help'])"
+    )
+    assert loaded_after(code) == set()
+
+
+def test_csv_export_loads_no_pyarrow_and_no_rich(tmp_path: Path) -> None:
+    database = tmp_path / "one.db"
+    code = (
+        "import sqlite3\n"
+        f"db = sqlite3.connect({str(database)!r})\n"
+        "db.execute('CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)')\n"
+        "db.execute(\"INSERT INTO t VALUES (1, 'a')\")\n"
+        "db.commit()\n"
+        "from rowstream._cli import main\n"
+        f"assert main(['export', 'sqlite:///{database}', '--table', 't', "
+        f"'-o', {str(tmp_path / 'one.csv')!r}]) == 0"
+    )
+    loaded = loaded_after(code)
+    assert {"sqlalchemy", "aiosqlite"} <= loaded
+    assert not loaded & {"pyarrow", "rich", "asyncpg", "asyncmy", "psycopg"}
+    assert (tmp_path / "one.csv").read_text() == "id,name\n1,a\n"
