@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engin
 from sqlalchemy.pool import NullPool
 
 from ._exceptions import ConfigurationError
+from ._watchdog import dispose, driver_socket, set_keepalive, track_connections
 
 APPLICATION_NAME = "rowstream"
 
@@ -142,7 +143,17 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
             f"cannot create an engine for {mask_url(resolved)!r}: {exc}"
         ) from None
     _set_utc_on_connect(engine)
+    _set_keepalive_on_connect(engine)
     return engine
+
+
+def _set_keepalive_on_connect(engine: AsyncEngine) -> None:
+    # A peer that vanishes while the connection idles (between keyset pages, in the pool) is
+    # noticed by TCP keepalive; a silent network during a read is the read timeout's job.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _keepalive(dbapi_connection: Any, _record: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        set_keepalive(driver_socket(driver))
 
 
 def _set_utc_on_connect(engine: AsyncEngine) -> None:
@@ -181,7 +192,9 @@ class ResolvedSource:
 
     async def aclose(self) -> None:
         if self.owns_engine:
-            await self.engine.dispose()
+            # Bounded: a graceful dispose waits on every pooled connection, forever on a
+            # silent one.
+            await dispose(self.engine)
 
 
 def resolve_source(source: Source) -> ResolvedSource:
@@ -194,7 +207,9 @@ def resolve_source(source: Source) -> ResolvedSource:
     if isinstance(source, (str, URL)):
         # A small pool of its own: keyset pages and the pooler probe reuse connections.
         small = {} if resolve_url(source).get_backend_name() == "sqlite" else _SMALL_POOL
-        return ResolvedSource(create_engine(source, **small), owns_engine=True)
+        engine = create_engine(source, **small)
+        track_connections(engine)
+        return ResolvedSource(engine, owns_engine=True)
     if isinstance(source, AsyncEngine):
         return ResolvedSource(source)
     if isinstance(source, AsyncConnection):
