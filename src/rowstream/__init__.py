@@ -10,6 +10,7 @@ from ._doctor import Diagnosis, doctor
 from ._exceptions import (
     ConfigurationError,
     ConnectionLostError,
+    HandlerTimeoutError,
     QueryError,
     ResumeError,
     RowstreamError,
@@ -36,6 +37,7 @@ __all__ = [
     "Diagnosis",
     "ExportReport",
     "FileCheckpoint",
+    "HandlerTimeoutError",
     "ProcessReport",
     "QueryError",
     "ResumeError",

@@ -56,6 +56,7 @@ class CursorStrategy:
         self._statement = plan.statement if statement is None else statement
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
+        self._owned = source.borrowed is None
         self._conn: AsyncConnection | None = None
         self._trans: AsyncTransaction | None = None
         self._session: AsyncSession | None = None
@@ -71,7 +72,7 @@ class CursorStrategy:
         try:
             # Bounded like a fetch: the first rows of a big sort may take long (the watchdog
             # then sees the server at work and waits on); a silent network may not.
-            async with self._watchdog.watch(lambda: self._conn):
+            async with self._watchdog.watch(lambda: self._conn, owned=self._owned):
                 await self._open()
         except Exception as exc:
             raise_translated(exc, url=url)
@@ -115,7 +116,7 @@ class CursorStrategy:
         if self._session is not None and self._previous:
             self._let_go(self._previous)
         try:
-            async with self._watchdog.watch(lambda: self._conn):
+            async with self._watchdog.watch(lambda: self._conn, owned=self._owned):
                 batch = list(await self._result.fetchmany(size))
         except Exception as exc:
             raise_translated(exc, url=self._source.engine.url)

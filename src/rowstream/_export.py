@@ -57,6 +57,7 @@ from ._source import (
 from ._strategy import shielded
 from ._stream import stream
 from ._translate import raise_translated
+from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 
 if TYPE_CHECKING:
     # pyarrow loads only for Parquet (see rowstream._sinks).
@@ -206,6 +207,7 @@ class _Job:
     counter: _Counter
     rows: int = 0
     strategy: str = ""
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT
 
 
 async def export(
@@ -221,6 +223,7 @@ async def export(
     compression: str | None = None,
     strategy: ExportStrategy = "auto",
     progress: bool = False,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> ExportReport:
     """Export a table or a query to ``path`` (CSV, JSON Lines or Parquet), atomically.
 
@@ -236,7 +239,8 @@ async def export(
     and ``interval``, ``uuid``, ``json`` and unconstrained ``numeric`` are their PostgreSQL
     text (Parquet cannot store Arrow's month_day_nano interval). ``strategy="auto"`` uses COPY
     on PostgreSQL when rowstream opens the connection, and :func:`rowstream.stream` otherwise
-    (``"stream"`` forces it; ``batch_rows``/``batch_bytes`` apply to it).
+    (``"stream"`` forces it; ``batch_rows``/``batch_bytes`` apply to it). ``read_timeout``
+    bounds each wait of the stream strategy for the database, as in :func:`rowstream.stream`.
 
     Example::
 
@@ -272,6 +276,7 @@ async def export(
                 zipped = gzip.GzipFile(fileobj=out, mode="wb", mtime=0)
                 out = zipped  # type: ignore[assignment]
             job = _Job(fmt, compression, batch_rows, batch_bytes, bar, out, counter)
+            job.read_timeout = check_read_timeout(read_timeout)
             use_copy = (
                 resolved.dialect == "postgresql"
                 and resolved.borrowed is None
@@ -655,7 +660,11 @@ async def _stream_into(
     job: _Job,
 ) -> Sink:
     async with stream(
-        stream_source, statement, batch_rows=job.batch_rows, batch_bytes=job.batch_bytes
+        stream_source,
+        statement,
+        batch_rows=job.batch_rows,
+        batch_bytes=job.batch_bytes,
+        read_timeout=job.read_timeout,
     ) as rows:
         keys = list(rows.keys())
         if not names or len(names) != len(keys):

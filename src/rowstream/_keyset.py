@@ -70,7 +70,7 @@ class KeysetStrategy:
         source = self._source
         if source.borrowed is not None:
             borrowed = source.borrowed
-            async with self._watchdog.watch(lambda: borrowed):
+            async with self._watchdog.watch(lambda: borrowed, owned=False):
                 rows = await self._page(borrowed, statement)
         else:
             rows = await self._owned_page(statement)

@@ -19,7 +19,13 @@ from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engin
 from sqlalchemy.pool import NullPool
 
 from ._exceptions import ConfigurationError
-from ._watchdog import dispose, driver_socket, set_keepalive, track_connections
+from ._watchdog import (
+    abandon_cancelled,
+    dispose,
+    driver_socket,
+    set_keepalive,
+    track_connections,
+)
 
 APPLICATION_NAME = "rowstream"
 
@@ -144,6 +150,7 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         ) from None
     _set_utc_on_connect(engine)
     _set_keepalive_on_connect(engine)
+    abandon_cancelled(engine)
     return engine
 
 
@@ -211,6 +218,7 @@ def resolve_source(source: Source) -> ResolvedSource:
         track_connections(engine)
         return ResolvedSource(engine, owns_engine=True)
     if isinstance(source, AsyncEngine):
+        abandon_cancelled(source)
         return ResolvedSource(source)
     if isinstance(source, AsyncConnection):
         return ResolvedSource(source.engine, borrowed=source)
@@ -219,6 +227,7 @@ def resolve_source(source: Source) -> ResolvedSource:
         if isinstance(bind, AsyncConnection):
             return ResolvedSource(bind.engine, borrowed=bind)
         if isinstance(bind, AsyncEngine):
+            abandon_cancelled(bind)
             return ResolvedSource(bind)
         raise ConfigurationError(
             "the AsyncSession has no bind: create it with async_sessionmaker(engine) "

@@ -124,6 +124,13 @@ class RowStream(KeyedStream):
         """True when items are ORM instances."""
         return self._plan.scalars
 
+    @property
+    def dialect(self) -> str:
+        """The database's dialect name (``postgresql``, ``mysql``, ``mariadb``, ``sqlite``)."""
+        self._check_open()
+        assert self._source is not None
+        return self._source.dialect
+
     def keys(self) -> list[str]:
         """The names of the result's columns."""
         self._check_open()

@@ -29,9 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import threading
+import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -164,6 +167,25 @@ async def release(conn: AsyncConnection) -> None:
 
 # -- engines ---------------------------------------------------------------------------------
 
+
+def abandon_cancelled(engine: AsyncEngine) -> None:
+    """Make a connection invalidated by a cancellation close its socket at once (once per
+    engine).
+
+    SQLAlchemy invalidates a connection whose statement or pre-ping was cancelled, and its
+    invalidation says goodbye first: asyncpg's close(timeout=2) held every cancellation on a
+    silent network up for 2 s. The pool's ``invalidate`` event comes before that goodbye.
+    """
+    if event.contains(engine.sync_engine, "invalidate", _close_on_cancel):
+        return
+    event.listen(engine.sync_engine, "invalidate", _close_on_cancel)
+
+
+def _close_on_cancel(dbapi_connection: Any, _record: Any, exception: Any) -> None:
+    if exception is not None and not isinstance(exception, Exception):
+        force_close(getattr(dbapi_connection, "driver_connection", None))
+
+
 _tracked: weakref.WeakKeyDictionary[sa.Engine, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
 
 
@@ -225,15 +247,25 @@ class Watchdog:
         self.extended = 0
 
     @contextlib.asynccontextmanager
-    async def watch(self, conn: Callable[[], AsyncConnection | None]) -> AsyncIterator[None]:
+    async def watch(
+        self, conn: Callable[[], AsyncConnection | None], *, owned: bool = True
+    ) -> AsyncIterator[None]:
         """Bound the waits inside the block; ``conn()`` gives the connection they wait on.
 
         On expiry the connection is abandoned, and the error the waiting step then gets
-        becomes a :class:`ConnectionLostError` that names the read timeout.
+        becomes a :class:`ConnectionLostError` that names the read timeout. A step cancelled
+        from outside abandons an ``owned`` connection at once too: half-way through a
+        query it cannot be used again, and a graceful end (SQLAlchemy's rollback, then a
+        close that waits up to 2 s) would hold the cancellation up on a silent network.
         """
         timeout = self.timeout
         if timeout is None:
-            yield
+            try:
+                yield
+            except asyncio.CancelledError:
+                if owned:
+                    force_close(driver_of(conn()))
+                raise
             return
         async with asyncio.timeout(None) as deadline:
             watch = _Watch(self, conn, deadline, timeout)
@@ -247,6 +279,8 @@ class Watchdog:
                 if watch.fired and deadline.expired():
                     # Our own cancellation (a step that was not waiting on the socket).
                     raise ConnectionLostError(self._message()) from None
+                if owned:
+                    force_close(driver_of(conn()))
                 raise
             finally:
                 watch.stop()
@@ -343,3 +377,96 @@ class _Watch:
         # The step may wait on something else than that socket (a pool checkout, a connect):
         # cancel it if it has not failed by itself shortly.
         self._deadline.reschedule(self._loop.time() + CANCEL_GRACE)
+
+
+# -- the sync face ---------------------------------------------------------------------------
+
+
+def sync_socket_fileno(dbapi_connection: Any) -> int | None:
+    """The socket of a sync driver connection (psycopg, PyMySQL), or None (SQLite)."""
+    with contextlib.suppress(Exception):
+        fileno = getattr(dbapi_connection, "fileno", None)  # psycopg
+        if callable(fileno):
+            return int(fileno())
+        sock = getattr(dbapi_connection, "_sock", None)  # PyMySQL
+        if sock is not None:
+            return int(sock.fileno())
+    return None
+
+
+def shut_down(fileno: int) -> None:
+    """Shut a socket down under a thread blocked reading it (which then sees the end of the
+    stream); the descriptor itself stays its owner's to close. Never raises."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(fileno))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
+class SyncWatchdog:
+    """The read deadline of a sync stream: one helper thread that shuts the socket down when
+    a wait lasts longer than ``timeout`` seconds.
+
+    No liveness check here: a statement slower than ``timeout`` to return rows fails like a
+    silent network (pass ``read_timeout=None`` for those).
+    """
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._armed: tuple[float, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.fired = False
+
+    @contextlib.contextmanager
+    def watch(self, fileno: int | None) -> Iterator[None]:
+        if self.timeout is None or fileno is None:
+            yield
+            return
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="rowstream-read-timeout", daemon=True
+                )
+                self._thread.start()
+            self.fired = False
+            self._armed = (time.monotonic() + self.timeout, fileno)
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._armed = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._armed = None
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._armed is None:
+                    self._cond.wait()
+                    continue
+                deadline, fileno = self._armed
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._armed = None
+                self.fired = True
+                logger.warning("no answer within read_timeout=%gs: abandoning", self.timeout)
+                shut_down(fileno)
+
+    def message(self, where: str) -> str:
+        return (
+            f"no answer from {where} within read_timeout={self.timeout:g}s: the network or "
+            "the server went silent and rowstream abandoned the connection; run the stream "
+            "again with start_after=last_key, raise read_timeout for statements that are "
+            "slow to return rows, or pass read_timeout=None"
+        )
