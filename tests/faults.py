@@ -68,7 +68,7 @@ def _my_args(url: str) -> dict[str, Any]:
 PAD = 1000
 
 
-def make_table(url: str, rows: int, table: str = TABLE) -> None:
+def make_table(url: str, rows: int, table: str = TABLE, *, pad: int = PAD) -> None:
     """``table (id bigint primary key, v int, pad text)`` with ids 1..rows (kept when full)."""
     if is_mysql(url):
         my = pymysql.connect(**_my_args(url))
@@ -85,7 +85,7 @@ def make_table(url: str, rows: int, table: str = TABLE) -> None:
                 for start in range(1, rows + 1, step):
                     end = min(rows, start + step - 1)
                     cur.execute(
-                        f"INSERT INTO {table} SELECT seq, seq % 1000, REPEAT('x', {PAD}) "
+                        f"INSERT INTO {table} SELECT seq, seq % 1000, REPEAT('x', {pad}) "
                         f"FROM seq_{start}_to_{end}"
                     )
         finally:
@@ -98,7 +98,7 @@ def make_table(url: str, rows: int, table: str = TABLE) -> None:
             return
         pg.execute(f"TRUNCATE {table}")
         pg.execute(
-            f"INSERT INTO {table} SELECT g, g % 1000, repeat('x', {PAD}) "
+            f"INSERT INTO {table} SELECT g, g % 1000, repeat('x', {pad}) "
             f"FROM generate_series(1, {rows}) g"
         )
         pg.execute(f"ANALYZE {table}")
