@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -337,3 +337,38 @@ async def test_a_handler_writing_to_the_sqlite_file_being_read_gets_a_clear_mess
         f"sqlite:///{path}", "SELECT id FROM t", _writer(path), batch_rows=100
     )
     assert report.rows == 1000
+
+
+@pytest.fixture
+def proxy_thread(pg_url: str, timeout_table: None) -> Iterator[tuple[SilentProxy, str]]:
+    """A SilentProxy in front of PostgreSQL, on an event loop of its own (for the sync face)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    url = make_url(pg_url)
+    proxy = SilentProxy(url.host or "127.0.0.1", url.port or 5432)
+    port = asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(10)
+    yield proxy, url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def test_a_silent_network_is_an_error_within_the_bound_in_the_sync_face(
+    proxy_thread: tuple[SilentProxy, str],
+) -> None:
+    proxy, url = proxy_thread
+    silenced = 0.0
+    with (
+        pytest.raises(rowstream.ConnectionLostError, match=r"within read_timeout=1s"),
+        rowstream.sync.stream(
+            url, sa.select(TABLE), batch_rows=1_000, read_timeout=READ_TIMEOUT
+        ) as rows,
+    ):
+        for _batch in rows.batches():
+            if not silenced:
+                proxy.silent = True
+                silenced = time.monotonic()
+    # No liveness check on the sync face: the bound is the read timeout and the clean-up.
+    assert time.monotonic() - silenced < READ_TIMEOUT + 2.0
