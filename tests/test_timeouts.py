@@ -87,6 +87,12 @@ async def proxied(
     await proxy.close()
 
 
+def _through(url: str, strategy: str, **options: Any) -> rowstream.RowStream:
+    """A stream of the fault table through the proxy at ``url``."""
+    statement = options.pop("statement", sa.select(TABLE))
+    return rowstream.stream(url, statement, strategy=strategy, **options)
+
+
 def _strategies(url: str) -> list[str]:
     # A MariaDB cursor's rows wait in the client's socket buffer (megabytes) and keep coming
     # for a while after the network went silent; a keyset page asks the server every time.
@@ -101,13 +107,8 @@ async def test_a_silent_network_is_an_error_within_the_bound(
         proxy.silent = False
         silenced = 0.0
         with pytest.raises(rowstream.ResumeError) as caught:
-            async with rowstream.stream(
-                url,
-                sa.select(TABLE),
-                strategy=strategy,  # type: ignore[arg-type]
-                batch_rows=1_000,
-                read_timeout=READ_TIMEOUT,
-                retries=0,
+            async with _through(
+                url, strategy, batch_rows=1_000, read_timeout=READ_TIMEOUT, retries=0
             ) as rows:
                 async for _batch in rows.batches():
                     if not silenced:
@@ -128,10 +129,10 @@ async def test_a_stream_resumes_when_the_network_speaks_again(
     for strategy in _strategies(url):
         proxy.silent = False
         expected = 1
-        async with rowstream.stream(
+        async with _through(
             url,
-            sa.select(TABLE.c.id),
-            strategy=strategy,  # type: ignore[arg-type]
+            strategy,
+            statement=sa.select(TABLE.c.id),
             batch_rows=1_000,
             read_timeout=READ_TIMEOUT,
             backoff=0.5,
@@ -155,13 +156,7 @@ async def test_cancel_on_a_silent_network_returns_within_two_seconds(
 
     async def read() -> None:
         # A URL: the engine is rowstream's, and its clean-up (dispose) is part of the cancel.
-        async with rowstream.stream(
-            url,
-            sa.select(TABLE),
-            strategy=strategy,  # type: ignore[arg-type]
-            batch_rows=500,
-            read_timeout=None,
-        ) as rows:
+        async with _through(url, strategy, batch_rows=500, read_timeout=None) as rows:
             async for _batch in rows.batches():
                 proxy.silent = True
                 stuck.set()
@@ -203,6 +198,10 @@ async def test_behind_a_pooler_a_slow_first_row_counts_as_silence(pgbouncer_url:
                 pass
 
 
+# Both faces: batches of 1,000 rows, and a handler gets half a second.
+STUCK: dict[str, Any] = {"batch_rows": 1_000, "handler_timeout": 0.5}
+
+
 def _idle_in_transaction(pg_url: str, name: str) -> list[Any]:
     dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as admin:
@@ -234,19 +233,12 @@ async def test_a_stuck_handler_is_stopped_by_handler_timeout(
     try:
         started = time.monotonic()
         with pytest.raises(rowstream.HandlerTimeoutError, match=r"handler_timeout=0\.5s"):
-            await rowstream.process(
-                engine, sa.select(TABLE.c.id), stuck, batch_rows=1_000, handler_timeout=0.5
-            )
+            await rowstream.process(engine, sa.select(TABLE.c.id), stuck, **STUCK)
         assert time.monotonic() - started < 5
         assert _idle_in_transaction(pg_url, name) == []
         # Collect mode: the stuck batch is a failure, the run goes on.
         report = await rowstream.process(
-            engine,
-            sa.select(TABLE.c.id),
-            one_stuck,
-            batch_rows=1_000,
-            handler_timeout=0.5,
-            on_error="collect",
+            engine, sa.select(TABLE.c.id), one_stuck, on_error="collect", **STUCK
         )
         assert [type(f.error) for f in report.failures] == [rowstream.HandlerTimeoutError]
         assert report.rows + report.failed_rows == ROWS
@@ -271,19 +263,12 @@ def test_a_stuck_handler_is_stopped_by_handler_timeout_in_the_sync_face(
     try:
         started = time.monotonic()
         with pytest.raises(rowstream.HandlerTimeoutError, match="runs on in the background"):
-            rowstream.sync.process(
-                engine, sa.select(TABLE.c.id), stuck_once, batch_rows=1_000, handler_timeout=0.5
-            )
+            rowstream.sync.process(engine, sa.select(TABLE.c.id), stuck_once, **STUCK)
         assert time.monotonic() - started < 5
         assert _idle_in_transaction(pg_url, name) == []
         calls.clear()
         report = rowstream.sync.process(
-            engine,
-            sa.select(TABLE.c.id),
-            stuck_once,
-            batch_rows=1_000,
-            handler_timeout=0.5,
-            on_error="collect",
+            engine, sa.select(TABLE.c.id), stuck_once, on_error="collect", **STUCK
         )
         assert len(report.failures) == 1
         assert report.rows == ROWS - report.failures[0].rows
