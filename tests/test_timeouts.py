@@ -121,6 +121,19 @@ async def test_a_silent_network_is_an_error_within_the_bound(
         assert f"within read_timeout={READ_TIMEOUT:g}s" in str(lost)
 
 
+async def test_a_network_silent_from_the_start_is_an_error_within_the_bound(
+    proxied: tuple[SilentProxy, str],
+) -> None:
+    proxy, url = proxied
+    proxy.silent = True
+    started = time.monotonic()
+    with pytest.raises(rowstream.ConnectionLostError, match=r"within read_timeout=1s"):
+        async with _through(url, "auto", read_timeout=READ_TIMEOUT) as rows:
+            async for _ in rows:
+                pass
+    assert time.monotonic() - started < READ_TIMEOUT + CANCEL_GRACE + 1.5
+
+
 async def test_a_stream_resumes_when_the_network_speaks_again(
     proxied: tuple[SilentProxy, str],
 ) -> None:

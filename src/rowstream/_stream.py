@@ -149,7 +149,15 @@ class RowStream(KeyedStream):
         self._collections.__enter__()
         try:
             self._source = resolve_source(self._source_arg)
-            self._strategy = await self._choose_strategy(self._source)
+            # Planning (the key's catalog check, the pooler probe) waits on the server too.
+            planning = Watchdog(
+                self._source.engine,
+                self._read_timeout,
+                check_liveness=False,
+                where=mask_url(self._source.engine.url),
+            )
+            async with planning.watch(lambda: None):
+                self._strategy = await self._choose_strategy(self._source)
             self.stats.strategy = self._strategy.name
             try:
                 await self._strategy.open()

@@ -329,6 +329,7 @@ class _Watch:
         self._loop = asyncio.get_running_loop()
         self._handle: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._expired)
         self._check: asyncio.Task[None] | None = None
+        self._rounds = 0
         self._done = False
         self.fired = False
 
@@ -360,10 +361,11 @@ class _Watch:
             return
         if busy:
             self._dog.extended += 1
+            self._rounds += 1
             logger.info(
                 "%s is still working on the query after %gs: waiting on",
                 self._dog.where,
-                self._timeout * self._dog.extended,
+                self._timeout * self._rounds,
             )
             self._handle = self._loop.call_later(self._timeout, self._expired)
             return
