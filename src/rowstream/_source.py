@@ -116,6 +116,9 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
       ``prepared_statement_cache_size=0``), so statements are unnamed and survive a
       transaction-pooling PgBouncer; ``application_name=rowstream``.
     - every connection's session time zone is UTC (a ``connect`` event).
+    - TCP keepalive on every connection, and a connection whose statement is cancelled is
+      closed at once rather than with a goodbye that a silent network would hold up (given
+      engines get the latter too).
     - ``pool_pre_ping`` on, and a pool large enough for several concurrent streams.
 
     Keyword arguments are passed to SQLAlchemy's ``create_async_engine`` and win over these
