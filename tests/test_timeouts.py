@@ -370,3 +370,14 @@ def test_a_silent_network_is_an_error_within_the_bound_in_the_sync_face(
                 silenced = time.monotonic()
     # No liveness check on the sync face: the bound is the read timeout and the clean-up.
     assert time.monotonic() - silenced < READ_TIMEOUT + 2.0
+
+
+async def test_timeouts_are_checked_before_anything_is_sent(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    with pytest.raises(rowstream.ConfigurationError, match="read_timeout must be a positive"):
+        rowstream.stream(url, "SELECT 1", read_timeout=0)
+    with pytest.raises(rowstream.ConfigurationError, match="handler_timeout must be a positive"):
+        await rowstream.process(url, "SELECT 1", print, handler_timeout=-1)
+    with pytest.raises(rowstream.ConfigurationError, match="read_timeout must be a positive"):
+        rowstream.sync.stream(url, "SELECT 1", read_timeout=True)  # type: ignore[arg-type]
+    assert not (tmp_path / "never.db").exists()
