@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ._exceptions import (
     ConfigurationError,
     ConnectionLostError,
+    HandlerTimeoutError,
     QueryError,
     ResumeError,
     RowstreamError,
@@ -50,6 +51,7 @@ __all__ = [
     "Diagnosis",
     "ExportReport",
     "FileCheckpoint",
+    "HandlerTimeoutError",
     "ProcessReport",
     "QueryError",
     "ResumeError",

@@ -23,8 +23,8 @@ from ._exceptions import QueryError, UnsupportedQueryError
 from ._plan import Plan
 from ._sizing import FIRST_BATCH_ROWS
 from ._source import ResolvedSource
-from ._strategy import CLEANUP_TIMEOUT
 from ._translate import is_conversion_error, raise_translated
+from ._watchdog import CLEANUP_TIMEOUT, Watchdog, abandon
 
 _MYSQL = {"mysql", "mariadb"}
 
@@ -44,6 +44,7 @@ class CursorStrategy:
         *,
         statement: Select[Any] | TextualSelect | TextClause | None = None,
         setup: tuple[str, ...] = (),
+        watchdog: Watchdog | None = None,
     ) -> None:
         if plan.side_queries and source.dialect in _MYSQL:
             raise UnsupportedQueryError(
@@ -55,6 +56,8 @@ class CursorStrategy:
         self._plan = plan
         self._statement = plan.statement if statement is None else statement
         self._setup = setup
+        self._watchdog = watchdog or Watchdog(source.engine, None)
+        self._owned = source.borrowed is None
         self._conn: AsyncConnection | None = None
         self._trans: AsyncTransaction | None = None
         self._session: AsyncSession | None = None
@@ -66,6 +69,17 @@ class CursorStrategy:
         self.exhausted = False
 
     async def open(self) -> None:
+        source = self._source
+        url = source.engine.url
+        try:
+            # Bounded like a fetch: the first rows of a big sort may take long (the watchdog
+            # then sees the server at work and waits on); a silent network may not.
+            async with self._watchdog.watch(lambda: self._conn, owned=self._owned):
+                await self._open()
+        except Exception as exc:
+            raise_translated(exc, url=url)
+
+    async def _open(self) -> None:
         source = self._source
         url = source.engine.url
         if source.borrowed is not None:
@@ -104,7 +118,8 @@ class CursorStrategy:
         if self._session is not None and self._previous:
             self._let_go(self._previous)
         try:
-            batch = list(await self._result.fetchmany(size))
+            async with self._watchdog.watch(lambda: self._conn, owned=self._owned):
+                batch = list(await self._result.fetchmany(size))
         except Exception as exc:
             if is_conversion_error(exc):
                 raise await self._conversion_error(exc, size) from exc
@@ -157,12 +172,10 @@ class CursorStrategy:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
                 await self._release(conn)
         except Exception:
-            # The connection is in an unknown state: drop it rather than pool it.
+            # The connection is in an unknown state (or silent): drop it rather than pool it,
+            # without a goodbye that would wait on it again.
             if self._source.borrowed is None:
-                with contextlib.suppress(Exception):
-                    await conn.invalidate()
-                with contextlib.suppress(Exception):
-                    await conn.close()
+                await abandon(conn)
 
     async def _kill_mysql_query(self) -> None:
         if self._mysql_thread is None:
@@ -179,8 +192,7 @@ class CursorStrategy:
             # a query that is sending rows; one still computing them runs on unless killed,
             # so KILL QUERY it from a second connection first.
             await self._kill_mysql_query()
-            await conn.invalidate()
-            await conn.close()
+            await abandon(conn)
             return
         if self._result is not None:
             await self._result.close()

@@ -12,6 +12,7 @@
     │                            cannot be converted here (the message names column and value)
     ├── StreamKeyError           no usable key: nullable, not unique, not in the statement
     ├── ResumeError              a dropped stream could not be resumed (no key, retries spent)
+    ├── HandlerTimeoutError      a process() handler ran longer than handler_timeout
     └── SinkError                the output cannot be written (export)
 
 Driver and SQLAlchemy errors are translated where they enter rowstream (``raise ... from exc``),
@@ -26,6 +27,7 @@ from typing import Any
 __all__ = [
     "ConfigurationError",
     "ConnectionLostError",
+    "HandlerTimeoutError",
     "QueryError",
     "ResumeError",
     "RowstreamError",
@@ -89,6 +91,10 @@ class StreamKeyError(RowstreamError):
 
 class ResumeError(RowstreamError):
     """A dropped stream could not be resumed."""
+
+
+class HandlerTimeoutError(RowstreamError, TimeoutError):
+    """A ``process()`` handler ran longer than ``handler_timeout``; its batch failed."""
 
 
 class SinkError(RowstreamError):

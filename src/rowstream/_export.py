@@ -67,6 +67,7 @@ from ._values import (
     ZeroDates,
     check_zero_dates,
 )
+from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 
 if TYPE_CHECKING:
     # pyarrow loads only for Parquet (see rowstream._sinks).
@@ -217,6 +218,7 @@ class _Job:
     kinds: list[PlanColumn] | None = None
     zero_dates: ZeroDates = DEFAULT_ZERO_DATES
     text_columns: frozenset[str] = frozenset()
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT
 
 
 async def export(
@@ -234,6 +236,7 @@ async def export(
     progress: bool = False,
     zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
     text_columns: Sequence[str] | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> ExportReport:
     """Export a table or a query to ``path`` (CSV, JSON Lines or Parquet), atomically.
 
@@ -249,7 +252,8 @@ async def export(
     and ``interval``, ``uuid``, ``json`` and unconstrained ``numeric`` are their PostgreSQL
     text (Parquet cannot store Arrow's month_day_nano interval). ``strategy="auto"`` uses COPY
     on PostgreSQL when rowstream opens the connection, and :func:`rowstream.stream` otherwise
-    (``"stream"`` forces it; ``batch_rows``/``batch_bytes`` apply to it).
+    (``"stream"`` forces it; ``batch_rows``/``batch_bytes`` apply to it). ``read_timeout``
+    bounds each wait of the stream strategy for the database, as in :func:`rowstream.stream`.
 
     A value is written exactly or the export stops with a :class:`SinkError` that names the
     column and the way past it (docs/types-mariadb.md, docs/types-sqlite.md):
@@ -306,6 +310,7 @@ async def export(
                 out = zipped  # type: ignore[assignment]
             job = _Job(fmt, compression, batch_rows, batch_bytes, bar, out, counter)
             job.kinds, job.zero_dates, job.text_columns = kinds, zero_dates, as_text
+            job.read_timeout = check_read_timeout(read_timeout)
             use_copy = (
                 resolved.dialect == "postgresql"
                 and resolved.borrowed is None
@@ -706,7 +711,11 @@ async def _stream_into(
     """Stream the rows into the sink; on any error the sink is aborted (no half-written footer)."""
     try:
         async with stream(
-            stream_source, statement, batch_rows=job.batch_rows, batch_bytes=job.batch_bytes
+            stream_source,
+            statement,
+            batch_rows=job.batch_rows,
+            batch_bytes=job.batch_bytes,
+            read_timeout=job.read_timeout,
         ) as rows:
             keys = list(rows.keys())
             if not names or len(names) != len(keys):

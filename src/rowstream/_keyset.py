@@ -7,18 +7,19 @@ MySQL/MariaDB it lets selectinload() send its queries on the same connection.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.selectable import Select
 
 from ._convert import conversion_error, first_failure, raw_window, unlocated
-from ._exceptions import QueryError, StreamKeyError
+from ._exceptions import ConnectionLostError, QueryError, StreamKeyError
 from ._keys import Key
 from ._plan import Plan
 from ._source import ResolvedSource
-from ._translate import is_conversion_error, raise_translated
+from ._strategy import shielded
+from ._translate import is_conversion_error, raise_translated, translate
+from ._watchdog import Watchdog, abandon, release
 
 
 class KeysetStrategy:
@@ -34,6 +35,7 @@ class KeysetStrategy:
         *,
         after: tuple[Any, ...] | None = None,
         setup: tuple[str, ...] = (),
+        watchdog: Watchdog | None = None,
     ) -> None:
         statement = plan.statement
         if not isinstance(statement, Select):
@@ -47,6 +49,7 @@ class KeysetStrategy:
         self._key = key
         self._last = after
         self._setup = setup
+        self._watchdog = watchdog or Watchdog(source.engine, None)
         self._keys = list(statement.selected_columns.keys())
         self.exhausted = False
 
@@ -62,30 +65,76 @@ class KeysetStrategy:
         statement = self._base
         if self._last is not None:
             statement = statement.where(self._key.after(self._last, dialect=self._source.dialect))
-        statement = statement.limit(size)
+        # One row past the page: it tells whether another page follows, and whether the key
+        # repeats across the boundary, where the next page (key > last) would skip rows.
+        statement = statement.limit(size + 1)
+        source = self._source
+        if source.borrowed is not None:
+            borrowed = source.borrowed
+            async with self._watchdog.watch(lambda: borrowed, owned=False):
+                rows = await self._page(borrowed, statement)
+        else:
+            rows = await self._owned_page(statement)
+        if len(rows) > size:
+            self._check_boundary(rows[size - 1], rows[size])
+            del rows[size:]
+        else:
+            self.exhausted = True
+        if rows:
+            self._last = self._key.of(rows[-1])
+        return rows
+
+    def _check_boundary(self, last: Any, beyond: Any) -> None:
+        value = self._key.of(last)
+        if self._key.of(beyond) == value:
+            names = ", ".join(self._key.names)
+            shown = value[0] if len(value) == 1 else value
+            raise StreamKeyError(
+                f"the key ({names}) is not unique: {shown!r} appears more than once, and "
+                "keyset pages would skip rows at a page boundary; declare the real primary "
+                "key (or a unique constraint), pass key= with unique columns, or use "
+                "strategy='cursor'",
+                key=names,
+                value=shown,
+            )
+
+    async def _owned_page(self, statement: Select[Any]) -> list[Any]:
+        """One page on a connection of its own: connect, begin, read, roll back, let go.
+
+        Every step is bounded by the read timeout and translated: a drop anywhere (even in
+        the rollback after the rows arrived) is a ConnectionLostError the stream resumes from.
+        """
         source = self._source
         url = source.engine.url
-        if source.borrowed is not None:
-            rows = await self._page(source.borrowed, statement)
-        else:
-            try:
-                conn = await source.engine.connect()
-            except Exception as exc:
-                # Before the first page the server was never reached: a plain connect error.
-                # Later, the stream was running: a drop it can resume from.
-                raise_translated(exc, url=url, connecting=self._last is None)
-            try:
+        conn: AsyncConnection | None = None
+        try:
+            async with self._watchdog.watch(lambda: conn):
+                try:
+                    conn = await source.engine.connect()
+                except Exception as exc:
+                    # Before the first page the server was never reached: a plain connect
+                    # error. Later, the stream was running: a drop it can resume from.
+                    raise_translated(exc, url=url, connecting=self._last is None)
                 async with conn.begin() as transaction:
                     rows = await self._page(conn, statement)
                     # Read-only: nothing to keep, and a rollback is the cheapest end.
                     await transaction.rollback()
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.close()
-        if len(rows) < size:
-            self.exhausted = True
-        if rows:
-            self._last = self._key.of(rows[-1])
+        except Exception as exc:
+            error = translate(exc, url=url)
+            if conn is not None:
+                if isinstance(error, ConnectionLostError):
+                    await abandon(conn)
+                else:
+                    await release(conn)
+            if error is exc:
+                raise
+            raise error from exc
+        except BaseException:
+            # Cancelled: the connection may be half-way through a page; do not pool it.
+            if conn is not None:
+                await shielded(abandon(conn))
+            raise
+        await release(conn)
         return rows
 
     async def _page(self, conn: AsyncConnection, statement: Select[Any]) -> list[Any]:

@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from ._exceptions import HandlerTimeoutError
+
 #: Batches read ahead of the handlers, beyond the ``concurrency`` batches being handled.
 BUFFER_BATCHES = 2
 #: How long cancelled handlers get to unwind before the pipeline stops waiting for them.
@@ -104,8 +106,10 @@ class Pipeline:
         ordered: bool,
         stop_on_error: bool,
         settle: Settle,
+        handler_timeout: float | None = None,
     ) -> None:
         self._source = source
+        self._handler_timeout = handler_timeout
         self._concurrency = concurrency
         self._ordered = ordered
         self._stop_on_error = stop_on_error
@@ -185,7 +189,7 @@ class Pipeline:
     async def _handle(self, item: Item[Any]) -> None:
         error: BaseException | None = None
         try:
-            await self._call(item.batch)
+            await self._bounded_call(item)
         except Exception as exc:
             error = exc
         finally:
@@ -201,6 +205,29 @@ class Pipeline:
         self._finish(item, error)
 
     # -- calling the handler -----------------------------------------------------------
+
+    async def _bounded_call(self, item: Item[Any]) -> None:
+        limit = self._handler_timeout
+        if limit is None:
+            await self._call(item.batch)
+            return
+        threads = self._call == self._thread_call
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                await self._call(item.batch)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError
+            if threads:
+                # The thread cannot be stopped: later batches get fresh threads.
+                self._retire_executor()
+            raise handler_timed_out(item, limit, threads=threads) from None
+
+    def _retire_executor(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     async def _async_call(self, batch: list[Any]) -> None:
         await self._handler(batch)
@@ -294,6 +321,23 @@ class Pipeline:
             self._executor.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(Exception):
             await aclose_iterator(self._source)
+
+
+def handler_timed_out(item: Item[Any], limit: float, *, threads: bool) -> HandlerTimeoutError:
+    """The error a batch fails with when its handler runs longer than ``handler_timeout``."""
+    what = (
+        "a handler in a thread cannot be interrupted: it runs on in the background and its "
+        "result is dropped"
+        if threads
+        else "the handler was cancelled"
+    )
+    return HandlerTimeoutError(
+        f"the handler ran longer than handler_timeout={limit:g}s on batch {item.seq} "
+        f"({item.rows} rows); {what}; raise handler_timeout if the work is that slow",
+        batch=item.seq,
+        first_key=item.first_key,
+        last_key=item.last_key,
+    )
 
 
 async def aclose_iterator(iterator: AsyncIterator[Any]) -> None:

@@ -23,6 +23,8 @@ from ._sizing import DEFAULT_BATCH_BYTES
 from ._source import Source, resolve_source
 from ._strategy import shielded
 from ._stream import stream
+from ._translate import is_sqlite_locked, sqlite_locked_error
+from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 1024
@@ -143,6 +145,8 @@ class Bookkeeper:
         self._started = time.perf_counter()
         #: Called after every settled batch (the checkpoint saver's wake-up).
         self.changed: Callable[[], None] | None = None
+        #: The stream reads SQLite: a handler's "database is locked" gets explained.
+        self.sqlite = False
 
     @property
     def start_after(self) -> Key | None:
@@ -215,8 +219,22 @@ class Bookkeeper:
                 "reads in key order) or order by the key"
             )
 
+    def explain(self, error: BaseException) -> BaseException:
+        """A handler's error, or a clearer one in its place (raised ``from`` it).
+
+        SQLite's raw "database is locked" from a handler that writes to the file being read
+        says nothing of the cause (the stream's own read holds the lock) nor of the fix.
+        """
+        if self.sqlite and isinstance(error, Exception) and is_sqlite_locked(error):
+            clearer = sqlite_locked_error(error)
+            clearer.__cause__ = error
+            return clearer
+        return error
+
     def settle(self, item: Item[Any], error: BaseException | None) -> None:
         """Account for a finished batch (its handler's error in collect mode)."""
+        if error is not None:
+            error = self.explain(error)
         report = self.report
         rows = item.rows
         if error is None:
@@ -274,6 +292,8 @@ async def process(
     checkpoint: CheckpointStore | None = None,
     progress: Callable[[ProcessReport], Any] | None = None,
     key: Any = None,
+    handler_timeout: float | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> ProcessReport:
     """Stream ``statement`` and call ``handler(batch)`` on every batch, ``concurrency`` at a time.
 
@@ -330,6 +350,16 @@ async def process(
 
     ``progress(report)`` is called on the event loop after every batch; keep it quick.
 
+    Timeouts:
+        ``handler_timeout`` (seconds, default None: no bound): a handler that runs longer
+        fails its batch with :class:`HandlerTimeoutError`, which ``on_error`` treats like any
+        handler error (the run stops, or the batch is listed in ``report.failures`` and the
+        run goes on), so a stuck handler never holds the stream's connection (and its
+        transaction) forever. An ``async def`` handler is cancelled; one in a thread cannot
+        be, so it runs on in the background, its result dropped, and later batches get fresh
+        threads. ``read_timeout`` bounds every wait for the database, as in
+        :func:`rowstream.stream`.
+
     Example::
 
         async def send(invoices: list[Invoice]) -> None:
@@ -353,6 +383,7 @@ async def process(
         checkpoint=checkpoint,
         progress=progress,
     )
+    handler_timeout = check_read_timeout(handler_timeout, "handler_timeout")
     books = Bookkeeper(
         concurrency=concurrency, on_error=on_error, store=checkpoint, progress=progress
     )
@@ -373,8 +404,10 @@ async def process(
             batch_bytes=batch_bytes,
             key=key,
             start_after=books.start_after,
+            read_timeout=read_timeout,
         ) as rows:
             books.bind(rows.key_columns, rows.key_of)
+            books.sqlite = rows.dialect == "sqlite"
             pipeline = Pipeline(
                 books.aitems(rows.batches()),
                 handler,
@@ -382,6 +415,7 @@ async def process(
                 ordered=ordered,
                 stop_on_error=not books.collect,
                 settle=books.settle,
+                handler_timeout=handler_timeout,
             )
             saver = _Saver(books, on_failure=pipeline.fail) if checkpoint is not None else None
             failure: BaseException | None = None
@@ -391,8 +425,10 @@ async def process(
                 await pipeline.run()
                 books.finish()
             except BaseException as exc:
-                failure = exc
-                raise
+                failure = books.explain(exc)
+                if failure is exc:
+                    raise
+                raise failure from exc
             finally:
                 books.report.take_stats(pipeline.stats)
                 if saver is not None:

@@ -20,6 +20,13 @@ from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engin
 from sqlalchemy.pool import NullPool
 
 from ._exceptions import ConfigurationError
+from ._watchdog import (
+    abandon_cancelled,
+    dispose,
+    driver_socket,
+    set_keepalive,
+    track_connections,
+)
 
 APPLICATION_NAME = "rowstream"
 
@@ -199,6 +206,9 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
       ``prepared_statement_cache_size=0``), so statements are unnamed and survive a
       transaction-pooling PgBouncer; ``application_name=rowstream``.
     - every connection's session time zone is UTC (a ``connect`` event).
+    - TCP keepalive on every connection, and a connection whose statement is cancelled is
+      closed at once rather than with a goodbye that a silent network would hold up (given
+      engines get the latter too).
     - ``pool_pre_ping`` on, and a pool large enough for several concurrent streams.
 
     Keyword arguments are passed to SQLAlchemy's ``create_async_engine`` and win over these
@@ -232,7 +242,18 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
             f"cannot create an engine for {mask_url(resolved)!r}: {exc}"
         ) from None
     _set_utc_on_connect(engine)
+    _set_keepalive_on_connect(engine)
+    abandon_cancelled(engine)
     return engine
+
+
+def _set_keepalive_on_connect(engine: AsyncEngine) -> None:
+    # A peer that vanishes while the connection idles (between keyset pages, in the pool) is
+    # noticed by TCP keepalive; a silent network during a read is the read timeout's job.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _keepalive(dbapi_connection: Any, _record: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        set_keepalive(driver_socket(driver))
 
 
 def _set_utc_on_connect(engine: AsyncEngine) -> None:
@@ -271,7 +292,9 @@ class ResolvedSource:
 
     async def aclose(self) -> None:
         if self.owns_engine:
-            await self.engine.dispose()
+            # Bounded: a graceful dispose waits on every pooled connection, forever on a
+            # silent one.
+            await dispose(self.engine)
 
 
 def resolve_source(source: Source) -> ResolvedSource:
@@ -284,8 +307,11 @@ def resolve_source(source: Source) -> ResolvedSource:
     if isinstance(source, (str, URL)):
         # A small pool of its own: keyset pages and the pooler probe reuse connections.
         small = {} if resolve_url(source).get_backend_name() == "sqlite" else _SMALL_POOL
-        return ResolvedSource(create_engine(source, **small), owns_engine=True)
+        engine = create_engine(source, **small)
+        track_connections(engine)
+        return ResolvedSource(engine, owns_engine=True)
     if isinstance(source, AsyncEngine):
+        abandon_cancelled(source)
         return ResolvedSource(source)
     if isinstance(source, AsyncConnection):
         return ResolvedSource(source.engine, borrowed=source)
@@ -294,6 +320,7 @@ def resolve_source(source: Source) -> ResolvedSource:
         if isinstance(bind, AsyncConnection):
             return ResolvedSource(bind.engine, borrowed=bind)
         if isinstance(bind, AsyncEngine):
+            abandon_cancelled(bind)
             return ResolvedSource(bind)
         raise ConfigurationError(
             "the AsyncSession has no bind: create it with async_sessionmaker(engine) "

@@ -17,7 +17,6 @@ from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
-CLEANUP_TIMEOUT = 10.0
 # While a stream is open, the cyclic collector runs after this many new container objects
 # instead of Python's 700: a batch of 10,000 rows allocates 20,000-30,000 of them (records,
 # tuples, Rows), all acyclic and alive until the caller drops them, and every step of an async

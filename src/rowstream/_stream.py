@@ -30,9 +30,10 @@ from ._keyset import KeysetStrategy, pageable
 from ._plan import Plan, Statement, make_plan
 from ._pooler import PathInfo, inspect_path
 from ._sizing import DEFAULT_BATCH_BYTES, BatchSizer
-from ._source import ResolvedSource, Source, resolve_source
+from ._source import ResolvedSource, Source, mask_url, resolve_source
 from ._strategy import Strategy, fewer_collections, shielded
 from ._translate import raise_translated
+from ._watchdog import DEFAULT_READ_TIMEOUT, Watchdog, check_read_timeout
 
 StrategyName = Literal["auto", "cursor", "keyset"]
 STRATEGIES = ("auto", "cursor", "keyset")
@@ -98,6 +99,7 @@ class RowStream(KeyedStream):
         start_after: tuple[Any, ...] | None = None,
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ConfigurationError(
@@ -114,6 +116,8 @@ class RowStream(KeyedStream):
         self._last_key = tuple(start_after) if start_after is not None else None
         self._retries = retries
         self._backoff = backoff
+        self._read_timeout = check_read_timeout(read_timeout)
+        self._watchdog: Watchdog | None = None
         self._resumable = False
         self._source: ResolvedSource | None = None
         self._strategy: Strategy | None = None
@@ -128,6 +132,13 @@ class RowStream(KeyedStream):
     def orm(self) -> bool:
         """True when items are ORM instances."""
         return self._plan.scalars
+
+    @property
+    def dialect(self) -> str:
+        """The database's dialect name (``postgresql``, ``mysql``, ``mariadb``, ``sqlite``)."""
+        self._check_open()
+        assert self._source is not None
+        return self._source.dialect
 
     def keys(self) -> list[str]:
         """The names of the result's columns."""
@@ -147,9 +158,23 @@ class RowStream(KeyedStream):
         self._collections.__enter__()
         try:
             self._source = resolve_source(self._source_arg)
-            self._strategy = await self._choose_strategy(self._source)
+            # Planning (the key's catalog check, the pooler probe) waits on the server too.
+            planning = Watchdog(
+                self._source.engine,
+                self._read_timeout,
+                check_liveness=False,
+                where=mask_url(self._source.engine.url),
+            )
+            async with planning.watch(lambda: None):
+                self._strategy = await self._choose_strategy(self._source)
             self.stats.strategy = self._strategy.name
-            await self._strategy.open()
+            try:
+                await self._strategy.open()
+            except ConnectionLostError as exc:
+                # A drop while the query starts is resumed like one in the middle.
+                if not self._resumable or self._source.borrowed is not None:
+                    raise
+                await self._resume(exc, 1)
         except BaseException:
             await self.aclose()
             raise
@@ -194,6 +219,13 @@ class RowStream(KeyedStream):
             except Exception as exc:
                 raise_translated(exc, url=source.engine.url, connecting=True)
         self._setup = _POOLED_SETUP if path.pooler else ()
+        # Behind a pooler the backend serving a query is unknown: no liveness check there.
+        self._watchdog = Watchdog(
+            source.engine,
+            self._read_timeout,
+            check_liveness=not path.pooler,
+            where=mask_url(source.engine.url),
+        )
         can_page = (
             key is not None and isinstance(statement, Select) and pageable(statement, key) is None
         )
@@ -218,13 +250,22 @@ class RowStream(KeyedStream):
         return self._cursor(source)
 
     def _keyset(self, source: ResolvedSource, key: Key) -> Strategy:
-        return KeysetStrategy(source, self._plan, key, after=self._last_key, setup=self._setup)
+        return KeysetStrategy(
+            source,
+            self._plan,
+            key,
+            after=self._last_key,
+            setup=self._setup,
+            watchdog=self._watchdog,
+        )
 
     def _cursor(self, source: ResolvedSource) -> Strategy:
         statement = self._cursor_statement
         if self._key is not None and self._last_key is not None and isinstance(statement, Select):
             statement = statement.where(self._key.after(self._last_key, dialect=source.dialect))
-        return CursorStrategy(source, self._plan, statement=statement, setup=self._setup)
+        return CursorStrategy(
+            source, self._plan, statement=statement, setup=self._setup, watchdog=self._watchdog
+        )
 
     def _check_open(self) -> None:
         if self._state == "new":
@@ -297,7 +338,9 @@ class RowStream(KeyedStream):
                 await strategy.open()
             except SourceError as exc:
                 await shielded(strategy.aclose())
-                lost = ConnectionLostError(str(exc))
+                if not isinstance(exc, ConnectionLostError):
+                    exc = ConnectionLostError(str(exc))
+                lost = exc
                 attempt += 1
                 continue
             self._strategy = strategy
@@ -328,6 +371,7 @@ def stream(
     start_after: tuple[Any, ...] | None = None,
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> RowStream:
     """Stream the rows of ``statement`` from ``source`` with flat memory.
 
@@ -347,6 +391,12 @@ def stream(
     reconnects, waiting ``backoff`` seconds, doubling) right after the last key delivered, and
     ``start_after`` starts it after a given key. Unordered statements are then read in key order.
 
+    ``read_timeout`` (seconds, default 30; None for no bound) bounds every wait for the server:
+    a silent network becomes a drop (resumed like any other) instead of a hang. When it
+    expires, rowstream first asks the server from a fresh connection whether it is still
+    working on the query (a big sort before the first row) and then waits on; behind a pooler
+    it cannot ask, so pass a larger value (or None) for statements slow to return rows there.
+
     Example::
 
         async with rowstream.stream(engine, select(Order).where(Order.status == "paid")) as rows:
@@ -364,4 +414,5 @@ def stream(
         start_after=start_after,
         retries=retries,
         backoff=backoff,
+        read_timeout=read_timeout,
     )

@@ -87,6 +87,23 @@ def _mysql_errno(exc: BaseException) -> int | None:
     return None
 
 
+def is_sqlite_locked(exc: BaseException) -> bool:
+    """True when ``exc`` is SQLite's lock wait running out ("database is locked")."""
+    inner = _driver_error(exc)
+    return type(inner).__name__ == "OperationalError" and "database is locked" in str(inner)
+
+
+def sqlite_locked_error(exc: BaseException) -> QueryError:
+    """One line for SQLite's "database is locked" that says what to do about it."""
+    return QueryError(
+        "the SQLite database is locked: a connection waited for another's lock until its "
+        "busy timeout ran out (a process() handler that writes to the very file being read "
+        "waits for the stream's read, which waits for the handler); switch the database to "
+        "WAL mode (PRAGMA journal_mode=WAL: readers and one writer work at once) or let the "
+        "handler write to another database"
+    )
+
+
 def is_connection_lost(exc: BaseException) -> bool:
     """True when ``exc`` means the connection is gone (the stream may be resumed)."""
     if isinstance(exc, ConnectionLostError):
@@ -126,6 +143,8 @@ def translate(
             return UnsupportedQueryError(f"cannot stream this statement: {_EAGER_FIX}")
         return UnsupportedQueryError(f"cannot stream this statement: {_first_line(text)}")
     inner = _driver_error(exc)
+    if is_sqlite_locked(inner):
+        return sqlite_locked_error(inner)
     state = _sqlstate(inner)
     errno = _mysql_errno(inner)
     text = str(inner.args[1]) if errno is not None and len(inner.args) > 1 else str(inner)

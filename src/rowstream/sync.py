@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal, NoReturn, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -43,10 +43,23 @@ from sqlalchemy.sql.selectable import Select
 from ._checkpoint import CheckpointStore, Watermark
 from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._cursor import detach
-from ._exceptions import ConfigurationError, QueryError, RowstreamError, StreamKeyError
+from ._exceptions import (
+    ConfigurationError,
+    ConnectionLostError,
+    QueryError,
+    RowstreamError,
+    StreamKeyError,
+)
 from ._keys import Key, KeyArg, KeyedStream, resolve_key
 from ._keyset import pageable
-from ._pipeline import BUFFER_BATCHES, CANCEL_GRACE, Handler, Item, PipelineStats
+from ._pipeline import (
+    BUFFER_BATCHES,
+    CANCEL_GRACE,
+    Handler,
+    Item,
+    PipelineStats,
+    handler_timed_out,
+)
 from ._plan import Plan, Statement, make_plan
 from ._process import (
     DEFAULT_CONCURRENCY,
@@ -59,6 +72,14 @@ from ._sizing import DEFAULT_BATCH_BYTES, FIRST_BATCH_ROWS, BatchSizer
 from ._source import APPLICATION_NAME, ResolvedSource, mask_url, split_url
 from ._stream import Stats
 from ._translate import is_conversion_error, raise_translated
+from ._watchdog import (
+    DEFAULT_READ_TIMEOUT,
+    LIBPQ_KEEPALIVE,
+    SyncWatchdog,
+    check_read_timeout,
+    set_keepalive,
+    sync_socket_fileno,
+)
 
 __all__ = ["SyncRowStream", "create_engine", "process", "stream"]
 
@@ -105,7 +126,11 @@ def create_engine(url: str | URL, **kwargs: Any) -> sa.Engine:
     resolved = resolve_url(url)
     connect_args: dict[str, Any] = {}
     if resolved.get_driver_name() == "psycopg":
-        connect_args = {"prepare_threshold": None, "application_name": APPLICATION_NAME}
+        connect_args = {
+            "prepare_threshold": None,
+            "application_name": APPLICATION_NAME,
+            **LIBPQ_KEEPALIVE,
+        }
     connect_args.update(kwargs.pop("connect_args", {}))
     options: dict[str, Any] = {"pool_pre_ping": True}
     options.update(kwargs)
@@ -120,6 +145,11 @@ def create_engine(url: str | URL, **kwargs: Any) -> sa.Engine:
         "mysql": "SET time_zone = '+00:00'",
         "mariadb": "SET time_zone = '+00:00'",
     }.get(engine.dialect.name)
+
+    @event.listens_for(engine, "connect")
+    def _keepalive(dbapi_connection: Any, _record: Any) -> None:
+        set_keepalive(getattr(dbapi_connection, "_sock", None))  # PyMySQL; libpq has its own
+
     if statement is not None:
 
         @event.listens_for(engine, "connect")
@@ -181,7 +211,9 @@ class SyncRowStream(KeyedStream):
         batch_bytes: int | None = DEFAULT_BATCH_BYTES,
         key: KeyArg = None,
         start_after: tuple[Any, ...] | None = None,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     ) -> None:
+        self._watchdog = SyncWatchdog(check_read_timeout(read_timeout))
         self._plan: Plan = make_plan(statement)
         self._sizer = BatchSizer(batch_rows=batch_rows, batch_bytes=batch_bytes)
         self._source_arg = source
@@ -209,10 +241,29 @@ class SyncRowStream(KeyedStream):
         """True when items are ORM instances."""
         return self._plan.scalars
 
+    @property
+    def dialect(self) -> str:
+        """The database's dialect name (``postgresql``, ``mysql``, ``mariadb``, ``sqlite``)."""
+        self._check_open()
+        assert self._engine is not None
+        return self._engine.dialect.name
+
     def keys(self) -> list[str]:
         """The names of the result's columns."""
         self._check_open()
         return self._keys
+
+    def _socket(self) -> int | None:
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            return None
+        return sync_socket_fileno(conn.connection.dbapi_connection)
+
+    def _lost(self, exc: Exception) -> NoReturn:
+        assert self._engine is not None
+        if self._watchdog.fired:
+            raise ConnectionLostError(self._watchdog.message(mask_url(self._engine.url))) from exc
+        raise_translated(exc, url=self._engine.url)
 
     def batches(self) -> Iterator[list[Any]]:
         """Yield the rows in lists, each about ``batch_bytes`` large (or ``batch_rows`` long)."""
@@ -302,17 +353,18 @@ class SyncRowStream(KeyedStream):
             if not conn.in_transaction():
                 self._trans = conn.begin()
             statement = statement.execution_options(yield_per=FIRST_BATCH_ROWS)
-            if self._plan.orm:
-                self._session = Session(bind=conn, autoflush=False, expire_on_commit=False)
-                result: Any = self._session.execute(statement)
-            else:
-                result = conn.execute(statement)
+            with self._watchdog.watch(self._socket()):
+                if self._plan.orm:
+                    self._session = Session(bind=conn, autoflush=False, expire_on_commit=False)
+                    result: Any = self._session.execute(statement)
+                else:
+                    result = conn.execute(statement)
             self._keys = list(result.keys())
             self._result = result.scalars() if self._plan.scalars else result
         except RowstreamError:
             raise
         except Exception as exc:
-            raise_translated(exc, url=engine.url)
+            self._lost(exc)
 
     def _statement(self, dialect: str) -> Any:
         statement = self._plan.statement
@@ -343,6 +395,7 @@ class SyncRowStream(KeyedStream):
             return
         self._state = "closed"
         self.stats.finished = time.perf_counter()
+        self._watchdog.close()
         conn, self._conn = self._conn, None
         try:
             if conn is not None:
@@ -431,12 +484,12 @@ class SyncRowStream(KeyedStream):
             detach(self._session, entities)
             self._previous = []
         try:
-            batch = list(self._result.fetchmany(size))
+            with self._watchdog.watch(self._socket()):
+                batch = list(self._result.fetchmany(size))
         except Exception as exc:
-            assert self._engine is not None
             if is_conversion_error(exc):
                 raise self._conversion_error(exc, size) from exc
-            raise_translated(exc, url=self._engine.url)
+            self._lost(exc)
         if len(batch) < size:
             self._done = True
         if self._session is not None:
@@ -518,6 +571,7 @@ def stream(
     batch_bytes: int | None = DEFAULT_BATCH_BYTES,
     key: KeyArg = None,
     start_after: tuple[Any, ...] | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> SyncRowStream:
     """Stream the rows of ``statement`` with flat memory, in synchronous code.
 
@@ -525,6 +579,9 @@ def stream(
     connection). The stream runs in a transaction on a connection of its own, rolled back and
     returned on every exit path. ``key`` and ``start_after`` work as in
     :func:`rowstream.stream`: with a key, unordered statements are read in key order.
+    ``read_timeout`` (seconds, default 30, None for no bound) bounds each wait for the
+    database: when it runs out the connection is abandoned and ``ConnectionLostError`` says
+    so (the sync face does not resume: run it again with ``start_after=rows.last_key``).
 
     Example::
 
@@ -540,6 +597,7 @@ def stream(
         batch_bytes=batch_bytes,
         key=key,
         start_after=start_after,
+        read_timeout=read_timeout,
     )
 
 
@@ -564,8 +622,13 @@ class _ThreadPipeline:
         ordered: bool,
         stop_on_error: bool,
         books: Bookkeeper,
+        handler_timeout: float | None = None,
     ) -> None:
         self._batches = batches
+        self._handler_timeout = handler_timeout
+        #: When each running batch's handler must be done (with a handler_timeout).
+        self._deadlines: dict[int, tuple[float, Item[Any]]] = {}
+        self._executor: ThreadPoolExecutor | None = None
         self._handler = handler
         self._concurrency = concurrency
         self._ordered = ordered
@@ -582,12 +645,16 @@ class _ThreadPipeline:
         self._error: BaseException | None = None
         self.stats = PipelineStats()
 
-    def run(self, save: Callable[[], None]) -> None:
-        executor = ThreadPoolExecutor(
+    def _new_executor(self) -> ThreadPoolExecutor:
+        self._executor = ThreadPoolExecutor(
             max_workers=self._concurrency, thread_name_prefix="rowstream-handler"
         )
+        return self._executor
+
+    def run(self, save: Callable[[], None]) -> None:
+        self._new_executor()
         try:
-            self._loop(executor, save)
+            self._loop(save)
         finally:
             # Handlers already running cannot be interrupted: give them a moment, keep what
             # finished (so the checkpoint counts it), and leave the rest to finish unseen.
@@ -597,20 +664,20 @@ class _ThreadPipeline:
                     item, error = self._results.get(timeout=deadline - time.monotonic())
                 except queue.Empty:
                     break
-                self._running.pop(item.seq, None)
-                if error is None:
+                if self._running.pop(item.seq, None) is not None and error is None:
                     self._finish(item, None)
-            executor.shutdown(wait=False, cancel_futures=True)
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
         if self._error is not None:
             raise self._error
 
-    def _loop(self, executor: ThreadPoolExecutor, save: Callable[[], None]) -> None:
+    def _loop(self, save: Callable[[], None]) -> None:
         while self._error is None:
             self._collect(block=False)
             if self._error is not None:
                 break
             if self._ready and self._can_start(self._ready[0].seq):
-                self._start(executor, self._ready.popleft())
+                self._start(self._ready.popleft())
             elif not self._exhausted and len(self._ready) <= BUFFER_BATCHES:
                 # Read ahead while the handlers work (the database and the handlers overlap).
                 item = next(self._batches, None)
@@ -633,7 +700,8 @@ class _ThreadPipeline:
             return False
         return not self._ordered or seq < self._next_to_settle + self._concurrency
 
-    def _start(self, executor: ThreadPoolExecutor, item: Item[Any]) -> None:
+    def _start(self, item: Item[Any]) -> None:
+        executor = self._executor or self._new_executor()
         results = self._results
         handler = self._handler
 
@@ -647,15 +715,48 @@ class _ThreadPipeline:
             results.put((item, error))
 
         self._running[item.seq] = executor.submit(work)
+        if self._handler_timeout is not None:
+            self._deadlines[item.seq] = (time.monotonic() + self._handler_timeout, item)
         self.stats.peak_running = max(self.stats.peak_running, len(self._running))
+
+    def _wait(self) -> float | None:
+        """How long a blocking wait for a result may last: until the next handler deadline."""
+        if not self._deadlines:
+            return None
+        first = min(deadline for deadline, _item in self._deadlines.values())
+        return max(0.0, first - time.monotonic())
+
+    def _time_out(self) -> None:
+        """Fail the batches whose handler is past its deadline; their threads run on."""
+        assert self._handler_timeout is not None
+        now = time.monotonic()
+        late = [item for deadline, item in self._deadlines.values() if deadline <= now]
+        if not late:
+            return
+        # A thread cannot be stopped: later batches get a fresh pool.
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        for item in late:
+            error = handler_timed_out(item, self._handler_timeout, threads=True)
+            self._results.put((item, error))
 
     def _collect(self, *, block: bool) -> None:
         try:
-            item, error = self._results.get(block=block)
+            item, error = self._results.get(block=block, timeout=self._wait() if block else None)
         except queue.Empty:
+            if block and self._handler_timeout is not None:
+                self._time_out()
             return
         while True:
-            self._running.pop(item.seq, None)
+            if self._running.pop(item.seq, None) is None:
+                # A handler that finished after its batch had already timed out: dropped.
+                try:
+                    item, error = self._results.get_nowait()
+                except queue.Empty:
+                    return
+                continue
+            self._deadlines.pop(item.seq, None)
             item.batch = []
             if error is not None and (self._stop_on_error or not isinstance(error, Exception)):
                 self._error = error
@@ -690,6 +791,8 @@ def process(
     checkpoint: CheckpointStore | None = None,
     progress: Callable[[ProcessReport], Any] | None = None,
     key: KeyArg = None,
+    handler_timeout: float | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> ProcessReport:
     """Stream ``statement`` and call ``handler(batch)`` in a pool of ``concurrency`` threads.
 
@@ -700,7 +803,10 @@ def process(
     batches with their keys; ``ordered`` and checkpoints (same stores, same guarantee: at most
     once per batch across clean stops, at least once across crashes) work the same way.
     Handlers never get the streaming connection: one that needs the database opens its own
-    session. ``progress(report)`` runs in the calling thread.
+    session. ``progress(report)`` runs in the calling thread. ``handler_timeout`` fails a
+    batch whose handler runs longer (:class:`rowstream.HandlerTimeoutError`, handled by
+    ``on_error`` like any handler error; the thread runs on in the background, its result
+    dropped) and ``read_timeout`` bounds each wait for the database, as in :func:`stream`.
 
     Example (a Celery task)::
 
@@ -727,6 +833,7 @@ def process(
         checkpoint=checkpoint,
         progress=progress,
     )
+    handler_timeout = check_read_timeout(handler_timeout, "handler_timeout")
     books = Bookkeeper(
         concurrency=concurrency, on_error=on_error, store=checkpoint, progress=progress
     )
@@ -753,8 +860,10 @@ def process(
             batch_bytes=batch_bytes,
             key=key,
             start_after=books.start_after,
+            read_timeout=read_timeout,
         ) as rows:
             books.bind(rows.key_columns, rows.key_of)
+            books.sqlite = rows.dialect == "sqlite"
             pipeline = _ThreadPipeline(
                 books.items(rows.batches()),
                 handler,
@@ -762,9 +871,16 @@ def process(
                 ordered=ordered,
                 stop_on_error=on_error == "raise",
                 books=books,
+                handler_timeout=handler_timeout,
             )
             try:
-                pipeline.run(save)
+                try:
+                    pipeline.run(save)
+                except BaseException as exc:
+                    explained = books.explain(exc)
+                    if explained is exc:
+                        raise
+                    raise explained from exc
                 books.finish()
             except BaseException as failure:
                 books.report.take_stats(pipeline.stats)
