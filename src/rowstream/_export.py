@@ -36,7 +36,6 @@ from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkErr
 from ._pgcopy import (
     PgColumn,
     Write,
-    cast_query,
     copy_csv,
     copy_jsonl,
     pg_transaction,
@@ -45,6 +44,7 @@ from ._pgcopy import (
 )
 from ._progress import ExportProgress, format_bytes, peak_memory_mb
 from ._sinks import CsvSink, JsonlSink, Sink, check_compression
+from ._sinks._options import check_edge_values
 from ._sizing import DEFAULT_BATCH_BYTES
 from ._source import (
     ResolvedSource,
@@ -61,6 +61,7 @@ from ._translate import raise_translated
 if TYPE_CHECKING:
     # pyarrow loads only for Parquet (see rowstream._sinks).
     from ._arrow import ArrowColumn
+    from ._pgtypes import PgRead
     from ._sinks._parquet import ParquetSink
 
 __all__ = ["FORMATS", "ExportReport", "export", "format_for_path"]
@@ -69,6 +70,8 @@ logger = logging.getLogger("rowstream")
 
 Format = Literal["csv", "jsonl", "parquet"]
 ExportStrategy = Literal["auto", "copy", "stream"]
+InfinityChoice = Literal["error", "null", "clamp", "text"]
+NanChoice = Literal["error", "null", "text"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl", "parquet")
 TEXT_COMPRESSIONS = ("gzip", "none")
 EXPORT_STRATEGIES = ("auto", "copy", "stream")
@@ -204,6 +207,8 @@ class _Job:
     progress: ExportProgress
     out: BinaryIO
     counter: _Counter
+    infinity: str = "error"
+    nan: str = "error"
     rows: int = 0
     strategy: str = ""
 
@@ -221,6 +226,8 @@ async def export(
     compression: str | None = None,
     strategy: ExportStrategy = "auto",
     progress: bool = False,
+    infinity: InfinityChoice = "error",
+    nan: NanChoice = "error",
 ) -> ExportReport:
     """Export a table or a query to ``path`` (CSV, JSON Lines or Parquet), atomically.
 
@@ -237,6 +244,13 @@ async def export(
     text (Parquet cannot store Arrow's month_day_nano interval). ``strategy="auto"`` uses COPY
     on PostgreSQL when rowstream opens the connection, and :func:`rowstream.stream` otherwise
     (``"stream"`` forces it; ``batch_rows``/``batch_bytes`` apply to it).
+
+    PostgreSQL values a Parquet type cannot hold stop the export with a line naming the
+    column and the value, unless told otherwise: ``infinity=`` for ``infinity``/``-infinity``
+    and instants past 294247 in dates and timestamps (``"null"``, ``"clamp"`` to the type's
+    extremes, which DuckDB reads as infinity, or ``"text"``), ``nan=`` for ``NaN`` in
+    ``numeric(p, s)`` (``"null"`` or ``"text"``). Arrays of several dimensions are refused
+    (cast them to text). CSV and JSONL hold every value as PostgreSQL renders it.
 
     Example::
 
@@ -255,6 +269,7 @@ async def export(
         raise ConfigurationError(f"batch_rows must be at least 1, not {batch_rows}")
     if batch_bytes is not None and batch_bytes < 1:
         raise ConfigurationError(f"batch_bytes must be positive, not {batch_bytes}")
+    check_edge_values(infinity, nan)
     if str(path) != STDOUT:
         check_writable(Path(path))
     _check_sqlite_file(source)
@@ -271,7 +286,7 @@ async def export(
                 # mtime=0: the same rows give the same bytes.
                 zipped = gzip.GzipFile(fileobj=out, mode="wb", mtime=0)
                 out = zipped  # type: ignore[assignment]
-            job = _Job(fmt, compression, batch_rows, batch_bytes, bar, out, counter)
+            job = _Job(fmt, compression, batch_rows, batch_bytes, bar, out, counter, infinity, nan)
             use_copy = (
                 resolved.dialect == "postgresql"
                 and resolved.borrowed is None
@@ -483,13 +498,14 @@ async def _export_copy(
             return
     # Parquet: the rows come over a connection of ADBC's (binary COPY decoded in C++); the
     # probe's connection is back in the pool by then, so a pool of one cannot deadlock.
+    from ._pgtypes import PgRead
     from ._sinks._parquet import ParquetSink
 
-    arrow = [c.arrow for c in columns]
-    sink = ParquetSink(job.out, arrow, compression=job.compression or "zstd")
+    read = PgRead(columns, infinity=job.infinity, nan=job.nan)
+    sink = ParquetSink(job.out, read.columns, compression=job.compression or "zstd")
     sink.begin([c.name for c in columns])
     try:
-        await _copy_parquet(engine, sql, arrow, sink, job)
+        await _copy_parquet(engine, sql, read, sink, job)
     except BaseException:
         sink.abort()
         raise
@@ -536,7 +552,7 @@ async def _copy_text(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> 
 
 
 async def _copy_parquet(
-    engine: AsyncEngine, sql: str, arrow: list[ArrowColumn], sink: ParquetSink, job: _Job
+    engine: AsyncEngine, sql: str, read: PgRead, sink: ParquetSink, job: _Job
 ) -> None:
     from ._pgarrow import CannotConnect, copy_to_parquet
 
@@ -546,7 +562,7 @@ async def _copy_parquet(
         progress.advance(rows=rows, nbytes=job.counter.bytes - progress.bytes)
 
     try:
-        job.rows = await copy_to_parquet(engine.url, sql, arrow, sink, advance)
+        job.rows = await copy_to_parquet(engine.url, sql, read, sink, advance)
         job.strategy = "copy"
         return
     except CannotConnect as exc:
@@ -554,12 +570,12 @@ async def _copy_parquet(
         # through the engine's own connections instead, slower but the same file.
         logger.info("ADBC cannot connect (%s); reading Parquet through a cursor", exc)
     job.strategy = "cursor"
-    query = cast_query(sql, arrow)
+    query = read.query(sql, adbc=False)
     size = job.batch_rows or 10_000
     async with _pg_session(engine) as apg:
         cursor = await apg.cursor(query)
         while rows := await cursor.fetch(size):
-            sink.write_rows(rows)
+            sink.write_batch(read.rows_batch(rows))
             job.rows += len(rows)
             advance(len(rows))
 
@@ -603,6 +619,27 @@ class _RawJsonl(JsonlSink):
         self._out.write("".join(lines).encode())
 
 
+class _CheckedParquet:
+    """Rows of a :class:`PgRead` query, checked and cast, into a Parquet sink."""
+
+    def __init__(self, sink: ParquetSink, read: PgRead) -> None:
+        self._sink = sink
+        self._read = read
+
+    def begin(self, columns: Sequence[str]) -> None:
+        self._sink.begin(columns)
+
+    def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._sink.write_batch(self._read.rows_batch(rows))
+
+    def finish(self) -> None:
+        self._sink.finish()
+
+    def abort(self) -> None:
+        self._sink.abort()
+
+
 async def _export_stream(
     resolved: ResolvedSource,
     pg_engine: AsyncEngine,
@@ -621,11 +658,14 @@ async def _export_stream(
         job.progress.set_estimate(estimate)
         names = [c.name for c in pg]
         if job.format == "parquet":
+            from ._pgtypes import PgRead
             from ._sinks._parquet import ParquetSink
 
-            arrow = [c.arrow for c in pg]
-            query = cast_query(sql, arrow)
-            sink = ParquetSink(job.out, arrow, compression=job.compression or "zstd")
+            read = PgRead(pg, infinity=job.infinity, nan=job.nan)
+            query = read.query(sql, adbc=False)
+            sink = _CheckedParquet(
+                ParquetSink(job.out, read.columns, compression=job.compression or "zstd"), read
+            )
         else:
             query = f"SELECT {', '.join(_pg_text(c, job.format) for c in pg)} FROM ({sql}) AS t"
             sink = CsvSink(job.out) if job.format == "csv" else _RawJsonl(job.out)

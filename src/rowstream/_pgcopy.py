@@ -162,24 +162,6 @@ def _rows(status: str) -> int:
         return 0
 
 
-def _own_cast(column: ArrowColumn) -> str | None:
-    return column.cast
-
-
-def cast_query(
-    sql: str,
-    columns: Sequence[ArrowColumn],
-    cast: Callable[[ArrowColumn], str | None] = _own_cast,
-) -> str:
-    """``sql`` wrapped to select each column, cast to the SQL type ``cast`` gives (if any)."""
-    parts = []
-    for column in columns:
-        ref = f"t.{quote_ident(column.name)}"
-        to = cast(column)
-        parts.append(f"{ref}::{to}" if to else ref)
-    return f"SELECT {', '.join(parts)} FROM ({sql}) AS t"
-
-
 def _coalescing(write: Write) -> Write:
     async def sink(chunk: bytes) -> None:
         await write(chunk)

@@ -156,7 +156,58 @@ def translate(
             f"cannot connect to {where}: {detail}; check that the server is running and "
             "that host, port and database in the URL are right"
         )
+    decoding = _undecodable(inner)
+    if decoding is not None:
+        return QueryError(decoding)
     return QueryError(f"the server rejected the query: {detail}")
+
+
+# asyncpg's type OIDs of the columns whose values Python's date/datetime may not hold.
+_PG_TEMPORAL_OIDS = {1082: "date", 1114: "timestamp", 1184: "timestamptz"}
+_PG_TEMPORAL_OIDS |= {1182: "date[]", 1115: "timestamp[]", 1185: "timestamptz[]"}
+
+
+def _undecodable(inner: BaseException) -> str | None:
+    """A message for a value asyncpg could not turn into a Python date or datetime.
+
+    PostgreSQL holds dates from 4713 BC to 5874897 and timestamps to 294276; Python's
+    date and datetime hold the years 1 to 9999, so asyncpg's codec fails on the client (this is
+    no server error). The columns that may hold such values are named from the cursor's
+    description, found on the failing call's stack (SQLAlchemy's adapter cursor keeps it).
+    """
+    if not isinstance(inner, (ValueError, OverflowError)):
+        return None
+    frames = []
+    tb = inner.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not frames or "asyncpg" not in frames[-1].f_code.co_filename:
+        return None
+    # The failing codec is the innermost frame: date_decode, timestamp_decode, ...
+    codec = frames[-1].f_code.co_name.rpartition(".")[2].removesuffix("_decode")
+    if codec not in ("date", "timestamp", "timestamptz"):
+        return None
+    columns: list[str] = []
+    for frame in frames:
+        description = getattr(frame.f_locals.get("self"), "description", None)
+        if isinstance(description, list):
+            for d in description:
+                kind = _PG_TEMPORAL_OIDS.get(d[1]) if isinstance(d, tuple) and len(d) > 1 else None
+                if kind is not None and kind.removesuffix("[]") == codec:
+                    columns.append(f"{d[0]} ({kind})")
+            break
+    if len(columns) == 1:
+        which = f"column {columns[0]}"
+    elif columns:
+        which = "one of the columns " + ", ".join(columns)
+    else:
+        which = f"a {codec} column"
+    return (
+        f"cannot read {which}: a value is outside the years 1 to 9999 that Python's date and "
+        f"datetime hold (a BC date or a later year; {_first_line(str(inner))}): select the "
+        "column as text (col::text), or export it with rowstream export, which writes it exactly"
+    )
 
 
 def raise_translated(
