@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from ._exceptions import ConfigurationError
 from ._export import FORMATS, export
 from ._sinks import COMPRESSIONS
+from ._sinks._options import INFINITY_CHOICES, NAN_CHOICES
 from ._sizing import parse_size
 
 
@@ -54,6 +55,21 @@ def register(subparsers: Any) -> None:
         choices=sorted({*COMPRESSIONS, "gzip", "none"}),
         help="zstd (Parquet's default), snappy, gzip, brotli, lz4 or none; gzip for CSV/JSONL",
     )
+    parser.add_argument(
+        "--infinity",
+        choices=INFINITY_CHOICES,
+        default="error",
+        help="PostgreSQL to Parquet: infinity and instants past 294247 in dates and timestamps "
+        "stop the export (error, the default), or are written as null, clamped to the type's "
+        "extremes (DuckDB reads them as infinity), or the column as text",
+    )
+    parser.add_argument(
+        "--nan",
+        choices=NAN_CHOICES,
+        default="error",
+        help="PostgreSQL to Parquet: NaN in numeric(p, s) stops the export (error, the "
+        "default), or is written as null, or the column as text",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     parser.set_defaults(run=run)
 
@@ -88,6 +104,8 @@ async def run(args: argparse.Namespace) -> int:
         batch_bytes=parse_size(args.batch_bytes) if args.batch_bytes else None,
         compression=args.compression,
         progress=not args.quiet,
+        infinity=args.infinity,
+        nan=args.nan,
     )
     if not args.quiet and sys.stderr.isatty():
         print(report.summary(), file=sys.stderr)

@@ -591,17 +591,32 @@ async def _pg_columns(engine: AsyncEngine, sql: str) -> tuple[list[PgColumn], in
 def _pg_text(column: PgColumn, fmt: Format) -> str:
     """The server's own text of a column, as COPY (CSV) or to_jsonb() (JSONL) renders it."""
     ref = f"t.{quote_ident(column.name)}"
+    if column.typname == "timestamptz":
+        # Whatever the session's time zone: UTC, as the COPY path writes it. The offset goes
+        # before a BC suffix, and infinity has none.
+        local = f"({ref} AT TIME ZONE 'UTC')"
+        inf = f"to_jsonb({ref})::text" if fmt == "jsonl" else f"{ref}::text"
+        if fmt == "jsonl":
+            text = f"rtrim(to_jsonb({local})::text, '\"')"
+            utc = f"{text} || '+00:00\"'"
+            bc = f"replace({text}, ' BC', '+00:00 BC') || '\"'"
+        else:
+            utc = f"{local}::text || '+00'"
+            bc = f"replace({local}::text, ' BC', '+00 BC')"
+        return (
+            f"CASE WHEN NOT isfinite({ref}) THEN {inf} "
+            f"WHEN {ref} < TIMESTAMPTZ '0001-01-01 00:00:00+00' THEN {bc} ELSE {utc} END"
+        )
     if fmt == "jsonl":
-        if column.typname == "timestamptz":
-            # Whatever the session's time zone: UTC, as the COPY path writes it.
-            return f"rtrim(to_jsonb({ref} AT TIME ZONE 'UTC')::text, '\"') || '+00:00\"'"
         # to_jsonb() itself, not the COPY path's cheaper equivalents (_pgcopy.json_value):
         # the tests hold the two paths' bytes against each other.
         return f"to_jsonb({ref})::text"
     if column.typname == "bool":
         return f"CASE WHEN {ref} THEN 't' WHEN NOT {ref} THEN 'f' END"
-    if column.typname == "timestamptz":
-        return f"({ref} AT TIME ZONE 'UTC')::text || '+00'"
+    if column.typname in ("bpchar", "inet"):
+        # Their casts to text differ from their output (COPY's): char(n) loses its padding,
+        # inet gains a /32 or /128. format() uses the output function.
+        return f"CASE WHEN {ref} IS NOT NULL THEN format('%s', {ref}) END"
     return f"{ref}::text"
 
 

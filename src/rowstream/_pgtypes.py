@@ -14,13 +14,16 @@ caller chose:
   naming the column and the value; ``"null"`` writes NULL; ``"clamp"`` writes the type's
   extreme values (INT64_MAX/-INT64_MAX microseconds, INT32_MAX/-INT32_MAX days), which DuckDB
   reads back as ``infinity``/``-infinity`` (a finite instant past the range becomes
-  INT64_MAX - 1); ``"text"`` writes the column as PostgreSQL's text.
+  INT64_MAX - 1); ``"text"`` writes the column as PostgreSQL's text. The instant at INT64_MAX
+  itself (294247-01-10 04:00:54.775807) counts as past the range, since DuckDB would read it
+  as infinity.
 - ``nan=`` (``numeric(p, s)`` and its arrays): ``"error"``, ``"null"`` or ``"text"``.
 - Arrays with more than one dimension, or whose first index is not 1, are refused: Arrow
   lists here are one-dimensional and start at 0; the message says to cast them to text.
 
 Cost on the fast path: one NumPy minimum over each temporal column's int64/int32 values per
-batch (wrapped values are all below PostgreSQL's first instant, 4714-11-24 BC); decimals are
+batch, and a maximum for timestamps (wrapped values are all below PostgreSQL's first instant,
+4714-11-24 BC); decimals are
 cast as before and scanned only when the cast fails; an array column adds one mostly-NULL
 text column (``array_ndims``/``array_lower`` on the server).
 
@@ -63,7 +66,9 @@ ADBC_DATE_INFINITY = INT32_MAX + PG_EPOCH_DAYS - 2**32
 ADBC_DATE_MINUS_INFINITY = -(2**31) + PG_EPOCH_DAYS
 ADBC_TS_INFINITY = INT64_MAX + PG_EPOCH_US - 2**64
 ADBC_TS_MINUS_INFINITY = -(2**63) + PG_EPOCH_US
-LAST_ARROW_INSTANT = "294247-01-10 04:00:54.775807"
+# The last instant written as itself: one microsecond short of INT64_MAX, which DuckDB reads
+# as infinity.
+LAST_ARROW_INSTANT = "294247-01-10 04:00:54.775806"
 # Characters of an offending array shown in a message.
 SHOWN_CHARS = 60
 
@@ -106,10 +111,12 @@ def _rows_scalar(ref: str, kind: Kind) -> str:
             f"WHEN {ref} = '-infinity' THEN {ADBC_DATE_MINUS_INFINITY} END"
         )
     if kind == "timestamp":
-        # The numeric sum wraps as ADBC's int64 does, for instants past Arrow's range.
+        # Days and time of day apart: extract(epoch) rounds near the ends (PostgreSQL 15 gives
+        # ...775800 for 294247-01-10 04:00:54.775807). The numeric sum wraps as ADBC's int64.
         return (
-            f"CASE WHEN isfinite({ref}) THEN ((extract(epoch FROM {ref}) * 1000000 "
-            f"+ {2**63}) % {2**64} - {2**63})::int8 "
+            f"CASE WHEN isfinite({ref}) THEN ((({ref}::date - DATE '1970-01-01')::numeric "
+            f"* 86400000000 + extract(epoch FROM {ref}::time) * 1000000 + {2**63}) "
+            f"% {2**64} - {2**63})::int8 "
             f"WHEN {ref} = 'infinity' THEN {ADBC_TS_INFINITY} "
             f"WHEN {ref} = '-infinity' THEN {ADBC_TS_MINUS_INFINITY} END"
         )
@@ -192,7 +199,20 @@ class PgRead:
 
     def rows_batch(self, rows: Sequence[Sequence[Any]]) -> pa.RecordBatch:
         """Rows of the rows path's query as one checked batch of the export's schema."""
-        return self.convert(rows_to_batch(rows, self.rows_columns))
+        n = len(self.parts)
+        # The guards first: asyncpg gives nested lists, which the list type would refuse.
+        for k, i in enumerate(self._guards):
+            shown = next((row[n + k] for row in rows if row[n + k] is not None), None)
+            if shown is not None:
+                self._refuse_array(self.parts[i], shown)
+        try:
+            batch = rows_to_batch(rows, self.rows_columns)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise SinkError(
+                f"cannot write these values to Parquet: {str(exc).splitlines()[0]}; "
+                "cast the column in the query (for example to text)"
+            ) from None
+        return self.convert(batch)
 
     def convert(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Check ``batch`` (as read by :meth:`query`) and cast it to the export's schema."""
@@ -226,10 +246,12 @@ class PgRead:
     def _temporal(self, part: _Part, array: pa.Array) -> pa.Array:
         wide = part.kind == "timestamp"
         ints = _ints(array, np.int64 if wide else np.int32)
-        if len(ints) == 0 or int(ints.min()) >= (FIRST_US if wide else FIRST_DAY):
+        first = FIRST_US if wide else FIRST_DAY
+        # INT64_MAX is DuckDB's infinity: the one finite instant there is refused too.
+        if len(ints) == 0 or (int(ints.min()) >= first and (not wide or ints.max() < INT64_MAX)):
             return array
         valid = _valid(array)
-        bad = (ints < (FIRST_US if wide else FIRST_DAY)) & valid
+        bad = ((ints < first) | (ints == INT64_MAX if wide else False)) & valid
         if not bad.any():
             return array
         if self.infinity == "error":

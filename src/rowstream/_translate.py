@@ -197,8 +197,10 @@ def _undecodable(inner: BaseException) -> str | None:
                 if kind is not None and kind.removesuffix("[]") == codec:
                     columns.append(f"{d[0]} ({kind})")
             break
+    cast = "col::text"
     if len(columns) == 1:
         which = f"column {columns[0]}"
+        cast = columns[0].split(" (")[0] + "::text"
     elif columns:
         which = "one of the columns " + ", ".join(columns)
     else:
@@ -206,7 +208,7 @@ def _undecodable(inner: BaseException) -> str | None:
     return (
         f"cannot read {which}: a value is outside the years 1 to 9999 that Python's date and "
         f"datetime hold (a BC date or a later year; {_first_line(str(inner))}): select the "
-        "column as text (col::text), or export it with rowstream export, which writes it exactly"
+        f"column as text ({cast}), or export it with rowstream export, which writes it exactly"
     )
 
 
