@@ -38,6 +38,8 @@ from ._pgcopy import (
     Write,
     copy_csv,
     copy_jsonl,
+    json_array,
+    json_text,
     pg_transaction,
     probe,
     quote_ident,
@@ -610,7 +612,9 @@ def _pg_text(column: PgColumn, fmt: Format) -> str:
     if fmt == "jsonl":
         # to_jsonb() itself, not the COPY path's cheaper equivalents (_pgcopy.json_value):
         # the tests hold the two paths' bytes against each other.
-        return f"to_jsonb({ref})::text"
+        if column.typname == "json":
+            return json_text(ref)
+        return json_array(ref) if column.typname.startswith("_") else f"to_jsonb({ref})::text"
     if column.typname == "bool":
         return f"CASE WHEN {ref} THEN 't' WHEN NOT {ref} THEN 'f' END"
     if column.typname in ("bpchar", "inet"):
