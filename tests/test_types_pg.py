@@ -12,6 +12,7 @@ the value and the option, through the API and the CLI, or written as the option 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ import pytest
 import sqlalchemy as sa
 
 import rowstream
+from tests.test_export_pg import _oracle_copy
 
 # name, type, then three values (SQL literals): the largest, the smallest, an ordinary one.
 COLUMNS: list[tuple[str, str, str, str, str]] = [
@@ -104,12 +106,18 @@ def _ddl() -> str:
 
 @pytest.fixture
 async def types_url(pg_url: str) -> AsyncIterator[str]:
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute(_ddl())
+    async with _table(pg_url, _ddl(), TABLE):
         yield pg_url
+
+
+@contextlib.asynccontextmanager
+async def _table(url: str, ddl: str, name: str) -> AsyncIterator[None]:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(ddl)
+        yield
     finally:
-        await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        await conn.execute(f"DROP TABLE IF EXISTS {name}")
         await conn.close()
 
 
@@ -122,26 +130,11 @@ async def _fetch(url: str, sql: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def _copy_csv(url: str) -> bytes:
-    conn = await asyncpg.connect(url)
-    chunks: list[bytes] = []
-
-    async def sink(data: bytes) -> None:
-        chunks.append(data)
-
-    try:
-        await conn.execute("SET TimeZone = 'UTC'")
-        await conn.copy_from_query(QUERY, output=sink, format="csv", header=True)
-    finally:
-        await conn.close()
-    return b"".join(chunks)
-
-
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_csv_equals_copy(types_url: str, tmp_path: Path, strategy: str) -> None:
     out = tmp_path / "all.csv"
     await rowstream.export(types_url, sa.text(QUERY), out, strategy=strategy)  # type: ignore[arg-type]
-    expected = await _copy_csv(types_url)
+    expected = await _oracle_copy(types_url, QUERY)
     assert out.read_bytes() == expected
     assert b"294247-01-10 04:00:54.775806+00" in expected and b"4714-11-24 BC" in expected
 
@@ -302,13 +295,8 @@ INSERT INTO {EDGE} VALUES
 
 @pytest.fixture
 async def edge_url(pg_url: str) -> AsyncIterator[str]:
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute(EDGE_DDL)
+    async with _table(pg_url, EDGE_DDL, EDGE):
         yield pg_url
-    finally:
-        await conn.execute(f"DROP TABLE IF EXISTS {EDGE}")
-        await conn.close()
 
 
 # column, rows, what the message must show, the option it must name.

@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ._arrow import ArrowColumn, rows_to_batch, schema_of
+from ._arrow import ArrowColumn, schema_of
 from ._exceptions import SinkError
 from ._pgcopy import quote_ident
 from ._sinks._options import check_edge_values
+from ._sinks._parquet import rows_batch
 
 if TYPE_CHECKING:
     from ._pgcopy import PgColumn
@@ -205,14 +206,7 @@ class PgRead:
             shown = next((row[n + k] for row in rows if row[n + k] is not None), None)
             if shown is not None:
                 self._refuse_array(self.parts[i], shown)
-        try:
-            batch = rows_to_batch(rows, self.rows_columns)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-            raise SinkError(
-                f"cannot write these values to Parquet: {str(exc).splitlines()[0]}; "
-                "cast the column in the query (for example to text)"
-            ) from None
-        return self.convert(batch)
+        return self.convert(rows_batch(rows, self.rows_columns))
 
     def convert(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Check ``batch`` (as read by :meth:`query`) and cast it to the export's schema."""
