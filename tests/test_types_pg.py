@@ -464,3 +464,20 @@ async def test_stream_names_the_column_python_cannot_hold(types_url: str) -> Non
             "0001-01-01 BC",
             None,
         ]
+
+
+async def test_parquet_from_a_connection_in_another_time_zone(
+    types_url: str, tmp_path: Path
+) -> None:
+    # A borrowed connection keeps its session (here +05:30): instants are still read in UTC.
+    engine = rowstream.create_engine(types_url)
+    ours, copied = tmp_path / "borrowed.parquet", tmp_path / "copy.parquet"
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SET TIME ZONE 'Asia/Kolkata'")
+            report = await rowstream.export(conn, sa.text(QUERY), ours)
+    finally:
+        await engine.dispose()
+    assert report.strategy == "stream"
+    await rowstream.export(types_url, sa.text(QUERY), copied)
+    assert repr(_pyarrow_rows(ours)) == repr(_pyarrow_rows(copied))

@@ -103,8 +103,9 @@ class _Part:
     rows_type: pa.DataType
 
 
-def _rows_scalar(ref: str, kind: Kind) -> str:
-    """SQL giving ``ref`` as the integers ADBC produces (Unix days, microseconds)."""
+def _rows_scalar(ref: str, kind: Kind, aware: bool) -> str:
+    """SQL giving ``ref`` as the integers ADBC produces (Unix days, microseconds); ``aware``:
+    a timestamptz, whose date and time of day are taken in UTC whatever the session's zone."""
     if kind == "date":
         return (
             f"CASE WHEN isfinite({ref}) THEN {ref} - DATE '1970-01-01' "
@@ -114,9 +115,10 @@ def _rows_scalar(ref: str, kind: Kind) -> str:
     if kind == "timestamp":
         # Days and time of day apart: extract(epoch) rounds near the ends (PostgreSQL 15 gives
         # ...775800 for 294247-01-10 04:00:54.775807). The numeric sum wraps as ADBC's int64.
+        local = f"({ref} AT TIME ZONE 'UTC')" if aware else ref
         return (
-            f"CASE WHEN isfinite({ref}) THEN ((({ref}::date - DATE '1970-01-01')::numeric "
-            f"* 86400000000 + extract(epoch FROM {ref}::time) * 1000000 + {2**63}) "
+            f"CASE WHEN isfinite({ref}) THEN ((({local}::date - DATE '1970-01-01')::numeric "
+            f"* 86400000000 + extract(epoch FROM {local}::time) * 1000000 + {2**63}) "
             f"% {2**64} - {2**63})::int8 "
             f"WHEN {ref} = 'infinity' THEN {ADBC_TS_INFINITY} "
             f"WHEN {ref} = '-infinity' THEN {ADBC_TS_MINUS_INFINITY} END"
@@ -168,14 +170,15 @@ class PgRead:
             rows_sql = adbc_sql
             rows_type = pa.list_(pa.string()) if is_list else pa.string()
         elif kind in ("date", "timestamp", "time"):
+            aware = getattr(item, "tz", None) is not None
             if is_list:
-                element = _rows_scalar("u.e", kind)
+                element = _rows_scalar("u.e", kind, aware)
                 rows_sql = (
                     f"CASE WHEN {ref} IS NOT NULL THEN ARRAY(SELECT {element} FROM "
                     f"unnest({ref}) WITH ORDINALITY AS u(e, n) ORDER BY u.n) END"
                 )
             else:
-                rows_sql = _rows_scalar(ref, kind)
+                rows_sql = _rows_scalar(ref, kind, aware)
         assert rows_type is not None
         return _Part(column, kind, is_list, typname, adbc_sql, rows_sql, rows_type)
 
