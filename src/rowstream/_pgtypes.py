@@ -154,7 +154,7 @@ class PgRead:
         is_list = arrow is not None and pa.types.is_list(arrow)
         item = arrow.value_type if arrow is not None and is_list else arrow
         kind = _kind(item)
-        typname = pg.element or pg.typname
+        typname = f"{pg.element}[]" if pg.element else pg.typname
         if (kind in ("date", "timestamp") and self.infinity == "text") or (
             kind == "decimal" and self.nan == "text"
         ):
@@ -303,7 +303,7 @@ class PgRead:
         if len(shown) > SHOWN_CHARS:
             shown = shown[:SHOWN_CHARS] + "..."
         raise SinkError(
-            f"column {part.column.name!r} ({part.typname}[]) holds {shown}, an array with several "
+            f"column {part.column.name!r} ({part.typname}) holds {shown}, an array with several "
             "dimensions or a first index other than 1, which a Parquet list cannot hold: cast "
             f"the column in the query ({part.column.name}::text, or to_jsonb({part.column.name}) "
             "for nested lists in JSON)"
