@@ -154,7 +154,10 @@ class PgRead:
         is_list = arrow is not None and pa.types.is_list(arrow)
         item = arrow.value_type if arrow is not None and is_list else arrow
         kind = _kind(item)
-        typname = f"{pg.element}[]" if pg.element else pg.typname
+        typname = pg.element or pg.typname
+        if kind == "decimal" and item is not None:
+            typname = f"numeric({item.precision},{item.scale})"
+        typname += "[]" if pg.element else ""
         if (kind in ("date", "timestamp") and self.infinity == "text") or (
             kind == "decimal" and self.nan == "text"
         ):
