@@ -206,9 +206,10 @@ def json_value(ref: str, typname: str) -> str:
 
 def json_text(ref: str) -> str:
     """A ``json`` value as it is stored: to_jsonb() would sort its keys and drop duplicate
-    ones. Its line breaks can only be whitespace between tokens (a JSON string holds none
-    raw), so they become spaces, and the line stays one line."""
-    return f"translate({ref}::text, E'\\n\\r', '  ')"
+    ones. Its line breaks and tabs can only be whitespace between tokens (a JSON string holds
+    none raw), so they become spaces: the line stays one line, and COPY's text format has
+    nothing to escape but backslashes."""
+    return f"translate({ref}::text, E'\\n\\r\\t', '   ')"
 
 
 def json_array(ref: str) -> str:
