@@ -55,7 +55,6 @@ _PG_SCALARS: dict[str, pa.DataType] = {
     "varchar": pa.string(),
     "bpchar": pa.string(),
     "name": pa.string(),
-    "char": pa.string(),
     "citext": pa.string(),
     "date": pa.date32(),
     "time": pa.time64("us"),
@@ -64,7 +63,8 @@ _PG_SCALARS: dict[str, pa.DataType] = {
     "bytea": pa.binary(),
 }
 # Read as text: Arrow has no exact match that Parquet can store, or the text is the exact form.
-_PG_AS_TEXT = {"interval", "uuid", "json", "jsonb", "xml", "money", "timetz"}
+# "char" too: read as it is, ADBC gives the byte 0 for '' and asyncpg gives bytes.
+_PG_AS_TEXT = {"interval", "uuid", "json", "jsonb", "xml", "money", "timetz", "char"}
 
 
 def _numeric(typmod: int) -> tuple[int, int] | None:

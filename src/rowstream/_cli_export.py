@@ -16,7 +16,7 @@ from typing import Any
 
 from ._cli import loading
 from ._exceptions import ConfigurationError
-from ._sinks._options import COMPRESSIONS, FORMATS
+from ._sinks._options import COMPRESSIONS, FORMATS, INFINITY_CHOICES, NAN_CHOICES
 from ._values import DEFAULT_ZERO_DATES, ZERO_DATES
 
 
@@ -68,6 +68,21 @@ def register(subparsers: Any) -> None:
         metavar="A,B",
         help="columns written to Parquet as text (SQLite columns that mix storage classes)",
     )
+    parser.add_argument(
+        "--infinity",
+        choices=INFINITY_CHOICES,
+        default="error",
+        help="PostgreSQL to Parquet: infinity and instants past 294247 in dates and timestamps "
+        "stop the export (error, the default), or are written as null, clamped to the type's "
+        "extremes (DuckDB reads them as infinity), or the column as text",
+    )
+    parser.add_argument(
+        "--nan",
+        choices=NAN_CHOICES,
+        default="error",
+        help="PostgreSQL to Parquet: NaN in numeric(p, s) stops the export (error, the "
+        "default), or is written as null, or the column as text",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     parser.set_defaults(run=run)
 
@@ -108,6 +123,8 @@ async def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         zero_dates=args.zero_dates,
         text_columns=text_columns,
+        infinity=args.infinity,
+        nan=args.nan,
     )
     if not args.quiet and sys.stderr.isatty():
         print(report.summary(), file=sys.stderr)

@@ -37,16 +37,17 @@ from ._exceptions import ConfigurationError, QueryError, RowstreamError, SourceE
 from ._pgcopy import (
     PgColumn,
     Write,
-    cast_query,
     copy_csv,
     copy_jsonl,
+    json_array,
+    json_text,
     pg_transaction,
     probe,
     quote_ident,
 )
 from ._progress import ExportProgress, format_bytes, peak_memory_mb
 from ._sinks import CsvSink, JsonlSink, Sink, check_compression
-from ._sinks._options import FORMATS, Format
+from ._sinks._options import FORMATS, Format, check_edge_values
 from ._sizing import DEFAULT_BATCH_BYTES
 from ._source import (
     ResolvedSource,
@@ -72,6 +73,7 @@ from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 if TYPE_CHECKING:
     # pyarrow loads only for Parquet (see rowstream._sinks).
     from ._arrow import ArrowColumn
+    from ._pgtypes import PgRead
     from ._sinks._parquet import ParquetSink
 
 __all__ = ["FORMATS", "ExportReport", "export", "format_for_path"]
@@ -79,6 +81,8 @@ __all__ = ["FORMATS", "ExportReport", "export", "format_for_path"]
 logger = logging.getLogger("rowstream")
 
 ExportStrategy = Literal["auto", "copy", "stream"]
+InfinityChoice = Literal["error", "null", "clamp", "text"]
+NanChoice = Literal["error", "null", "text"]
 TEXT_COMPRESSIONS = ("gzip", "none")
 EXPORT_STRATEGIES = ("auto", "copy", "stream")
 WRITE_BEHIND_BYTES = 32 * 1024 * 1024
@@ -213,6 +217,8 @@ class _Job:
     progress: ExportProgress
     out: BinaryIO
     counter: _Counter
+    infinity: str = "error"
+    nan: str = "error"
     rows: int = 0
     strategy: str = ""
     kinds: list[PlanColumn] | None = None
@@ -237,6 +243,8 @@ async def export(
     zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
     text_columns: Sequence[str] | None = None,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    infinity: InfinityChoice = "error",
+    nan: NanChoice = "error",
 ) -> ExportReport:
     """Export a table or a query to ``path`` (CSV, JSON Lines or Parquet), atomically.
 
@@ -262,6 +270,13 @@ async def export(
     ``text_columns`` are written to Parquet as text (each value as CSV writes it), for SQLite
     columns that hold values of several storage classes.
 
+    PostgreSQL values a Parquet type cannot hold stop the export with a line naming the
+    column and the value, unless told otherwise: ``infinity=`` for ``infinity``/``-infinity``
+    and instants past 294247 in dates and timestamps (``"null"``, ``"clamp"`` to the type's
+    extremes, which DuckDB reads as infinity, or ``"text"``), ``nan=`` for ``NaN`` in
+    ``numeric(p, s)`` (``"null"`` or ``"text"``). Arrays of several dimensions are refused
+    (cast them to text). CSV and JSONL hold every value as PostgreSQL renders it.
+
     Example::
 
         report = await rowstream.export(
@@ -279,6 +294,7 @@ async def export(
         raise ConfigurationError(f"batch_rows must be at least 1, not {batch_rows}")
     if batch_bytes is not None and batch_bytes < 1:
         raise ConfigurationError(f"batch_bytes must be positive, not {batch_bytes}")
+    check_edge_values(infinity, nan)
     if str(path) != STDOUT:
         check_writable(Path(path))
     _check_sqlite_file(source)
@@ -308,7 +324,7 @@ async def export(
                 # mtime=0: the same rows give the same bytes.
                 zipped = gzip.GzipFile(fileobj=out, mode="wb", mtime=0)
                 out = zipped  # type: ignore[assignment]
-            job = _Job(fmt, compression, batch_rows, batch_bytes, bar, out, counter)
+            job = _Job(fmt, compression, batch_rows, batch_bytes, bar, out, counter, infinity, nan)
             job.kinds, job.zero_dates, job.text_columns = kinds, zero_dates, as_text
             job.read_timeout = check_read_timeout(read_timeout)
             use_copy = (
@@ -542,13 +558,14 @@ async def _export_copy(
             return
     # Parquet: the rows come over a connection of ADBC's (binary COPY decoded in C++); the
     # probe's connection is back in the pool by then, so a pool of one cannot deadlock.
+    from ._pgtypes import PgRead
     from ._sinks._parquet import ParquetSink
 
-    arrow = [c.arrow for c in columns]
-    sink = ParquetSink(job.out, arrow, compression=job.compression or "zstd")
+    read = PgRead(columns, infinity=job.infinity, nan=job.nan)
+    sink = ParquetSink(job.out, read.columns, compression=job.compression or "zstd")
     sink.begin([c.name for c in columns])
     try:
-        await _copy_parquet(engine, sql, arrow, sink, job)
+        await _copy_parquet(engine, sql, read, sink, job)
     except BaseException:
         sink.abort()
         raise
@@ -595,7 +612,7 @@ async def _copy_text(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> 
 
 
 async def _copy_parquet(
-    engine: AsyncEngine, sql: str, arrow: list[ArrowColumn], sink: ParquetSink, job: _Job
+    engine: AsyncEngine, sql: str, read: PgRead, sink: ParquetSink, job: _Job
 ) -> None:
     from ._pgarrow import CannotConnect, copy_to_parquet
 
@@ -605,7 +622,7 @@ async def _copy_parquet(
         progress.advance(rows=rows, nbytes=job.counter.bytes - progress.bytes)
 
     try:
-        job.rows = await copy_to_parquet(engine.url, sql, arrow, sink, advance)
+        job.rows = await copy_to_parquet(engine.url, sql, read, sink, advance)
         job.strategy = "copy"
         return
     except CannotConnect as exc:
@@ -613,12 +630,12 @@ async def _copy_parquet(
         # through the engine's own connections instead, slower but the same file.
         logger.info("ADBC cannot connect (%s); reading Parquet through a cursor", exc)
     job.strategy = "cursor"
-    query = cast_query(sql, arrow)
+    query = read.query(sql, adbc=False)
     size = job.batch_rows or 10_000
     async with _pg_session(engine) as apg:
         cursor = await apg.cursor(query)
         while rows := await cursor.fetch(size):
-            sink.write_rows(rows)
+            sink.write_batch(read.rows_batch(rows))
             job.rows += len(rows)
             advance(len(rows))
 
@@ -634,17 +651,34 @@ async def _pg_columns(engine: AsyncEngine, sql: str) -> tuple[list[PgColumn], in
 def _pg_text(column: PgColumn, fmt: Format) -> str:
     """The server's own text of a column, as COPY (CSV) or to_jsonb() (JSONL) renders it."""
     ref = f"t.{quote_ident(column.name)}"
+    if column.typname == "timestamptz":
+        # Whatever the session's time zone: UTC, as the COPY path writes it. The offset goes
+        # before a BC suffix, and infinity has none.
+        local = f"({ref} AT TIME ZONE 'UTC')"
+        inf = f"to_jsonb({ref})::text" if fmt == "jsonl" else f"{ref}::text"
+        if fmt == "jsonl":
+            text = f"rtrim(to_jsonb({local})::text, '\"')"
+            utc = f"{text} || '+00:00\"'"
+            bc = f"replace({text}, ' BC', '+00:00 BC') || '\"'"
+        else:
+            utc = f"{local}::text || '+00'"
+            bc = f"replace({local}::text, ' BC', '+00 BC')"
+        return (
+            f"CASE WHEN NOT isfinite({ref}) THEN {inf} "
+            f"WHEN {ref} < TIMESTAMPTZ '0001-01-01 00:00:00+00' THEN {bc} ELSE {utc} END"
+        )
     if fmt == "jsonl":
-        if column.typname == "timestamptz":
-            # Whatever the session's time zone: UTC, as the COPY path writes it.
-            return f"rtrim(to_jsonb({ref} AT TIME ZONE 'UTC')::text, '\"') || '+00:00\"'"
         # to_jsonb() itself, not the COPY path's cheaper equivalents (_pgcopy.json_value):
         # the tests hold the two paths' bytes against each other.
-        return f"to_jsonb({ref})::text"
+        if column.typname == "json":
+            return json_text(ref)
+        return json_array(ref) if column.typname.startswith("_") else f"to_jsonb({ref})::text"
     if column.typname == "bool":
         return f"CASE WHEN {ref} THEN 't' WHEN NOT {ref} THEN 'f' END"
-    if column.typname == "timestamptz":
-        return f"({ref} AT TIME ZONE 'UTC')::text || '+00'"
+    if column.typname in ("bpchar", "inet"):
+        # Their casts to text differ from their output (COPY's): char(n) loses its padding,
+        # inet gains a /32 or /128. format() uses the output function.
+        return f"CASE WHEN {ref} IS NOT NULL THEN format('%s', {ref}) END"
     return f"{ref}::text"
 
 
@@ -660,6 +694,27 @@ class _RawJsonl(JsonlSink):
             for row in rows
         ]
         self._out.write("".join(lines).encode())
+
+
+class _CheckedParquet:
+    """Rows of a :class:`PgRead` query, checked and cast, into a Parquet sink."""
+
+    def __init__(self, sink: ParquetSink, read: PgRead) -> None:
+        self._sink = sink
+        self._read = read
+
+    def begin(self, columns: Sequence[str]) -> None:
+        self._sink.begin(columns)
+
+    def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._sink.write_batch(self._read.rows_batch(rows))
+
+    def finish(self) -> None:
+        self._sink.finish()
+
+    def abort(self) -> None:
+        self._sink.abort()
 
 
 async def _export_stream(
@@ -680,11 +735,14 @@ async def _export_stream(
         job.progress.set_estimate(estimate)
         names = [c.name for c in pg]
         if job.format == "parquet":
+            from ._pgtypes import PgRead
             from ._sinks._parquet import ParquetSink
 
-            arrow = [c.arrow for c in pg]
-            query = cast_query(sql, arrow)
-            sink = ParquetSink(job.out, arrow, compression=job.compression or "zstd")
+            read = PgRead(pg, infinity=job.infinity, nan=job.nan)
+            query = read.query(sql, adbc=False)
+            sink = _CheckedParquet(
+                ParquetSink(job.out, read.columns, compression=job.compression or "zstd"), read
+            )
         else:
             query = f"SELECT {', '.join(_pg_text(c, job.format) for c in pg)} FROM ({sql}) AS t"
             sink = CsvSink(job.out) if job.format == "csv" else _RawJsonl(job.out)

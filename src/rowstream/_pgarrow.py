@@ -12,7 +12,8 @@ export is bounded by the slower of the two, not by their sum.
 The read runs in its own ``REPEATABLE READ READ ONLY`` transaction with the same output
 settings as the COPY text paths. Columns whose decoded form is not the export's type are cast:
 ``numeric(p, s)`` is read as text and cast to ``decimal128(p, s)`` exactly (a value that does
-not fit fails, never rounds); the rest of the casts were chosen by :mod:`rowstream._arrow`.
+not fit fails, never rounds); values Arrow cannot hold (infinity, instants past its range, NaN,
+arrays of several dimensions) are caught by :mod:`rowstream._pgtypes`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pyarrow as pa
 from sqlalchemy.engine import URL
 
-from ._arrow import ArrowColumn, schema_of
 from ._exceptions import SinkError
-from ._pgcopy import SETTINGS, cast_query
+from ._pgcopy import SETTINGS
+from ._pgtypes import PgRead
 from ._sinks._parquet import ParquetSink
 from ._source import APPLICATION_NAME
 from ._strategy import shielded
@@ -125,31 +126,6 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _read_type(column: ArrowColumn) -> str | None:
-    """The cast the binary read needs: ADBC decodes numeric as text of its own making."""
-    arrow = column.type
-    value_type = arrow.value_type if arrow is not None and pa.types.is_list(arrow) else arrow
-    if pa.types.is_decimal(value_type):
-        return "text[]" if pa.types.is_list(arrow) else "text"
-    return column.cast
-
-
-def _converter(target: pa.Schema) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
-    """Cast each decoded batch to ``target`` (safe casts: an overflow fails, never wraps)."""
-
-    def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
-        arrays = []
-        for array, field in zip(batch.columns, target, strict=True):
-            if array.type != field.type:
-                if isinstance(array, pa.ExtensionArray):
-                    array = array.storage
-                array = array.cast(field.type)
-            arrays.append(array)
-        return pa.RecordBatch.from_arrays(arrays, schema=target)
-
-    return convert
-
-
 class _Session:
     """One ADBC connection in a read-only transaction; every method blocks (run in a thread)."""
 
@@ -218,13 +194,13 @@ class _Pump:
         self,
         session: _Session,
         reader: pa.RecordBatchReader,
-        target: pa.Schema,
+        read: PgRead,
         sink: ParquetSink,
         on_rows: Callable[[int], object],
     ) -> None:
         self._session = session
         self._reader = reader
-        self._convert = _converter(target)
+        self._convert = read.convert
         self._sink = sink
         self._on_rows = on_rows
         self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=QUEUE_BATCHES)
@@ -297,11 +273,13 @@ class _Pump:
 async def copy_to_parquet(
     url: URL,
     sql: str,
-    columns: Sequence[ArrowColumn],
+    read: PgRead,
     sink: ParquetSink,
     on_rows: Callable[[int], None],
 ) -> int:
     """Export ``sql`` into ``sink`` through ADBC; returns the number of rows.
+
+    ``read`` says how each column is read and checked (:mod:`rowstream._pgtypes`).
 
     Raises :class:`CannotConnect` when ADBC cannot open its connection (the caller falls
     back to reading through asyncpg).
@@ -313,11 +291,11 @@ async def copy_to_parquet(
     loop = asyncio.get_running_loop()
     try:
         await session.call(session.begin)
-        reader = await session.call(session.query, cast_query(sql, columns, _read_type))
+        reader = await session.call(session.query, read.query(sql, adbc=True))
         pump = _Pump(
             session,
             reader,
-            schema_of(columns),
+            read,
             sink,
             lambda n: loop.call_soon_threadsafe(on_rows, n),
         )

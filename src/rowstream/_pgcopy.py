@@ -162,24 +162,6 @@ def _rows(status: str) -> int:
         return 0
 
 
-def _own_cast(column: ArrowColumn) -> str | None:
-    return column.cast
-
-
-def cast_query(
-    sql: str,
-    columns: Sequence[ArrowColumn],
-    cast: Callable[[ArrowColumn], str | None] = _own_cast,
-) -> str:
-    """``sql`` wrapped to select each column, cast to the SQL type ``cast`` gives (if any)."""
-    parts = []
-    for column in columns:
-        ref = f"t.{quote_ident(column.name)}"
-        to = cast(column)
-        parts.append(f"{ref}::{to}" if to else ref)
-    return f"SELECT {', '.join(parts)} FROM ({sql}) AS t"
-
-
 def _coalescing(write: Write) -> Write:
     async def sink(chunk: bytes) -> None:
         await write(chunk)
@@ -208,12 +190,36 @@ _JSON_LIKE_JSONB = frozenset(
 
 
 def json_value(ref: str, typname: str) -> str:
-    """SQL for the JSON text of column ``ref`` exactly as ``to_jsonb(ref)::text`` renders it."""
+    """SQL for the JSON text of column ``ref`` exactly as ``to_jsonb(ref)::text`` renders it,
+    except for ``json`` (:func:`json_text`) and arrays whose index does not start at 1
+    (:func:`json_array`)."""
     if typname in _JSON_AS_TEXT:
         return f"{ref}::text"
     if typname in _JSON_LIKE_JSONB:
         return f"to_json({ref})::text"
+    if typname.startswith("_"):
+        return json_array(ref)
+    if typname == "json":
+        return json_text(ref)
     return f"to_jsonb({ref})::text"
+
+
+def json_text(ref: str) -> str:
+    """A ``json`` value as it is stored: to_jsonb() would sort its keys and drop duplicate
+    ones. Its line breaks and tabs can only be whitespace between tokens (a JSON string holds
+    none raw), so they become spaces: the line stays one line, and COPY's text format has
+    nothing to escape but backslashes."""
+    return f"translate({ref}::text, E'\\n\\r\\t', '   ')"
+
+
+def json_array(ref: str) -> str:
+    """An array as ``to_jsonb()`` renders it (nested lists for several dimensions), or as its
+    text (a JSON string) when an index does not start at 1: to_jsonb() would drop the bounds,
+    ``[0:1]={5,6}`` becoming ``[5,6]``. array_dims() is ``[1:3][1:2]`` when all start at 1."""
+    return (
+        f"CASE WHEN replace(array_dims({ref}), '[1:', '') LIKE '%[%' "
+        f"THEN to_jsonb({ref}::text)::text ELSE to_jsonb({ref})::text END"
+    )
 
 
 async def copy_jsonl(apg: Any, sql: str, columns: Sequence[PgColumn], write: Write) -> int:

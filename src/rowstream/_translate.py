@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import URL
@@ -190,6 +190,9 @@ def translate(
             f"cannot connect to {where}: {detail}; check that the server is running and "
             "that host, port and database in the URL are right"
         )
+    decoding = _undecodable(inner)
+    if decoding is not None:
+        return QueryError(decoding)
     if is_conversion_error(inner):
         return QueryError(
             f"cannot convert a value of the result: {detail}; the column's type in the "
@@ -264,6 +267,84 @@ def _sqlite_file_advice(url: URL, detail: str) -> str:
             f"{str(path.parent)!r}: check the path and the directory's permissions"
         )
     return f"{label}; check the path and the permissions of the file and its directory"
+
+
+# asyncpg's type OIDs of the columns whose values Python's date/datetime may not hold.
+_PG_TEMPORAL_OIDS = {1082: "date", 1114: "timestamp", 1184: "timestamptz"}
+_PG_TEMPORAL_OIDS |= {1182: "date[]", 1115: "timestamp[]", 1185: "timestamptz[]"}
+
+
+def _undecodable(inner: BaseException) -> str | None:
+    """A message for a value the driver could not turn into a Python date or datetime.
+
+    PostgreSQL holds dates from 4713 BC to 5874897 and timestamps to 294276; Python's
+    date and datetime hold the years 1 to 9999, so the driver fails on the client (this is no
+    server error): asyncpg with a ValueError or OverflowError from its codec, psycopg with a
+    DataError ("date too small (before year 1): '0044-03-15 BC'", also for infinity). The
+    columns that may hold such values are named from the cursor's description, found on the
+    failing call's stack (SQLAlchemy's adapter cursor keeps it).
+    """
+    frames = []
+    tb = inner.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not frames:
+        return None
+    exact = True
+    if (
+        isinstance(inner, (ValueError, OverflowError))
+        and "asyncpg" in frames[-1].f_code.co_filename
+    ):
+        # The failing codec is the innermost frame: date_decode, timestamp_decode, ...
+        codec = frames[-1].f_code.co_name.rpartition(".")[2].removesuffix("_decode")
+    elif type(inner).__module__.startswith("psycopg") and type(inner).__name__ == "DataError":
+        found = re.match(r"(date|timestamp) too (small|large)", str(inner))
+        if found is None:
+            return None
+        codec, exact = found.group(1), False  # psycopg says timestamp for timestamptz too
+    else:
+        return None
+    if codec not in ("date", "timestamp", "timestamptz"):
+        return None
+    columns = [
+        f"{name} ({kind})"
+        for name, kind in _temporal_columns(frames)
+        if kind.removesuffix("[]") == codec or (not exact and kind.startswith(codec))
+    ]
+    cast = "col::text"
+    if len(columns) == 1:
+        which = f"column {columns[0]}"
+        cast = columns[0].split(" (")[0] + "::text"
+    elif columns:
+        which = "one of the columns " + ", ".join(columns)
+    else:
+        which = f"a {codec} column"
+    return (
+        f"cannot read {which}: a value is outside the years 1 to 9999 that Python's date and "
+        f"datetime hold (a BC date, a later year or infinity; {_first_line(str(inner))}): "
+        f"select the column as text ({cast}), or export it with rowstream export, which "
+        "writes it exactly"
+    )
+
+
+def _temporal_columns(frames: list[Any]) -> list[tuple[str, str]]:
+    """(name, type) of the date and timestamp columns in the first cursor description on the
+    stack; DBAPI descriptions are sequences of (name, type code, ...)."""
+    for frame in frames:
+        description = getattr(frame.f_locals.get("self"), "description", None)
+        if not isinstance(description, (list, tuple)) or not description:
+            continue
+        found = []
+        for column in description:
+            try:
+                name, oid = column[0], column[1]
+            except (TypeError, IndexError, KeyError):
+                return []
+            if oid in _PG_TEMPORAL_OIDS:
+                found.append((str(name), _PG_TEMPORAL_OIDS[oid]))
+        return found
+    return []
 
 
 def raise_translated(

@@ -20,3 +20,20 @@ def check_compression(name: str) -> str:
             f"unknown Parquet compression {name!r}: choose one of {', '.join(COMPRESSIONS)}"
         )
     return name
+
+
+# PostgreSQL values a Parquet type cannot hold (see rowstream._pgtypes): what to write instead.
+INFINITY_CHOICES = ("error", "null", "clamp", "text")
+NAN_CHOICES = ("error", "null", "text")
+
+
+def check_edge_values(infinity: str, nan: str) -> None:
+    """Refuse an unknown ``infinity=`` or ``nan=`` choice before anything connects."""
+    if infinity not in INFINITY_CHOICES:
+        raise ConfigurationError(
+            f"unknown infinity choice {infinity!r}: choose one of {', '.join(INFINITY_CHOICES)}"
+        )
+    if nan not in NAN_CHOICES:
+        raise ConfigurationError(
+            f"unknown nan choice {nan!r}: choose one of {', '.join(NAN_CHOICES)}"
+        )

@@ -92,6 +92,17 @@ def _count_distinct(values: pa.ChunkedArray) -> int:
     return len(set(values.to_pylist()))
 
 
+def rows_batch(rows: Sequence[Sequence[Any]], columns: Sequence[ArrowColumn]) -> pa.RecordBatch:
+    """Rows as one record batch of the columns' types; a value that does not fit is refused."""
+    try:
+        return rows_to_batch(rows, columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        raise SinkError(
+            f"cannot write these values to Parquet: {str(exc).splitlines()[0]}; "
+            "cast the column in the query (for example to text)"
+        ) from None
+
+
 class ParquetSink:
     """Writes Arrow batches (or rows, converted with the columns' Arrow types) to a file."""
 
@@ -128,14 +139,7 @@ class ParquetSink:
             return
         if any(c.type is None for c in self._columns):
             self._columns = infer_columns(self._columns, rows)
-        try:
-            batch = rows_to_batch(rows, self._columns)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-            raise SinkError(
-                f"cannot write these values to Parquet: {str(exc).splitlines()[0]}; "
-                "cast the column in the query (for example to text)"
-            ) from None
-        self.write_batch(batch)
+        self.write_batch(rows_batch(rows, self._columns))
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
