@@ -33,6 +33,7 @@ from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from ._atomic import STDOUT, AtomicFile, check_writable
 from ._exceptions import ConfigurationError, QueryError, RowstreamError, SinkError, SourceError
+from ._guard import check_read_only, check_where
 from ._pgcopy import (
     PgColumn,
     Write,
@@ -341,6 +342,12 @@ async def _statement(
 ) -> tuple[Select[Any] | TextualSelect | TextClause, list[ArrowColumn] | None]:
     """The statement to export, and the Arrow columns its types give (None: untyped)."""
     arrow: list[ArrowColumn] | None
+    if where is not None and isinstance(table_or_statement, (str, sa.Table)):
+        if not where.strip():
+            raise ConfigurationError("--where is empty: give a condition, or leave it out")
+        # Before the catalog is read: one boolean expression, nothing more. The statement it
+        # ends up in is checked as a whole before it is sent (by _sql() or stream()).
+        check_where(where, resolved.dialect)
     if isinstance(table_or_statement, (Select, TextualSelect, TextClause)):
         if where is not None or columns is not None:
             raise ConfigurationError(
@@ -375,8 +382,6 @@ async def _statement(
         )
     statement = sa.select(*selected).select_from(table)
     if where is not None:
-        if not where.strip():
-            raise ConfigurationError("--where is empty: give a condition, or leave it out")
         statement = statement.where(sa.text(f"({where})"))
     return statement, arrow
 
@@ -437,6 +442,8 @@ async def _reflect(resolved: ResolvedSource, schema: str | None, name: str) -> s
 
 
 def _sql(engine: AsyncEngine, statement: Select[Any] | TextualSelect | TextClause) -> str:
+    """The statement as PostgreSQL's COPY, probe and ADBC paths send it, checked to be a single
+    read, without a trailing ';' or comment (it is wrapped in ``(...) AS t``)."""
     try:
         compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
     except Exception as exc:
@@ -444,7 +451,7 @@ def _sql(engine: AsyncEngine, statement: Select[Any] | TextualSelect | TextClaus
             f"cannot render this statement for export: {str(exc).splitlines()[0]}; "
             "use literal values instead of bound parameters"
         ) from None
-    return str(compiled)
+    return check_read_only(str(compiled), engine.dialect.name)
 
 
 # ---------------------------------------------------------------- PostgreSQL COPY
@@ -557,6 +564,8 @@ async def _copy_parquet(
     query = cast_query(sql, arrow)
     size = job.batch_rows or 10_000
     async with _pg_session(engine) as apg:
+        # No probe ran on this connection: make the transaction read-only here.
+        await apg.execute("SET TRANSACTION READ ONLY")
         cursor = await apg.cursor(query)
         while rows := await cursor.fetch(size):
             sink.write_rows(rows)

@@ -16,6 +16,7 @@ from sqlalchemy.sql.selectable import Select
 from ._exceptions import StreamKeyError
 from ._keys import Key
 from ._plan import Plan
+from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
 from ._translate import raise_translated
 
@@ -74,7 +75,7 @@ class KeysetStrategy:
                 # Later, the stream was running: a drop it can resume from.
                 raise_translated(exc, url=url, connecting=self._last is None)
             try:
-                async with conn.begin() as transaction:
+                async with ReadOnlyTransaction(conn) as transaction:
                     rows = await self._page(conn, statement)
                     # Read-only: nothing to keep, and a rollback is the cheapest end.
                     await transaction.rollback()

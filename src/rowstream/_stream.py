@@ -25,6 +25,7 @@ from ._exceptions import (
     SourceError,
     StreamKeyError,
 )
+from ._guard import check_statement
 from ._keys import Key, KeyArg, KeyedStream, resolve_key
 from ._keyset import KeysetStrategy, pageable
 from ._plan import Plan, Statement, make_plan
@@ -138,6 +139,9 @@ class RowStream(KeyedStream):
         self._collections.__enter__()
         try:
             self._source = resolve_source(self._source_arg)
+            # Before anything is sent, with the statement as this database will get it:
+            # rowstream only reads (see rowstream._guard).
+            check_statement(self._plan.statement, self._source.engine.dialect)
             self._strategy = await self._choose_strategy(self._source)
             self.stats.strategy = self._strategy.name
             await self._strategy.open()

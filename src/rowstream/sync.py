@@ -43,6 +43,7 @@ from sqlalchemy.sql.selectable import Select
 from ._checkpoint import CheckpointStore, Watermark
 from ._cursor import detach
 from ._exceptions import ConfigurationError, RowstreamError, StreamKeyError
+from ._guard import check_statement
 from ._keys import Key, KeyArg, KeyedStream, resolve_key
 from ._keyset import pageable
 from ._pipeline import BUFFER_BATCHES, CANCEL_GRACE, Handler, Item, PipelineStats
@@ -54,6 +55,7 @@ from ._process import (
     ProcessReport,
     check_options,
 )
+from ._readonly import SyncReadOnlyTransaction
 from ._sizing import DEFAULT_BATCH_BYTES, FIRST_BATCH_ROWS, BatchSizer
 from ._source import APPLICATION_NAME, ResolvedSource, mask_url, split_url
 from ._stream import Stats
@@ -191,7 +193,7 @@ class SyncRowStream(KeyedStream):
         self._owns_engine = False
         self._borrowed: sa.Connection | None = None
         self._conn: sa.Connection | None = None
-        self._trans: sa.RootTransaction | None = None
+        self._trans: SyncReadOnlyTransaction | None = None
         self._session: Session | None = None
         self._result: Any = None
         self._keys: list[str] = []
@@ -277,6 +279,8 @@ class SyncRowStream(KeyedStream):
         engine = self._engine
         assert engine is not None
         dialect = engine.dialect.name
+        # Before anything is sent: rowstream only reads (see rowstream._guard).
+        check_statement(self._plan.statement, engine.dialect)
         if self._plan.side_queries and dialect in _MYSQL:
             from ._exceptions import UnsupportedQueryError
 
@@ -297,7 +301,7 @@ class SyncRowStream(KeyedStream):
             self._key = _resolve_key(conn, self._plan, self._key_arg)
             statement = self._statement(dialect)
             if not conn.in_transaction():
-                self._trans = conn.begin()
+                self._trans = SyncReadOnlyTransaction(conn)
             statement = statement.execution_options(yield_per=FIRST_BATCH_ROWS)
             if self._plan.orm:
                 self._session = Session(bind=conn, autoflush=False, expire_on_commit=False)
