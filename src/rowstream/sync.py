@@ -298,10 +298,12 @@ class SyncRowStream(KeyedStream):
         conn = self._conn
         assert conn is not None
         try:
-            self._key = _resolve_key(conn, self._plan, self._key_arg)
-            statement = self._statement(dialect)
+            # First, so that the key's catalog lookups do not begin a transaction of their
+            # own (SQLAlchemy's autobegin) that would not be read-only.
             if not conn.in_transaction():
                 self._trans = SyncReadOnlyTransaction(conn)
+            self._key = _resolve_key(conn, self._plan, self._key_arg)
+            statement = self._statement(dialect)
             statement = statement.execution_options(yield_per=FIRST_BATCH_ROWS)
             if self._plan.orm:
                 self._session = Session(bind=conn, autoflush=False, expire_on_commit=False)
