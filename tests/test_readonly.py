@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 import rowstream
 from rowstream import QueryError, RowstreamError, UnsupportedQueryError
@@ -98,19 +97,19 @@ class Victim:
     engine: AsyncEngine
 
     async def rows(self) -> list[tuple[Any, ...]] | None:
-        try:
-            async with self.engine.connect() as conn:
-                result = await conn.execute(sa.select(victim_table).order_by(victim_table.c.id))
-                return [tuple(row) for row in result]
-        except sa.exc.DBAPIError:
-            return None
+        return (await self.snapshot())[0]
 
     async def tables(self) -> set[str]:
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+        return (await self.snapshot())[1]
 
     async def snapshot(self) -> tuple[list[tuple[Any, ...]] | None, set[str]]:
-        return await self.rows(), await self.tables()
+        """The table's rows (None when it is gone) and the names of the database's tables."""
+        async with self.engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+            if TABLE not in tables:
+                return None, tables
+            result = await conn.execute(sa.select(victim_table).order_by(victim_table.c.id))
+            return [tuple(row) for row in result], tables
 
     async def execute(self, *statements: str) -> None:
         async with self.engine.begin() as conn:
@@ -127,7 +126,7 @@ def _url(dialect: str, servers: Servers, tmp_path: Path) -> str:
 
 
 async def _victim(url: str, dialect: str) -> AsyncIterator[Victim]:
-    engine = create_async_engine(resolve_url(url), poolclass=NullPool)
+    engine = create_async_engine(resolve_url(url), pool_size=1)
     victim = Victim(url, dialect, engine)
     try:
         if await victim.rows() != ROWS:
