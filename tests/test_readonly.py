@@ -68,6 +68,7 @@ WHERES = [
     "id > 0 FOR UPDATE",
 ]
 COLUMNS = ["id; DROP TABLE ro_victim", "id) FROM ro_victim; DELETE FROM ro_victim; --"]
+TABLES = ["ro_victim; DROP TABLE ro_victim", 'ro_victim"; DELETE FROM ro_victim; --']
 QUERY_ENTRIES = ("stream", "process", "export", "sync.stream", "sync.process")
 TABLE_ENTRIES = ("export",)
 # The CLI is a thin layer over export(): a subprocess each (seconds on a loaded machine) for
@@ -85,6 +86,7 @@ CLI = {
     "1=1); DROP TABLE ro_victim; --",
     "id > 0 FOR UPDATE",
     "id; DROP TABLE ro_victim",
+    "ro_victim; DROP TABLE ro_victim",
 }
 
 
@@ -168,7 +170,8 @@ async def _attempt(
     where = payload if kind == "where" else None
     columns = payload.split(",") if kind == "columns" else None
     if entry == "cli":
-        args = ["--query", payload] if kind == "query" else ["--table", TABLE]
+        table = payload if kind == "table" else TABLE
+        args = ["--query", payload] if kind == "query" else ["--table", table]
         if where is not None:
             args += ["--where", where]
         if columns is not None:
@@ -182,7 +185,7 @@ async def _attempt(
         "sync.process": lambda: asyncio.to_thread(rsync.process, url, payload, lambda b: None),
         "export": lambda: rowstream.export(
             url,
-            sa.text(payload) if kind == "query" else TABLE,
+            sa.text(payload) if kind == "query" else payload if kind == "table" else TABLE,
             target,
             where=where,
             columns=columns,
@@ -207,6 +210,7 @@ def _params() -> list[Any]:
         cases = [("query", q, QUERY_ENTRIES) for q in queries]
         cases += [("where", w, TABLE_ENTRIES) for w in WHERES]
         cases += [("columns", c, TABLE_ENTRIES) for c in COLUMNS]
+        cases += [("table", t, TABLE_ENTRIES) for t in TABLES]
         for kind, payload, entries in cases:
             for entry in (*entries, "cli") if payload in CLI else entries:
                 params.append(
@@ -229,10 +233,10 @@ async def test_no_input_changes_anything(
     assert _files(tmp_path) == []
     assert "ro_new" not in before[1]
     assert "\n" not in line
-    if kind == "columns":
-        # Column names are quoted (PostgreSQL) or looked up (MariaDB, SQLite): never pasted.
-        assert "column" in line
+    if kind in ("columns", "table"):
+        # Names are quoted (PostgreSQL) or looked up (MariaDB, SQLite): never pasted.
         assert error is None or isinstance(error, QueryError)
+        assert ("column" if kind == "columns" else "ro_victim") in line
     else:
         assert "refusing" in line and "rowstream only reads" in line
         assert error is None or isinstance(error, UnsupportedQueryError)
