@@ -27,6 +27,8 @@ with a message that says to quote it. Everything here is pure: no I/O.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,7 +63,7 @@ _MYSQL = frozenset({"mysql", "mariadb"})
 _SQLITE = "sqlite"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Token:
     """A lexical token: ``text`` is upper-cased for words; ``start``/``end`` are offsets."""
 
@@ -113,10 +115,30 @@ class _Unreadable(Exception):
 # ---------------------------------------------------------------------------------- lexer
 
 
-def _is_word_char(ch: str) -> bool:
-    # `$` belongs to identifiers on every dialect (a$b); at the start of a token PostgreSQL
-    # reads it as a parameter or a dollar quote instead, which the lexer checks first.
-    return ch.isalnum() or ch == "_" or ch == "$" or ord(ch) >= 128
+# Runs of blanks and of word characters are matched by regular expressions, not char by char:
+# the check runs before every stream, and a statement can be long (literal IN lists).
+_SPACE = re.compile(r"\s+")
+# `$` belongs to identifiers on every dialect (a$b); at the start of a token PostgreSQL reads
+# it as a parameter or a dollar quote instead, which the lexer checks first.
+_WORD = re.compile(r"[\w$\u0080-\U0010ffff]+")
+
+
+# Characters that may start a comment, a quoted token or a dollar quote: the lexer looks at
+# those one by one.
+_SPECIAL = {
+    _PG: frozenset("-/'\"$"),
+    "mysql": frozenset("-/*#'\"`"),
+    "mariadb": frozenset("-/*#'\"`"),
+    _SQLITE: frozenset("-/'\"`["),
+}
+
+
+@functools.cache
+def _quoted(quote: str, backslash: bool) -> re.Pattern[str]:
+    """Quoted text: doubled quotes stay inside and, with ``backslash``, escaped characters."""
+    q = re.escape(quote)
+    body = rf"[^{q}\\]++|\\.|{q}{q}" if backslash else rf"[^{q}]++|{q}{q}"
+    return re.compile(rf"{q}(?:{body})*+{q}", re.S)
 
 
 def _tokens(sql: str, mode: _Mode, *, lenient: bool = False) -> list[Token]:
@@ -129,6 +151,7 @@ def _tokens(sql: str, mode: _Mode, *, lenient: bool = False) -> list[Token]:
     """
     dialect = mode.dialect
     mysql = dialect in _MYSQL
+    special = _SPECIAL[dialect]
     out: list[Token] = []
     n = len(sql)
     i = 0
@@ -136,10 +159,26 @@ def _tokens(sql: str, mode: _Mode, *, lenient: bool = False) -> list[Token]:
     try:
         while i < n:
             ch = sql[i]
+            if ch not in special:
+                # Most of a statement: words, blanks and operators.
+                word = _WORD.match(sql, i)
+                if word is not None:
+                    j = word.end()
+                    if dialect == _PG and j == i + 1 and ch in "Ee" and sql[j : j + 1] == "'":
+                        end = _quoted_end(sql, j, "'", backslash=True)  # E'...'
+                        out.append(Token("string", sql[i:end], i, end))
+                        i = end
+                    else:
+                        out.append(Token("word", sql[i:j].upper(), i, j))
+                        i = j
+                elif ch.isspace():
+                    i = _SPACE.match(sql, i).end()  # type: ignore[union-attr]
+                else:
+                    out.append(Token("punct", ch, i, i + 1))
+                    i += 1
+                continue
             nxt = sql[i + 1] if i + 1 < n else ""
-            if ch.isspace():
-                i += 1
-            elif (ch == "-" and nxt == "-" and (not mysql or _mysql_dash_comment(sql, i + 2))) or (
+            if (ch == "-" and nxt == "-" and (not mysql or _mysql_dash_comment(sql, i + 2))) or (
                 ch == "#" and mysql
             ):
                 end = sql.find("\n", i)
@@ -188,18 +227,10 @@ def _tokens(sql: str, mode: _Mode, *, lenient: bool = False) -> list[Token]:
                 i = end + 1
             elif ch == "$" and dialect == _PG:
                 i = _pg_dollar(sql, i, out)
-            elif _is_word_char(ch):
-                j = i + 1
-                while j < n and _is_word_char(sql[j]):
-                    j += 1
-                word = sql[i:j]
-                if dialect == _PG and word in ("E", "e") and j < n and sql[j] == "'":
-                    end = _quoted_end(sql, j, "'", backslash=True)
-                    out.append(Token("string", sql[i:end], i, end))
-                    i = end
-                else:
-                    out.append(Token("word", word.upper(), i, j))
-                    i = j
+            elif ch == "$":
+                j = _WORD.match(sql, i).end()  # type: ignore[union-attr]
+                out.append(Token("word", sql[i:j].upper(), i, j))
+                i = j
             else:
                 out.append(Token("punct", ch, i, i + 1))
                 i += 1
@@ -239,19 +270,9 @@ def _block_comment_end(sql: str, start: int, *, nested: bool) -> int:
 def _quoted_end(sql: str, start: int, quote: str, *, backslash: bool) -> int:
     """The offset just past the quoted text that opens at ``start`` (doubled quotes and, if
     ``backslash``, backslash escapes stay inside)."""
-    i = start + 1
-    n = len(sql)
-    while i < n:
-        ch = sql[i]
-        if backslash and ch == "\\":
-            i += 2
-        elif ch == quote:
-            if i + 1 < n and sql[i + 1] == quote:
-                i += 2
-            else:
-                return i + 1
-        else:
-            i += 1
+    found = _quoted(quote, backslash).match(sql, start)
+    if found is not None:
+        return found.end()
     what = {"'": "a 'string'", '"': 'a "quoted name"', "`": "a `quoted name`"}[quote]
     if quote == '"' and backslash:
         what = 'a "string"'
@@ -408,7 +429,7 @@ def _analyse_statement(tokens: list[Token], dialect: str) -> _Finding | None:
                 fix="drop INTO and its target",
                 word="INTO",
             )
-        else:
+        elif token.text in ("FOR", "LOCK"):
             for lock in _LOCKS:
                 if _is(tokens, i, *lock):
                     return _Finding(
@@ -493,6 +514,14 @@ def _modes(dialect: str) -> tuple[_Mode, ...]:
         ) from None
 
 
+def _reads_differently(sql: str, primary: _Mode, other: _Mode) -> bool:
+    """Whether ``other`` can split ``sql`` otherwise than ``primary`` (they differ only on
+    backslashes and double quotes)."""
+    return (other.backslash != primary.backslash and "\\" in sql) or (
+        other.ansi_quotes != primary.ansi_quotes and '"' in sql
+    )
+
+
 def check_read_only(sql: str, dialect: str) -> str:
     """Refuse ``sql`` unless it is a single read; return it without its trailing ``;``,
     comments and blanks (ready to be wrapped in a subquery).
@@ -515,6 +544,8 @@ def check_read_only(sql: str, dialect: str) -> str:
     if finding is not None:
         raise _refusal(sql, finding, dialect, primary)
     for mode in others:
+        if not _reads_differently(sql, primary, mode):
+            continue
         finding = _analyse(_tokens(sql, mode, lenient=True), dialect)
         if finding is not None:
             raise _refusal(sql, finding, dialect, mode)
