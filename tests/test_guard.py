@@ -133,6 +133,7 @@ REFUSED = [
     ((MY, MARIA), "SELECT * FROM t /*!50000 FOR UPDATE */", "found FOR UPDATE"),
     ((MY, MARIA), "SELECT id FROM t /*!INTO OUTFILE '/tmp/x'*/", "found INTO"),
     ((MY, MARIA), "SELECT 1 /*! unterminated", "executable comment"),
+    ((MY, MARIA), "SELECT 1 /*! /* x */ ; DELETE FROM t */", "a comment inside an executable"),
     ((MY, MARIA), "SELECT 1 /*! ; */", "found an executable comment after ';'"),
     ((MY, MARIA), "SELECT 1 --; DELETE FROM t", "a second statement (DELETE)"),
     ((MY, MARIA), "SELECT 'a\\'; DELETE FROM t; -- '", "as the server reads it with sql_mode"),

@@ -104,12 +104,20 @@ _MODES["mariadb"] = _MODES["mysql"]
 
 
 class _Unreadable(Exception):
-    """The text ends inside a string, identifier or comment."""
+    """The text ends inside a string, identifier or comment, or nests comments in a way the
+    servers do not agree on (``nested``)."""
 
-    def __init__(self, what: str, start: int) -> None:
+    def __init__(self, what: str, start: int, *, nested: bool = False) -> None:
         super().__init__(what)
         self.what = what
         self.start = start
+        self.nested = nested
+
+    def describe(self, sql: str) -> str:
+        where = _position(sql, self.start)
+        if self.nested:
+            return f"{self.what} at {where}: where the server ends it is unclear; remove it"
+        return f"{self.what} that opens at {where} never closes; close it"
 
 
 # ---------------------------------------------------------------------------------- lexer
@@ -156,6 +164,7 @@ def _tokens(sql: str, mode: _Mode, *, lenient: bool = False) -> list[Token]:
     n = len(sql)
     i = 0
     in_exec = False  # inside a MySQL /*! ... */: code until */
+    exec_start = 0
     try:
         while i < n:
             ch = sql[i]
@@ -188,14 +197,17 @@ def _tokens(sql: str, mode: _Mode, *, lenient: bool = False) -> list[Token]:
             elif ch == "/" and nxt == "*":
                 if mysql and (sql.startswith("/*!", i) or sql.startswith("/*M!", i)):
                     if in_exec:
-                        raise _Unreadable("an executable comment inside another", i)
+                        raise _Unreadable("an executable comment inside another", i, nested=True)
                     j = i + (3 if sql[i + 2] == "!" else 4)
                     while j < n and sql[j].isdigit():  # the server version it runs on
                         j += 1
                     out.append(Token("exec", sql[i:j], i, j))
-                    in_exec = True
+                    in_exec, exec_start = True, i
                     i = j
                 else:
+                    if in_exec:
+                        # Where MySQL ends the outer one is not worth guessing.
+                        raise _Unreadable("a comment inside an executable comment", i, nested=True)
                     end = _block_comment_end(sql, i, nested=dialect == _PG)
                     out.append(Token("comment", sql[i:end], i, end))
                     i = end
@@ -235,7 +247,7 @@ def _tokens(sql: str, mode: _Mode, *, lenient: bool = False) -> list[Token]:
                 out.append(Token("punct", ch, i, i + 1))
                 i += 1
         if in_exec:
-            raise _Unreadable("an executable comment /*! ... */", out[-1].start)
+            raise _Unreadable("an executable comment /*! ... */", exec_start)
     except _Unreadable:
         if lenient:
             return out
@@ -536,10 +548,7 @@ def check_read_only(sql: str, dialect: str) -> str:
     try:
         tokens = _tokens(sql, primary)
     except _Unreadable as exc:
-        raise UnsupportedQueryError(
-            f"refusing to run the statement: {exc.what} that opens at "
-            f"{_position(sql, exc.start)} never closes; close it"
-        ) from None
+        raise UnsupportedQueryError(f"refusing to run the statement: {exc.describe(sql)}") from None
     finding = _analyse(tokens, dialect)
     if finding is not None:
         raise _refusal(sql, finding, dialect, primary)
@@ -582,7 +591,8 @@ def check_where(where: str, dialect: str) -> None:
     try:
         tokens = _tokens(where, primary)
     except _Unreadable as exc:
-        raise refuse(f"{exc.what} that never closes", exc.start) from None
+        what = exc.what if exc.nested else f"{exc.what} that never closes"
+        raise refuse(what, exc.start) from None
     opened: list[int] = []
     for token in tokens:
         if token.kind in ("comment", "exec"):
