@@ -107,7 +107,7 @@ async def test_stdout(small_table: str) -> None:
                 "--where",
                 "true) TO STDOUT; DROP TABLE exp_cli; COPY (SELECT 1",
             ],
-            "syntax error",
+            "refusing the where condition",
         ),
         (["--query", "SELECT * FROM exp_nope"], "exp_nope"),
     ],

@@ -12,7 +12,7 @@ import contextlib
 import functools
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.ext.asyncio.result import AsyncResult, AsyncScalarResult
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
@@ -21,6 +21,7 @@ from sqlalchemy.sql.selectable import Select, TextualSelect
 from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._exceptions import QueryError, UnsupportedQueryError
 from ._plan import Plan
+from ._readonly import ReadOnlyTransaction
 from ._sizing import FIRST_BATCH_ROWS
 from ._source import ResolvedSource
 from ._translate import is_conversion_error, raise_translated
@@ -59,7 +60,7 @@ class CursorStrategy:
         self._watchdog = watchdog or Watchdog(source.engine, None)
         self._owned = source.borrowed is None
         self._conn: AsyncConnection | None = None
-        self._trans: AsyncTransaction | None = None
+        self._trans: ReadOnlyTransaction | None = None
         self._session: AsyncSession | None = None
         self._result: AsyncResult[Any] | AsyncScalarResult[Any] | None = None
         self._keys: list[str] = []
@@ -98,7 +99,7 @@ class CursorStrategy:
                 driver: Any = raw.driver_connection
                 self._mysql_thread = int(driver.thread_id())
             if not conn.in_transaction():
-                self._trans = await conn.begin()
+                self._trans = await ReadOnlyTransaction(conn)
             for sql in self._setup:
                 await conn.exec_driver_sql(sql)
             statement = self._statement.execution_options(yield_per=FIRST_BATCH_ROWS)

@@ -3,7 +3,9 @@
     RowstreamError
     ├── ConfigurationError       bad arguments: unknown strategy, malformed URL, sync driver, ...
     │   └── UnsupportedQueryError    a statement rowstream cannot stream as asked
-    │                                (collection joinedload, subqueryload, unique(), not a SELECT)
+    │                                (collection joinedload, subqueryload, unique()), or one
+    │                                that is not a single read (DML, DDL, a second statement,
+    │                                SELECT ... INTO, FOR UPDATE): rowstream only reads
     ├── SourceError              the database cannot be reached or used: refused, unknown host,
     │   │                        missing database, bad credentials, a pooler in the way
     │   └── ConnectionLostError      the connection dropped in the middle of a stream

@@ -34,6 +34,7 @@ from sqlalchemy.sql.selectable import Select, TextualSelect
 from ._atomic import STDOUT, AtomicFile, check_writable, write_error
 from ._coltypes import column_kind, column_notes, declared_types, query_kinds, typed_arrow
 from ._exceptions import ConfigurationError, QueryError, RowstreamError, SourceError
+from ._guard import check_read_only, check_where
 from ._pgcopy import (
     PgColumn,
     Write,
@@ -400,6 +401,12 @@ async def _statement(
     values need to be exact (:mod:`rowstream._values`; None: nothing known)."""
     arrow: list[ArrowColumn] | None
     kinds: list[PlanColumn] | None = None
+    if where is not None and isinstance(table_or_statement, (str, sa.Table)):
+        if not where.strip():
+            raise ConfigurationError("--where is empty: give a condition, or leave it out")
+        # Before the catalog is read: one boolean expression, nothing more. The statement it
+        # ends up in is checked as a whole before it is sent (by _sql() or stream()).
+        check_where(where, resolved.dialect)
     if isinstance(table_or_statement, (Select, TextualSelect, TextClause)):
         if where is not None or columns is not None:
             raise ConfigurationError(
@@ -441,8 +448,6 @@ async def _statement(
         )
     statement = sa.select(*selected).select_from(table)
     if where is not None:
-        if not where.strip():
-            raise ConfigurationError("--where is empty: give a condition, or leave it out")
         statement = statement.where(sa.text(f"({where})"))
     return statement, arrow, kinds
 
@@ -512,6 +517,8 @@ async def _reflect(
 
 
 def _sql(engine: AsyncEngine, statement: Select[Any] | TextualSelect | TextClause) -> str:
+    """The statement as PostgreSQL's COPY, probe and ADBC paths send it, checked to be a single
+    read, without a trailing ';' or comment (it is wrapped in ``(...) AS t``)."""
     try:
         compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
     except Exception as exc:
@@ -519,7 +526,7 @@ def _sql(engine: AsyncEngine, statement: Select[Any] | TextualSelect | TextClaus
             f"cannot render this statement for export: {str(exc).splitlines()[0]}; "
             "use literal values instead of bound parameters"
         ) from None
-    return str(compiled)
+    return check_read_only(str(compiled), engine.dialect.name)
 
 
 # ---------------------------------------------------------------- PostgreSQL COPY
@@ -633,6 +640,8 @@ async def _copy_parquet(
     query = read.query(sql, adbc=False)
     size = job.batch_rows or 10_000
     async with _pg_session(engine) as apg:
+        # No probe ran on this connection: make the transaction read-only here.
+        await apg.execute("SET TRANSACTION READ ONLY")
         cursor = await apg.cursor(query)
         while rows := await cursor.fetch(size):
             sink.write_batch(read.rows_batch(rows))

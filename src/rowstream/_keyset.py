@@ -16,6 +16,7 @@ from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._exceptions import ConnectionLostError, QueryError, StreamKeyError
 from ._keys import Key
 from ._plan import Plan
+from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
 from ._strategy import shielded
 from ._translate import is_conversion_error, raise_translated, translate
@@ -115,7 +116,7 @@ class KeysetStrategy:
                     # Before the first page the server was never reached: a plain connect
                     # error. Later, the stream was running: a drop it can resume from.
                     raise_translated(exc, url=url, connecting=self._last is None)
-                async with conn.begin() as transaction:
+                async with ReadOnlyTransaction(conn) as transaction:
                     rows = await self._page(conn, statement)
                     # Read-only: nothing to keep, and a rollback is the cheapest end.
                     await transaction.rollback()

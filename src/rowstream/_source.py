@@ -205,6 +205,8 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     - asyncpg: statement caches off (``statement_cache_size=0`` and SQLAlchemy's
       ``prepared_statement_cache_size=0``), so statements are unnamed and survive a
       transaction-pooling PgBouncer; ``application_name=rowstream``.
+    - asyncmy: one statement per query (the driver asks the server for multi-statements;
+      rowstream's connections do not), so ``SELECT 1; DELETE ...`` is a syntax error there.
     - every connection's session time zone is UTC (a ``connect`` event).
     - TCP keepalive on every connection, and a connection whose statement is cancelled is
       closed at once rather than with a goodbye that a silent network would hold up (given
@@ -230,6 +232,8 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
             "prepared_statement_cache_size": 0,
             "server_settings": {"application_name": APPLICATION_NAME},
         }
+    elif driver == "asyncmy":
+        connect_args = {"async_creator_fn": _asyncmy_one_statement}
     connect_args.update(kwargs.pop("connect_args", {}))
     options: dict[str, Any] = {"pool_pre_ping": True}
     if kwargs.get("poolclass") is not NullPool and backend != "sqlite":
@@ -254,6 +258,22 @@ def _set_keepalive_on_connect(engine: AsyncEngine) -> None:
     def _keepalive(dbapi_connection: Any, _record: Any) -> None:
         driver = getattr(dbapi_connection, "driver_connection", None)
         set_keepalive(driver_socket(driver))
+
+
+async def _asyncmy_one_statement(**kwargs: Any) -> Any:
+    """An asyncmy connection without CLIENT_MULTI_STATEMENTS.
+
+    asyncmy always sets the flag in its handshake (PyMySQL does not), and SQLAlchemy passes no
+    way to clear it: the flag is cleared on the connection before it connects (and so before
+    any reconnect, which reuses it). See rowstream._readonly for what stands behind it.
+    """
+    from asyncmy.connection import Connection
+    from asyncmy.constants.CLIENT import MULTI_STATEMENTS
+
+    conn: Any = Connection(**kwargs)  # type: ignore[no-untyped-call]
+    conn._client_flag &= ~MULTI_STATEMENTS
+    await conn.connect()
+    return conn
 
 
 def _set_utc_on_connect(engine: AsyncEngine) -> None:

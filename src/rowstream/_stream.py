@@ -25,6 +25,7 @@ from ._exceptions import (
     SourceError,
     StreamKeyError,
 )
+from ._guard import check_statement
 from ._keys import Key, KeyArg, KeyedStream, resolve_key
 from ._keyset import KeysetStrategy, pageable
 from ._plan import Plan, Statement, make_plan
@@ -158,6 +159,9 @@ class RowStream(KeyedStream):
         self._collections.__enter__()
         try:
             self._source = resolve_source(self._source_arg)
+            # Before anything is sent, with the statement as this database will get it:
+            # rowstream only reads (see rowstream._guard).
+            check_statement(self._plan.statement, self._source.engine.dialect)
             # Planning (the key's catalog check, the pooler probe) waits on the server too.
             planning = Watchdog(
                 self._source.engine,

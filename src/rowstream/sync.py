@@ -50,6 +50,7 @@ from ._exceptions import (
     RowstreamError,
     StreamKeyError,
 )
+from ._guard import check_statement
 from ._keys import Key, KeyArg, KeyedStream, resolve_key
 from ._keyset import pageable
 from ._pipeline import (
@@ -68,6 +69,7 @@ from ._process import (
     ProcessReport,
     check_options,
 )
+from ._readonly import SyncReadOnlyTransaction
 from ._sizing import DEFAULT_BATCH_BYTES, FIRST_BATCH_ROWS, BatchSizer
 from ._source import APPLICATION_NAME, ResolvedSource, mask_url, split_url
 from ._stream import Stats
@@ -225,7 +227,7 @@ class SyncRowStream(KeyedStream):
         self._borrowed: sa.Connection | None = None
         self._read: Any = None  # the statement the cursor reads
         self._conn: sa.Connection | None = None
-        self._trans: sa.RootTransaction | None = None
+        self._trans: SyncReadOnlyTransaction | None = None
         self._session: Session | None = None
         self._result: Any = None
         self._keys: list[str] = []
@@ -330,6 +332,8 @@ class SyncRowStream(KeyedStream):
         engine = self._engine
         assert engine is not None
         dialect = engine.dialect.name
+        # Before anything is sent: rowstream only reads (see rowstream._guard).
+        check_statement(self._plan.statement, engine.dialect)
         if self._plan.side_queries and dialect in _MYSQL:
             from ._exceptions import UnsupportedQueryError
 
@@ -347,11 +351,13 @@ class SyncRowStream(KeyedStream):
         conn = self._conn
         assert conn is not None
         try:
+            # First, so that the key's catalog lookups do not begin a transaction of their
+            # own (SQLAlchemy's autobegin) that would not be read-only.
+            if not conn.in_transaction():
+                self._trans = SyncReadOnlyTransaction(conn)
             self._key = _resolve_key(conn, self._plan, self._key_arg)
             statement = self._statement(dialect)
             self._read = statement
-            if not conn.in_transaction():
-                self._trans = conn.begin()
             statement = statement.execution_options(yield_per=FIRST_BATCH_ROWS)
             with self._watchdog.watch(self._socket()):
                 if self._plan.orm:
