@@ -593,6 +593,9 @@ class _RawJsonl(JsonlSink):
     """JSONL from values the server already rendered as JSON text."""
 
     def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        if len(rows) == 1:
+            self._write_alone(rows[0])
+            return
         keys = self._keys
         lines = [
             "{"
@@ -601,6 +604,9 @@ class _RawJsonl(JsonlSink):
             for row in rows
         ]
         self._out.write("".join(lines).encode())
+
+    def _write_value(self, value: Any) -> None:
+        self._out.write(b"null" if value is None else value.encode())
 
 
 async def _export_stream(
