@@ -680,6 +680,7 @@ async def _stream_into(
             sink.write_rows(batch)
             job.rows += len(batch)
             job.progress.advance(rows=len(batch), nbytes=job.counter.bytes - job.progress.bytes)
+            del batch  # not alive while the next one is read (it may be one 50 MB row)
     return sink
 
 
