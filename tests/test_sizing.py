@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from rowstream import DEFAULT_BATCH_BYTES, ConfigurationError
 from rowstream._sizing import (
     FIRST_BATCH_ROWS,
+    GROWTH,
     MAX_BATCH_ROWS,
     MIN_BATCH_ROWS,
     BatchSizer,
@@ -76,27 +78,70 @@ def wide_rows(n: int, width: int) -> list[tuple[int, str]]:
     return [(i, "x" * width) for i in range(n)]
 
 
-def test_first_batch_is_small_then_aims_at_batch_bytes() -> None:
+def grow(sizer: BatchSizer, width: int, batches: int) -> list[int]:
+    """The sizes ``sizer`` asks for over ``batches`` batches of rows ``width`` characters wide."""
+    sizes = []
+    for _ in range(batches):
+        size = sizer.next_rows()
+        sizes.append(size)
+        sizer.observe(wide_rows(size, width))
+    return sizes
+
+
+def test_first_batch_is_one_row_then_grows_geometrically_to_batch_bytes() -> None:
     sizer = BatchSizer(batch_rows=None, batch_bytes=None)
     assert sizer.batch_bytes == DEFAULT_BATCH_BYTES
-    assert sizer.next_rows() == FIRST_BATCH_ROWS
-    sizer.observe(wide_rows(FIRST_BATCH_ROWS, 1_000))
-    # ~1 KB rows and 4 MiB batches: a few thousand rows, the seeds' "medium" rule.
-    assert 2_000 <= sizer.next_rows() <= 4_200
+    assert FIRST_BATCH_ROWS == 1
+    sizes = grow(sizer, 1_000, 7)
+    assert sizes[:4] == [1, GROWTH, GROWTH**2, GROWTH**3]
+    # ~1 KB rows and 4 MiB batches: a few thousand rows, the seeds' "medium" rule, reached
+    # and then held.
+    assert 2_000 <= sizes[-1] <= 4_200
+    assert sizes[-1] == sizes[-2]
 
 
-def test_narrow_rows_reach_the_ceiling_and_huge_rows_the_floor() -> None:
+def test_narrow_rows_reach_the_ceiling_in_a_few_batches() -> None:
     sizer = BatchSizer(batch_rows=None, batch_bytes=None)
-    sizer.observe(narrow_rows(FIRST_BATCH_ROWS))
-    assert sizer.next_rows() == MAX_BATCH_ROWS
+    sizes = [sizer.next_rows()]
+    for _ in range(10):
+        sizer.observe(narrow_rows(sizes[-1]))
+        sizes.append(sizer.next_rows())
+    assert sizes[:6] == [1, 8, 64, 512, 4096, MAX_BATCH_ROWS]
+    assert sizes[-1] == MAX_BATCH_ROWS
+
+
+@pytest.mark.parametrize("width", [5_000_000, 50_000_000])
+def test_rows_wider_than_batch_bytes_come_one_at_a_time(width: int) -> None:
+    sizer = BatchSizer(batch_rows=None, batch_bytes=None)
+    assert grow(sizer, width, 5) == [MIN_BATCH_ROWS] * 5
+
+
+def test_growth_never_passes_what_the_measured_width_allows() -> None:
+    # 1 MiB rows: four fit in 4 MiB, however many batches came before.
+    sizer = BatchSizer(batch_rows=None, batch_bytes=None)
+    assert grow(sizer, 1024 * 1024, 6) == [1, 3, 3, 3, 3, 3]  # 3 of ~1 MiB + overhead each
     sizer = BatchSizer(batch_rows=None, batch_bytes=1024)
     sizer.observe(wide_rows(3, 100_000))
     assert sizer.next_rows() == MIN_BATCH_ROWS
 
 
+def test_after_a_stretch_of_wide_rows_batches_grow_again_step_by_step() -> None:
+    sizer = BatchSizer(batch_rows=None, batch_bytes=None)
+    grow(sizer, 100, 8)
+    assert sizer.next_rows() == MAX_BATCH_ROWS
+    sizer.observe(wide_rows(1, 10_000_000))
+    assert sizer.next_rows() == 1
+    sizes = grow(sizer, 100, 60)
+    # Narrow again: never more than GROWTH times the batch before (not back to the old
+    # ceiling at once), and the ceiling comes back.
+    assert sizes[0] == 1
+    assert all(b <= a * GROWTH for a, b in itertools.pairwise(sizes))
+    assert sizes[-1] == MAX_BATCH_ROWS
+
+
 def test_wider_rows_shrink_batches_at_once_narrower_rows_grow_them_gradually() -> None:
     sizer = BatchSizer(batch_rows=None, batch_bytes=1024 * 1024)
-    sizer.observe(wide_rows(100, 100))
+    grow(sizer, 100, 8)  # past the growth: at the size batch_bytes allows
     before = sizer.next_rows()
     sizer.observe(wide_rows(100, 10_000))
     wide = sizer.next_rows()

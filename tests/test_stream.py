@@ -37,7 +37,7 @@ from rowstream import (
     SourceError,
     UnsupportedQueryError,
 )
-from rowstream._sizing import FIRST_BATCH_ROWS
+from rowstream._sizing import FIRST_BATCH_ROWS, GROWTH
 from tests import models
 from tests.models import Invoice, Order, User
 from tests.plugins._bringup import free_port, let_aiosqlite_stop
@@ -260,9 +260,9 @@ async def test_narrow_rows_reach_big_batches(shop: Shop) -> None:
     async with rowstream.stream(shop.url, NUMBERS[shop.dialect].format(rows=30_000)) as rows:
         sizes = [len(batch) async for batch in rows.batches()]
     assert sum(sizes) == 30_000
-    # The first batch is the small measuring one; every later full batch is big.
-    assert sizes[0] == FIRST_BATCH_ROWS
-    assert all(size >= 5_000 for size in sizes[1:-1]), sizes
+    # One measuring row, then batches grow geometrically; every later full batch is big.
+    assert sizes[:5] == [FIRST_BATCH_ROWS * GROWTH**n for n in range(5)]
+    assert all(size >= 5_000 for size in sizes[5:-1]), sizes
 
 
 class _WideBase(DeclarativeBase):
@@ -308,7 +308,9 @@ async def test_wide_json_rows_land_at_50_to_200_per_batch(shop: Shop) -> None:
                 sizes.append(len(batch))
                 assert batch[0].doc["id"] == batch[0].id
         assert sum(sizes) == len(docs)
-        assert all(50 <= size <= 200 for size in sizes[:-1]), sizes
+        # 1, 8 and 64 rows while they grow, then what 4 MiB holds.
+        assert sizes[:3] == [1, GROWTH, GROWTH**2]
+        assert all(50 <= size <= 200 for size in sizes[3:-1]), sizes
         # About batch_bytes per batch: 4 MiB by default, estimated from the rows' Python size.
         average = rows.stats.bytes / rows.stats.batches
         assert 1_000_000 < average < 6_000_000
@@ -328,7 +330,8 @@ async def test_small_batch_bytes_makes_small_batches(shop: Shop) -> None:
     ) as rows:
         sizes = [len(batch) async for batch in rows.batches()]
     assert sum(sizes) == models.ORDERS
-    assert max(sizes[1:]) < FIRST_BATCH_ROWS
+    # 16 KiB hold a few dozen orders (4 MiB would hold thousands).
+    assert max(sizes) < 100
 
 
 async def test_stats(shop: Shop) -> None:

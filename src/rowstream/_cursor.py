@@ -3,6 +3,12 @@
 PostgreSQL (asyncpg) binds a protocol-level portal and fetches it with Execute(n), which needs
 an open transaction; MySQL/MariaDB read an unbuffered result (SSCursor); SQLite steps its
 statement. Batches are fetched with ``fetchmany(n)``, so each batch may have its own size.
+
+Each fetch reads exactly the rows asked for, no more: SQLAlchemy's asyncpg adapter reads 50
+rows ahead whenever its buffer is empty (its first fetch of 1 row included), which is 2.5 GB
+for 50 MB rows before the first batch is sized; the stream's cursor reads without that
+read-ahead (:class:`_ExactAsyncpgCursor`). The MySQL/MariaDB unbuffered cursor (asyncmy,
+PyMySQL) and SQLite's read exactly ``n`` rows already.
 """
 
 from __future__ import annotations
@@ -10,13 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections.abc import AsyncIterator
 from typing import Any
 
+from sqlalchemy.dialects.postgresql.asyncpg import (
+    AsyncAdapt_asyncpg_connection,
+    AsyncAdapt_asyncpg_ss_cursor,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.ext.asyncio.result import AsyncResult, AsyncScalarResult
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
+from sqlalchemy.util import await_
 
 from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._exceptions import QueryError, UnsupportedQueryError
@@ -104,11 +116,12 @@ class CursorStrategy:
                 await conn.exec_driver_sql(sql)
             statement = self._statement.execution_options(yield_per=FIRST_BATCH_ROWS)
             result: AsyncResult[Any]
-            if self._plan.orm:
-                self._session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
-                result = await self._session.stream(statement)
-            else:
-                result = await conn.stream(statement)
+            async with _exact_fetches(conn):
+                if self._plan.orm:
+                    self._session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
+                    result = await self._session.stream(statement)
+                else:
+                    result = await conn.stream(statement)
             self._keys = list(result.keys())
             self._result = result.scalars() if self._plan.scalars else result
         except Exception as exc:
@@ -203,6 +216,52 @@ class CursorStrategy:
             await self._trans.rollback()
         if owned:
             await conn.close()
+
+
+class _ExactAsyncpgCursor(AsyncAdapt_asyncpg_ss_cursor):
+    """SQLAlchemy's asyncpg server-side cursor, whose ``fetchmany(n)`` reads ``n`` rows.
+
+    The original first reads 50 rows into its buffer whenever the buffer is empty, then the
+    rest of ``n``: 50 wide rows held at once, and two round trips per batch.
+    """
+
+    __slots__ = ()
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        if size is None:
+            return list(self.fetchall())  # type: ignore[no-untyped-call]
+        assert self._cursor is not None
+        buffered = self._rowbuffer
+        if size > len(buffered):
+            buffered.extend(await_(self._cursor.fetch(size - len(buffered))))
+        return [buffered.popleft() for _ in range(min(size, len(buffered)))]
+
+
+class _ExactAsyncpgConnection(AsyncAdapt_asyncpg_connection):
+    """The same connection, opening :class:`_ExactAsyncpgCursor` server-side cursors."""
+
+    __slots__ = ()
+    _ss_cursor_cls = _ExactAsyncpgCursor
+
+
+@contextlib.asynccontextmanager
+async def _exact_fetches(conn: AsyncConnection) -> AsyncIterator[None]:
+    """While the stream's statement executes, server-side cursors of ``conn`` read exactly
+    the rows asked for (asyncpg only; other drivers already do).
+
+    The connection's class is swapped back afterwards: the connection may be the caller's
+    (borrowed) or go back to the engine's pool, and must leave as it came.
+    """
+    raw = await conn.get_raw_connection()
+    adapted: Any = raw.dbapi_connection
+    if type(adapted) is not AsyncAdapt_asyncpg_connection:
+        yield
+        return
+    adapted.__class__ = _ExactAsyncpgConnection
+    try:
+        yield
+    finally:
+        adapted.__class__ = AsyncAdapt_asyncpg_connection
 
 
 def detach(session: Session, entities: list[Any]) -> None:

@@ -695,6 +695,9 @@ class _RawJsonl(JsonlSink):
     """JSONL from values the server already rendered as JSON text."""
 
     def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        if len(rows) == 1:
+            self._write_alone(rows[0])
+            return
         keys = self._keys
         lines = [
             "{"
@@ -703,6 +706,9 @@ class _RawJsonl(JsonlSink):
             for row in rows
         ]
         self._out.write("".join(lines).encode())
+
+    def _write_value(self, value: Any) -> None:
+        self._out.write(b"null" if value is None else value.encode())
 
 
 class _CheckedParquet:
@@ -799,6 +805,7 @@ async def _stream_into(
                 sink.write_rows(fix(batch) if fix is not None else batch)
                 job.rows += len(batch)
                 job.progress.advance(rows=len(batch), nbytes=job.counter.bytes - job.progress.bytes)
+                del batch  # not alive while the next one is read (it may be one 50 MB row)
     except BaseException:
         abort = getattr(sink, "abort", None)
         if abort is not None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,6 +48,10 @@ BATCH_BYTES = 1024 * 1024
 # orders table: 2 batches left the reader blocked 1.5 s of 5; 8 gave 0.87-1.17M rows/s
 # against 0.80-0.86M, for 6 MB more peak RSS.
 QUEUE_BATCHES = 8
+# ... and at most this many bytes of them: a batch holds at least one row, and eight batches
+# of one 50 MB row each were 400 MB. A batch larger than this waits for an empty queue, so
+# wide rows pass one at a time; narrow batches (about 1 MiB) stay bounded by their count.
+QUEUE_BYTES = 16 * 1024 * 1024
 
 _SSL_MODES = {"true": "require", "1": "require", "false": "disable", "0": "disable"}
 # Connection parameters of libpq (PostgreSQL 15's list) that a URL's query may carry.
@@ -187,6 +191,72 @@ class _Session:
                     handle.close()
 
 
+class _BatchQueue:
+    """Record batches between the reader and the writer thread (thread-safe), bounded by their
+    number and by the bytes of those queued or being written.
+
+    The reader asks for room (:meth:`wait_for_room`) before it decodes a batch, for one as
+    large as the last: batches wider than the bound (rows of tens of MB) are then decoded
+    only once the writer is done with the one before, so one such batch is alive at a time
+    besides the driver's buffers. ``None`` ends the queue.
+    """
+
+    def __init__(self, max_batches: int, max_bytes: int) -> None:
+        self._items: deque[pa.RecordBatch | None] = deque()
+        self._max_batches = max_batches
+        self._max_bytes = max_bytes
+        self._in_flight = 0  # batches queued or being written
+        self._bytes = 0  # and their bytes
+        self._last = 0
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def wait_for_room(self) -> None:
+        with self._changed:
+            # No timeout: the writer drains the queue to the end, even after a failure, and
+            # close() (on a stop) lets the reader go at once.
+            while (
+                not self._closed
+                and self._in_flight
+                and (
+                    len(self._items) >= self._max_batches
+                    or self._bytes + self._last > self._max_bytes
+                )
+            ):
+                self._changed.wait()
+
+    def put(self, batch: pa.RecordBatch | None) -> None:
+        with self._changed:
+            if batch is not None:
+                self._last = batch.nbytes
+                self._in_flight += 1
+                self._bytes += self._last
+            self._items.append(batch)
+            self._changed.notify_all()
+
+    def get(self) -> pa.RecordBatch | None:
+        with self._changed:
+            while not self._items:
+                self._changed.wait()
+            return self._items.popleft()
+
+    def done(self, batch: pa.RecordBatch) -> None:
+        """The writer is done with ``batch`` (written, or dropped after a failure)."""
+        with self._changed:
+            self._in_flight -= 1
+            self._bytes -= batch.nbytes
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def qsize(self) -> int:
+        with self._changed:
+            return len(self._items)
+
+
 class _Pump:
     """Reader thread -> bounded queue -> writer thread; the first error stops both."""
 
@@ -203,7 +273,7 @@ class _Pump:
         self._convert = read.convert
         self._sink = sink
         self._on_rows = on_rows
-        self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self._queue = _BatchQueue(QUEUE_BATCHES, QUEUE_BYTES)
         self._stop = threading.Event()
         self.errors: list[BaseException] = []
         self.rows = 0
@@ -211,6 +281,7 @@ class _Pump:
 
     def stop(self) -> None:
         self._stop.set()
+        self._queue.close()
         self._session.cancel()
 
     def _fail(self, exc: BaseException) -> None:
@@ -219,11 +290,17 @@ class _Pump:
         self.stop()
 
     def read(self) -> None:
+        batches = iter(self._reader)
         try:
-            for batch in self._reader:
+            while True:
+                self._queue.wait_for_room()
                 if self._stop.is_set():
                     break
+                batch = next(batches, None)  # ADBC decodes the next batch here
+                if batch is None:
+                    break
                 self._queue.put(self._convert(batch))
+                del batch  # the queue holds it; not this frame while the next is decoded
                 self.high_water = max(self.high_water, self._queue.qsize())
         except OSError as exc:
             # pyarrow raises the driver's failures as OSError, which would read as a failure
@@ -237,15 +314,16 @@ class _Pump:
     def write(self) -> None:
         # Drains the queue to the end even after a failure, so the reader never blocks on it.
         while (batch := self._queue.get()) is not None:
-            if self._stop.is_set():
-                continue
             try:
-                self._sink.write_batch(batch)
+                if not self._stop.is_set():
+                    self._sink.write_batch(batch)
+                    self.rows += batch.num_rows
+                    self._on_rows(batch.num_rows)
             except BaseException as exc:
                 self._fail(exc)
-                continue
-            self.rows += batch.num_rows
-            self._on_rows(batch.num_rows)
+            finally:
+                self._queue.done(batch)
+            del batch  # not kept alive while the next one is awaited
 
     async def run(self) -> None:
         threads = [

@@ -43,6 +43,8 @@ Write = Callable[[bytes], Awaitable[None]]
 # since the socket buffer holds far more than 1 ms of COPY output.
 COALESCE_BYTES = 128 * 1024
 COALESCE_SECONDS = 0.001
+UNESCAPE_SLICE = 1024 * 1024
+BACKSLASH = ord("\\")
 
 
 @dataclass(frozen=True)
@@ -235,16 +237,39 @@ async def copy_jsonl(apg: Any, sql: str, columns: Sequence[PgColumn], write: Wri
     carry = b""
 
     async def unescape(chunk: bytes) -> None:
-        # COPY text doubles every backslash; jsonb text has no raw control characters, so
-        # that is the only escape. A chunk may end inside a line: keep the tail for the next.
+        # A chunk may end inside a line: keep the tail for the next.
         nonlocal carry
         data = carry + chunk
         end = data.rfind(b"\n") + 1
         carry = data[end:]
         if end:
-            await write(data[:end].replace(b"\\\\", b"\\"))
+            await _write_unescaped(write, data, end)
 
     status = await apg.copy_from_query(query, output=_coalescing(unescape), format="text")
     if carry:
-        await write(carry.replace(b"\\\\", b"\\"))
+        await _write_unescaped(write, carry, len(carry))
     return _rows(str(status))
+
+
+async def _write_unescaped(write: Write, data: bytes, end: int) -> None:
+    """Write ``data[:end]`` with COPY text's doubled backslashes made single again.
+
+    jsonb text has no raw control characters, so doubling every backslash is the only escape
+    COPY applies, and backslashes come in runs of even length. A large chunk (a line of a
+    wide row: the JSON text of a 50 MB bytea is 100 MB) is unescaped in slices, so that its
+    unescaped copy is never made whole; a slice never ends inside a doubled backslash.
+    """
+    if end <= UNESCAPE_SLICE:
+        await write(data[:end].replace(b"\\\\", b"\\"))
+        return
+    view = memoryview(data)
+    start = 0
+    while start < end:
+        stop = min(start + UNESCAPE_SLICE, end)
+        run = 0
+        while stop - run > start and data[stop - run - 1] == BACKSLASH:
+            run += 1
+        if run % 2 and stop - 1 > start:
+            stop -= 1
+        await write(bytes(view[start:stop]).replace(b"\\\\", b"\\"))
+        start = stop

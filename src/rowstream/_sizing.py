@@ -1,8 +1,12 @@
 """Batch sizing by bytes.
 
-The first batch is small; its rows are measured (their Python size, which is what the
-process holds) and every later batch aims at ``batch_bytes``. A few rows of each batch are
-measured again, so a table whose rows grow wider further on gets smaller batches there.
+Nothing is known of a result's rows before the first one arrives, and one row may hold 50 MB:
+so the first batch is one row. Its size (the Python size, which is what the process holds)
+gives the number of rows that fit in ``batch_bytes``, and batches grow toward it geometrically
+(one row, then 8, 64...), never past what the measured width allows: a few wide rows among
+narrow first ones meet a small batch, not a full one. A few rows of each batch are measured
+again, so a table whose rows grow wider further on gets smaller batches there. Narrow rows
+reach the ceiling after six batches (about 4,700 rows), at no measurable cost in speed.
 
 With the default 4 MiB this gives the seeds' rule of thumb: narrow rows of a few integers and
 short strings land at the 10,000-row ceiling, rows with about 1 KB of text near 2,000, and rows
@@ -21,7 +25,8 @@ from uuid import UUID
 from ._exceptions import ConfigurationError
 
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
-FIRST_BATCH_ROWS = 100
+FIRST_BATCH_ROWS = 1
+GROWTH = 8
 MIN_BATCH_ROWS = 1
 MAX_BATCH_ROWS = 10_000
 SAMPLE_ROWS = 16
@@ -77,6 +82,7 @@ class BatchSizer:
         self.fixed_rows = batch_rows
         self.batch_bytes = batch_bytes or DEFAULT_BATCH_BYTES
         self.row_bytes: float | None = None
+        self._last_rows = 0
 
     def next_rows(self) -> int:
         if self.fixed_rows is not None:
@@ -84,12 +90,14 @@ class BatchSizer:
         if self.row_bytes is None:
             return FIRST_BATCH_ROWS
         rows = int(self.batch_bytes / self.row_bytes)
+        rows = min(rows, self._last_rows * GROWTH)
         return max(MIN_BATCH_ROWS, min(MAX_BATCH_ROWS, rows))
 
     def observe(self, batch: Sequence[Any]) -> int:
         """Measure ``batch`` (a sample of it) and return its estimated size in bytes."""
         if not batch:
             return 0
+        self._last_rows = len(batch)
         step = max(1, len(batch) // SAMPLE_ROWS)
         sample = batch[::step]
         width = sum(deep_size(row) for row in sample) / len(sample)

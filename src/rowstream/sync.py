@@ -271,10 +271,12 @@ class SyncRowStream(KeyedStream):
         """Yield the rows in lists, each about ``batch_bytes`` large (or ``batch_rows`` long)."""
         while batch := self._next_batch():
             yield batch
+            del batch  # before the next fetch: see RowStream.batches()
 
     def __iter__(self) -> Iterator[Any]:
         while batch := self._next_batch():
             yield from batch
+            del batch
 
     # -- opening and closing -------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from ._text import csv_text
+from ._text import csv_text, hex_bytes
 
 _SPECIAL = (",", '"', "\n", "\r")
 
@@ -40,6 +40,9 @@ class CsvSink:
         self._write_line([_field(c) for c in columns])
 
     def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        if len(rows) == 1:
+            self._write_alone(rows[0])
+            return
         lines = []
         for row in rows:
             fields = [_field(v) for v in row]
@@ -48,6 +51,27 @@ class CsvSink:
             lines.append(",".join(fields))
         lines.append("")
         self._out.write("\n".join(lines).encode())
+
+    def _write_alone(self, row: Sequence[Any]) -> None:
+        """Write one row a field at a time.
+
+        Batches are sized by bytes, so a row comes alone when it is wide (it may be 50 MB):
+        joining its fields into a line, and encoding the line, would each copy it whole.
+        """
+        out = self._out
+        for i, value in enumerate(row):
+            if i:
+                out.write(b",")
+            chunk = hex_bytes(value)
+            if chunk is not None:
+                out.write(b"\\x")
+                out.write(chunk)
+                continue
+            field = _field(value)
+            if self._single and field == "\\.":
+                field = _quote(field)
+            out.write(field.encode())
+        out.write(b"\n")
 
     def _write_line(self, fields: list[str]) -> None:
         if self._single and fields[0] == "\\.":

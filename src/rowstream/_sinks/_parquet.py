@@ -26,9 +26,42 @@ ROW_GROUP_ROWS = 122_880
 
 DICTIONARY_SAMPLE_ROWS = 16_384
 DICTIONARY_MAX_DISTINCT = 0.1
+# parquet-cpp writes no statistics wider than 4 KiB into the file, yet computes them anyway,
+# copying every new minimum and maximum value: on a column of 50 MB values that was 250 MB
+# more at the peak for a row group of one row. String and binary columns whose values average
+# more than this in the first row group get no statistics (nor a dictionary: such values do
+# not repeat, and sampling them for one costs a Python copy of each).
+WIDE_VALUE_BYTES = 4096
 
 
-def _dictionary_columns(table: pa.Table) -> list[str]:
+def _average_width(column: pa.ChunkedArray) -> float:
+    """The average size of a string or binary column's values, in bytes (0 for other types).
+
+    Read from the first and last offsets: nothing is scanned, and pyarrow's compute module
+    is not loaded (see :func:`_count_distinct`).
+    """
+    kind = column.type
+    large = pa.types.is_large_string(kind) or pa.types.is_large_binary(kind)
+    if not column or not (large or pa.types.is_string(kind) or pa.types.is_binary(kind)):
+        return 0.0
+    total = 0
+    for chunk in column.chunks:
+        if len(chunk):
+            raw = memoryview(chunk.buffers()[1])
+            offsets = raw.cast("q") if large else raw.cast("i")
+            total += offsets[chunk.offset + len(chunk)] - offsets[chunk.offset]
+    return total / len(column)
+
+
+def _wide_columns(table: pa.Table) -> list[str]:
+    return [
+        name
+        for name, column in zip(table.column_names, table.columns, strict=True)
+        if _average_width(column) > WIDE_VALUE_BYTES
+    ]
+
+
+def _dictionary_columns(table: pa.Table, skip: Sequence[str] = ()) -> list[str]:
     """Columns worth dictionary encoding: few distinct values in the first row group.
 
     pyarrow encodes every column with a dictionary by default and falls back to plain
@@ -41,7 +74,7 @@ def _dictionary_columns(table: pa.Table) -> list[str]:
         return []
     chosen = []
     for name, column in zip(sample.column_names, sample.columns, strict=True):
-        if pa.types.is_nested(column.type) or pa.types.is_boolean(column.type):
+        if pa.types.is_nested(column.type) or pa.types.is_boolean(column.type) or name in skip:
             continue
         distinct = _count_distinct(column)
         if distinct <= DICTIONARY_MAX_DISTINCT * sample.num_rows:
@@ -158,18 +191,28 @@ class ParquetSink:
             return
         table = pa.Table.from_batches(self._pending)
         self._pending, self._pending_bytes, self._pending_rows = [], 0, 0
-        writer = self._writer or self._ensure_writer(table.schema, _dictionary_columns(table))
+        writer = self._writer
+        if writer is None:
+            wide = _wide_columns(table)
+            writer = self._ensure_writer(table.schema, _dictionary_columns(table, wide), wide)
         writer.write_table(table, row_group_size=self._row_group_rows)
 
     def _ensure_writer(
-        self, schema: pa.Schema, dictionary: list[str] | bool = True
+        self,
+        schema: pa.Schema,
+        dictionary: list[str] | bool = True,
+        no_statistics: Sequence[str] = (),
     ) -> pq.ParquetWriter:
         if self._writer is None:
+            statistics: list[str] | bool = True
+            if no_statistics:
+                statistics = [n for n in schema.names if n not in no_statistics]
             self._writer = pq.ParquetWriter(
                 self._out,
                 schema,
                 compression=self._compression,
                 use_dictionary=dictionary,
+                write_statistics=statistics,
                 column_encoding=_delta_columns(schema, dictionary) or None,
                 # Microseconds stay microseconds: no coercion, no loss at years 1 and 9999.
                 version="2.6",

@@ -14,6 +14,7 @@ looks the same whichever database it came from:
 
 from __future__ import annotations
 
+import binascii
 import json
 import math
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-__all__ = ["csv_text", "json_text"]
+__all__ = ["csv_text", "hex_bytes", "json_text"]
 
 
 def _float_digits(value: float) -> tuple[str, int]:
@@ -135,6 +136,14 @@ _CSV: dict[type, Callable[[Any], str]] = {
     list: _pg_array,
     dict: _json_dump,
 }
+
+
+def hex_bytes(value: Any) -> bytes | None:
+    """The hex digits of a binary value as bytes (no str in between: a blob may be 50 MB), or
+    None for any other value."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return binascii.hexlify(value)
+    return None
 
 
 def csv_text(value: Any) -> str:
