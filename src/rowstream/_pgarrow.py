@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 from sqlalchemy.engine import URL
 
-from ._exceptions import SinkError
+from ._exceptions import ConnectionLostError, QueryError, RowstreamError, SinkError
 from ._pgcopy import SETTINGS
 from ._pgtypes import PgRead
 from ._sinks._parquet import ParquetSink
@@ -99,6 +99,18 @@ class CannotConnect(Exception):
 
 class ReadError(Exception):
     """Reading ADBC's stream failed (the connection dropped, the query was cancelled...)."""
+
+
+def _read_failure(error: ReadError, url: URL) -> RowstreamError:
+    """What a failed read of ADBC's stream means: a lost connection, or an error the server
+    sent in the middle of the COPY (libpq's "ERROR:  ..."), which is no failure to convert."""
+    translated = translate(error, url=url, resumable=False)
+    if isinstance(translated, ConnectionLostError):
+        return translated
+    server = str(error).partition("ERROR:")[2].strip()
+    if server:
+        return QueryError(f"the server rejected the query: {scrub(server.splitlines()[0], url)}")
+    return translated
 
 
 def libpq_conninfo(url: URL) -> str:
@@ -296,16 +308,19 @@ class _Pump:
                 self._queue.wait_for_room()
                 if self._stop.is_set():
                     break
-                batch = next(batches, None)  # ADBC decodes the next batch here
+                try:
+                    batch = next(batches, None)  # ADBC decodes the next batch here
+                except (OSError, pa.ArrowException) as exc:
+                    # pyarrow raises the driver's failures (a dropped connection, an error the
+                    # server sends mid-COPY) as OSError or ArrowInvalid, which would read as a
+                    # failure to convert or write: keep the server's words, as a read failure.
+                    self._fail(ReadError(str(exc).strip()))
+                    break
                 if batch is None:
                     break
                 self._queue.put(self._convert(batch))
                 del batch  # the queue holds it; not this frame while the next is decoded
                 self.high_water = max(self.high_water, self._queue.qsize())
-        except OSError as exc:
-            # pyarrow raises the driver's failures as OSError, which would read as a failure
-            # to write the file: keep the server's words, as a read failure.
-            self._fail(ReadError(str(exc).strip()))
         except BaseException as exc:
             self._fail(exc)
         finally:
@@ -388,7 +403,9 @@ async def copy_to_parquet(
             raise SinkError(
                 f"cannot convert PostgreSQL's rows to Parquet: {str(error).splitlines()[0]}"
             ) from error
-        if isinstance(error, (session.error, ReadError)):
+        if isinstance(error, ReadError):
+            raise _read_failure(error, url) from error
+        if isinstance(error, session.error):
             raise translate(error, url=url, resumable=False) from error
         raise error
     return pump.rows
