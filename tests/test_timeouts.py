@@ -381,3 +381,44 @@ async def test_timeouts_are_checked_before_anything_is_sent(tmp_path: Any) -> No
     with pytest.raises(rowstream.ConfigurationError, match="read_timeout must be a positive"):
         rowstream.sync.stream(url, "SELECT 1", read_timeout=True)  # type: ignore[arg-type]
     assert not (tmp_path / "never.db").exists()
+
+
+@pytest.fixture
+async def pg_proxied(pg_url: str, timeout_table: None) -> AsyncIterator[tuple[SilentProxy, str]]:
+    url = make_url(pg_url)
+    proxy = SilentProxy(url.host or "127.0.0.1", url.port or 5432)
+    port = await proxy.start()
+    yield proxy, url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    await proxy.close()
+
+
+# Long enough that the COPY is still sending when the network goes silent (about 400 MB).
+_LONG_COPY = f"SELECT t.* FROM {faults.TABLE} t CROSS JOIN generate_series(1, 20) g"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("when", ["from the start", "in the middle"])
+async def test_a_silent_network_ends_a_copy_export_within_the_bound(
+    pg_proxied: tuple[SilentProxy, str], fmt: str, when: str, tmp_path: Any
+) -> None:
+    proxy, url = pg_proxied
+    target = tmp_path / f"out.{fmt}"
+    export = asyncio.ensure_future(
+        rowstream.export(url, sa.text(_LONG_COPY), target, read_timeout=READ_TIMEOUT)
+    )
+    if when == "in the middle":
+        # Silent once the COPY's data is arriving: the temporary file beside the target grows.
+        for _ in range(200):
+            if any(p.stat().st_size > 1_000_000 for p in tmp_path.iterdir()):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the COPY sent nothing within 10 s")
+    proxy.silent = True
+    silenced = time.monotonic()
+    with pytest.raises(rowstream.ConnectionLostError) as caught:
+        await asyncio.wait_for(export, 30)
+    assert time.monotonic() - silenced < BOUND
+    assert f"within read_timeout={READ_TIMEOUT:g}s" in str(caught.value)
+    assert "run the export again" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ import gzip
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -69,7 +69,7 @@ from ._values import (
     ZeroDates,
     check_zero_dates,
 )
-from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
+from ._watchdog import DEFAULT_READ_TIMEOUT, Watchdog, check_read_timeout
 
 if TYPE_CHECKING:
     # pyarrow loads only for Parquet (see rowstream._sinks).
@@ -556,12 +556,12 @@ async def _export_copy(
     engine: AsyncEngine, statement: Select[Any] | TextualSelect | TextClause, job: _Job
 ) -> None:
     sql = _sql(engine, statement)
-    async with _pg_session(engine) as apg:
+    async with _pg_session(engine, job.read_timeout) as (apg, progress):
         columns, estimate = await probe(apg, sql)
         job.progress.set_estimate(estimate)
         if job.format != "parquet":
             job.strategy = "copy"
-            await _copy_text(apg, sql, columns, job)
+            await _copy_text(apg, sql, columns, job, progress)
             return
     # Parquet: the rows come over a connection of ADBC's (binary COPY decoded in C++); the
     # probe's connection is back in the pool by then, so a pool of one cannot deadlock.
@@ -580,18 +580,35 @@ async def _export_copy(
 
 
 @contextlib.asynccontextmanager
-async def _pg_session(engine: AsyncEngine) -> AsyncIterator[Any]:
-    """An asyncpg connection in rowstream's COPY transaction (see :func:`pg_transaction`)."""
-    conn = await _pg_connection(engine)
+async def _pg_session(
+    engine: AsyncEngine, read_timeout: float | None
+) -> AsyncIterator[tuple[Any, Callable[[], None]]]:
+    """An asyncpg connection in rowstream's COPY transaction (see :func:`pg_transaction`),
+    and the function to call whenever data arrives on it.
+
+    Every wait on the connection (the probe, the COPY, a cursor's fetch) is bounded: with no
+    data for ``read_timeout`` seconds, and the server not busy with the query, the network
+    counts as silent and the connection is abandoned (a ConnectionLostError; see
+    :mod:`rowstream._watchdog`). A COPY is one long wait, so its data calls ``progress()``.
+    """
+    conn: AsyncConnection | None = None
+    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
     try:
-        async with pg_transaction(conn) as apg:
-            yield apg
+        async with dog.watch(lambda: conn) as watch:
+            conn = await _pg_connection(engine)
+            async with pg_transaction(conn) as apg:
+                yield apg, (watch.kick if watch is not None else _no_progress)
     except RowstreamError:
         raise
     except Exception as exc:
         raise_translated(exc, url=engine.url, resumable=False)
     finally:
-        await shielded(_close(conn))
+        if conn is not None:
+            await shielded(_close(conn))
+
+
+def _no_progress() -> None:
+    """No read deadline to push back (read_timeout=None)."""
 
 
 async def _close(conn: AsyncConnection) -> None:
@@ -599,10 +616,11 @@ async def _close(conn: AsyncConnection) -> None:
         await conn.close()
 
 
-def _progress_writer(job: _Job) -> Write:
+def _progress_writer(job: _Job, arrived: Callable[[], None]) -> Write:
     out, progress = job.out, job.progress
 
     async def write(chunk: bytes) -> None:
+        arrived()
         out.write(chunk)
         if progress.enabled:  # counting lines costs a pass over the data
             progress.advance(rows=chunk.count(b"\n"), nbytes=job.counter.bytes - progress.bytes)
@@ -610,8 +628,10 @@ def _progress_writer(job: _Job) -> Write:
     return write
 
 
-async def _copy_text(apg: Any, sql: str, columns: list[PgColumn], job: _Job) -> None:
-    write = _progress_writer(job)
+async def _copy_text(
+    apg: Any, sql: str, columns: list[PgColumn], job: _Job, arrived: Callable[[], None]
+) -> None:
+    write = _progress_writer(job, arrived)
     if job.format == "csv":
         job.rows = await copy_csv(apg, sql, write)
     else:
@@ -639,11 +659,12 @@ async def _copy_parquet(
     job.strategy = "cursor"
     query = read.query(sql, adbc=False)
     size = job.batch_rows or 10_000
-    async with _pg_session(engine) as apg:
+    async with _pg_session(engine, job.read_timeout) as (apg, arrived):
         # No probe ran on this connection: make the transaction read-only here.
         await apg.execute("SET TRANSACTION READ ONLY")
         cursor = await apg.cursor(query)
         while rows := await cursor.fetch(size):
+            arrived()
             sink.write_batch(read.rows_batch(rows))
             job.rows += len(rows)
             advance(len(rows))
@@ -652,8 +673,10 @@ async def _copy_parquet(
 # ---------------------------------------------------------------- generic stream
 
 
-async def _pg_columns(engine: AsyncEngine, sql: str) -> tuple[list[PgColumn], int | None]:
-    async with _pg_session(engine) as apg:
+async def _pg_columns(
+    engine: AsyncEngine, sql: str, read_timeout: float | None
+) -> tuple[list[PgColumn], int | None]:
+    async with _pg_session(engine, read_timeout) as (apg, _arrived):
         return await probe(apg, sql)
 
 
@@ -746,7 +769,7 @@ async def _export_stream(
     arrow: list[ArrowColumn] = []
     if resolved.dialect == "postgresql":
         sql = _sql(engine, statement)
-        pg, estimate = await _pg_columns(pg_engine, sql)
+        pg, estimate = await _pg_columns(pg_engine, sql, job.read_timeout)
         job.progress.set_estimate(estimate)
         names = [c.name for c in pg]
         if job.format == "parquet":

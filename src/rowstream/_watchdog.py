@@ -238,9 +238,11 @@ class Watchdog:
         *,
         check_liveness: bool = True,
         where: str = "the database",
+        resumable: bool = True,
     ) -> None:
         self.engine = engine
         self.timeout = timeout
+        self.resumable = resumable
         self.check_liveness = check_liveness and engine.dialect.name in ("postgresql", *_MYSQL)
         self.where = where
         #: How often a deadline was extended because the server was still working.
@@ -249,8 +251,11 @@ class Watchdog:
     @contextlib.asynccontextmanager
     async def watch(
         self, conn: Callable[[], AsyncConnection | None], *, owned: bool = True
-    ) -> AsyncIterator[None]:
+    ) -> AsyncIterator[_Watch | None]:
         """Bound the waits inside the block; ``conn()`` gives the connection they wait on.
+
+        The block gets the armed deadline (None without a timeout): a long read that makes
+        progress (COPY data arriving chunk after chunk) calls its ``kick()`` on each.
 
         On expiry the connection is abandoned, and the error the waiting step then gets
         becomes a :class:`ConnectionLostError` that names the read timeout. A step cancelled
@@ -261,7 +266,7 @@ class Watchdog:
         timeout = self.timeout
         if timeout is None:
             try:
-                yield
+                yield None
             except asyncio.CancelledError:
                 if owned:
                     force_close(driver_of(conn()))
@@ -270,7 +275,7 @@ class Watchdog:
         async with asyncio.timeout(None) as deadline:
             watch = _Watch(self, conn, deadline, timeout)
             try:
-                yield
+                yield watch
             except Exception as exc:
                 if watch.fired:
                     raise ConnectionLostError(self._message()) from exc
@@ -286,11 +291,16 @@ class Watchdog:
                 watch.stop()
 
     def _message(self) -> str:
+        then = (
+            "it resumes by itself when the stream has a key"
+            if self.resumable
+            else "nothing was written to the target: run the export again"
+        )
         return (
             f"no answer from {self.where} within read_timeout={self.timeout:g}s: the network "
-            "or the server went silent; rowstream abandoned the connection (it resumes by "
-            "itself when the stream has a key); raise read_timeout for statements that are "
-            "slow to return rows, or pass read_timeout=None"
+            f"or the server went silent; rowstream abandoned the connection ({then}); raise "
+            "read_timeout for statements that are slow to return rows, or pass "
+            "read_timeout=None"
         )
 
     async def busy(self, driver: Any) -> bool:
@@ -331,7 +341,12 @@ class _Watch:
         self._check: asyncio.Task[None] | None = None
         self._rounds = 0
         self._done = False
+        self._progress = self._loop.time()
         self.fired = False
+
+    def kick(self) -> None:
+        """Data arrived: the wait starts again (one float stored; the timer re-arms lazily)."""
+        self._progress = self._loop.time()
 
     def stop(self) -> None:
         self._done = True
@@ -343,6 +358,11 @@ class _Watch:
     def _expired(self) -> None:
         self._handle = None
         if self._done:
+            return
+        quiet = self._loop.time() - self._progress
+        if quiet < self._timeout:
+            # Data arrived meanwhile: wait the rest of a full timeout after the last of it.
+            self._handle = self._loop.call_later(self._timeout - quiet, self._expired)
             return
         driver = driver_of(self._conn())
         if self._dog.check_liveness and driver is not None:
