@@ -17,6 +17,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 import rowstream
 from rowstream._pgarrow import QUEUE_BATCHES, _Pump, libpq_conninfo
+from rowstream._watchdog import LIBPQ_KEEPALIVE
+
+# libpq's parser gives every value back as text.
+KEEPALIVE = {k: str(v) for k, v in LIBPQ_KEEPALIVE.items()}
 
 
 def test_conninfo_is_what_libpq_parses() -> None:
@@ -32,6 +36,7 @@ def test_conninfo_is_what_libpq_parses() -> None:
         "password": "it's a \\ secret",
         "dbname": "shop",
         "application_name": "rowstream",
+        **KEEPALIVE,
         "sslmode": "require",
         "options": "-c work_mem=64MB",
     }
@@ -44,6 +49,7 @@ def test_conninfo_keeps_a_socket_directory() -> None:
         "user": "app",
         "dbname": "shop",
         "application_name": "rowstream",
+        **KEEPALIVE,
     }
 
 

@@ -35,6 +35,7 @@ from ._sinks._parquet import ParquetSink
 from ._source import APPLICATION_NAME
 from ._strategy import shielded
 from ._translate import scrub, translate
+from ._watchdog import LIBPQ_KEEPALIVE
 
 __all__ = ["CannotConnect", "copy_to_parquet", "libpq_conninfo"]
 
@@ -127,6 +128,8 @@ def libpq_conninfo(url: URL) -> str:
         "password": url.password,
         "dbname": url.database,
         "application_name": APPLICATION_NAME,
+        # TCP keepalive and a user timeout, as on every connection rowstream opens.
+        **LIBPQ_KEEPALIVE,
     }
     for key, value in url.query.items():
         text = value[-1] if isinstance(value, tuple) else value
