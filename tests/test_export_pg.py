@@ -388,7 +388,8 @@ async def test_connection_lost_in_the_middle(lost_table: str, tmp_path: Path, na
         assert not task.done(), "the export finished before the connection could be cut"
         killed = await conn.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
-            "application_name = 'rowstream' AND query LIKE 'COPY%' AND pid <> pg_backend_pid()"
+            "application_name = 'rowstream' AND query LIKE 'COPY%' AND pid <> pg_backend_pid() "
+            "AND datname = current_database()"
         )
         assert killed == 1
     finally:
