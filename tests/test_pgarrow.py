@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from psycopg.conninfo import conninfo_to_dict
 
 import rowstream
-from rowstream._pgarrow import QUEUE_BATCHES, _Pump, libpq_conninfo
+from rowstream._pgarrow import CONNECT_TIMEOUT, QUEUE_BATCHES, _Pump, libpq_conninfo
 from rowstream._watchdog import LIBPQ_KEEPALIVE
 
 # libpq's parser gives every value back as text.
 KEEPALIVE = {k: str(v) for k, v in LIBPQ_KEEPALIVE.items()}
+KEEPALIVE["connect_timeout"] = str(CONNECT_TIMEOUT)
 
 
 def test_conninfo_is_what_libpq_parses() -> None:

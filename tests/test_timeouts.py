@@ -422,3 +422,40 @@ async def test_a_silent_network_ends_a_copy_export_within_the_bound(
     assert f"within read_timeout={READ_TIMEOUT:g}s" in str(caught.value)
     assert "run the export again" in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_silent_network_ends_an_adbc_parquet_export_within_the_bound(
+    pg_proxied: tuple[SilentProxy, str], tmp_path: Any
+) -> None:
+    proxy, url = pg_proxied
+    target = tmp_path / "out.parquet"
+    # About 4 GB of rows (a small file: the padding compresses), read for many seconds.
+    statement = sa.text(_LONG_COPY.replace("generate_series(1, 20)", "generate_series(1, 200)"))
+    export = asyncio.ensure_future(
+        rowstream.export(url, statement, target, read_timeout=READ_TIMEOUT)
+    )
+    await asyncio.sleep(1.5)  # connected, the binary COPY streaming
+    assert not export.done(), "the export ended before the network went silent"
+    proxy.silent = True
+    silenced = time.monotonic()
+    with pytest.raises(rowstream.ConnectionLostError) as caught:
+        await asyncio.wait_for(export, 30)
+    assert time.monotonic() - silenced < BOUND
+    assert f"within read_timeout={READ_TIMEOUT:g}s" in str(caught.value)
+    assert "run the export again" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_slow_first_batch_of_an_adbc_export_is_waited_for(
+    pg_url: str, tmp_path: Any
+) -> None:
+    # The server works for 2.5 s before the first row: busy, not silent.
+    target = tmp_path / "slow.parquet"
+    report = await rowstream.export(
+        pg_url,
+        sa.text("SELECT g AS n FROM pg_sleep(2.5), generate_series(1, 3) g"),
+        target,
+        read_timeout=READ_TIMEOUT,
+    )
+    assert report.rows == 3
+    assert report.strategy == "copy"

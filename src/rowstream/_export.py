@@ -262,7 +262,9 @@ async def export(
     text (Parquet cannot store Arrow's month_day_nano interval). ``strategy="auto"`` uses COPY
     on PostgreSQL when rowstream opens the connection, and :func:`rowstream.stream` otherwise
     (``"stream"`` forces it; ``batch_rows``/``batch_bytes`` apply to it). ``read_timeout``
-    bounds each wait of the stream strategy for the database, as in :func:`rowstream.stream`.
+    bounds each wait for the database on every path, as in :func:`rowstream.stream`: on the
+    COPY and ADBC paths each chunk of data pushes the deadline back, so only silence counts,
+    and an export cut short says to run it again.
 
     A value is written exactly or the export stops with a :class:`SinkError` that names the
     column and the way past it (docs/types-mariadb.md, docs/types-sqlite.md):
@@ -649,7 +651,8 @@ async def _copy_parquet(
         progress.advance(rows=rows, nbytes=job.counter.bytes - progress.bytes)
 
     try:
-        job.rows = await copy_to_parquet(engine.url, sql, read, sink, advance)
+        watchdog = Watchdog(engine, job.read_timeout, where=mask_url(engine.url), resumable=False)
+        job.rows = await copy_to_parquet(engine.url, sql, read, sink, advance, watchdog)
         job.strategy = "copy"
         return
     except CannotConnect as exc:

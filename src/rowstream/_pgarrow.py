@@ -35,7 +35,7 @@ from ._sinks._parquet import ParquetSink
 from ._source import APPLICATION_NAME
 from ._strategy import shielded
 from ._translate import scrub, translate
-from ._watchdog import LIBPQ_KEEPALIVE
+from ._watchdog import LIBPQ_KEEPALIVE, Watchdog
 
 __all__ = ["CannotConnect", "copy_to_parquet", "libpq_conninfo"]
 
@@ -94,6 +94,10 @@ _LIBPQ_KEYWORDS = frozenset(
 )
 
 
+#: Seconds libpq waits for the server to answer a new connection (a silent network).
+CONNECT_TIMEOUT = 10
+
+
 class CannotConnect(Exception):
     """ADBC could not open its connection; the caller reads another way."""
 
@@ -128,8 +132,10 @@ def libpq_conninfo(url: URL) -> str:
         "password": url.password,
         "dbname": url.database,
         "application_name": APPLICATION_NAME,
-        # TCP keepalive and a user timeout, as on every connection rowstream opens.
+        # TCP keepalive and a user timeout, as on every connection rowstream opens; a server
+        # that does not answer the connection's start within CONNECT_TIMEOUT s is an error.
         **LIBPQ_KEEPALIVE,
+        "connect_timeout": CONNECT_TIMEOUT,
     }
     for key, value in url.query.items():
         text = value[-1] if isinstance(value, tuple) else value
@@ -154,6 +160,9 @@ class _Session:
 
         self.error: type[Exception] = dm.Error
         self._begun = False
+        #: Given up on (a silent network, see :meth:`terminate`): nothing may wait on it.
+        self.abandoned = False
+        self.pid: int | None = None
         try:
             self._database = dp.connect(conninfo)
             self._connection = dm.AdbcConnection(self._database)
@@ -172,6 +181,22 @@ class _Session:
         self._begun = True
         for statement in SETTINGS:
             self.execute(statement)
+        # The backend, for the read deadline's liveness check (rowstream._watchdog).
+        self.pid = int(self.query("SELECT pg_backend_pid()").read_all().column(0)[0].as_py())
+
+    def get_server_pid(self) -> int | None:
+        """The backend's pid (asyncpg's name: the watchdog asks drivers for it)."""
+        return self.pid
+
+    def terminate(self) -> None:
+        """Give the connection up without waiting on it (the read deadline expired).
+
+        libpq's socket is not reachable from here, so the server is asked to cancel from a
+        thread of its own (through a silent network that request may never return), and
+        every later step leaves this connection behind instead of waiting on it.
+        """
+        self.abandoned = True
+        in_background(self.cancel)
 
     def query(self, sql: str) -> pa.RecordBatchReader:
         self._statement.set_sql_query(sql)
@@ -185,7 +210,10 @@ class _Session:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            self.cancel()
+            if self.abandoned:
+                raise  # the thread may wait on a silent network for good
+            # The cancel request is a network round trip of its own: not on the event loop.
+            await asyncio.to_thread(self.cancel)
             with contextlib.suppress(Exception):
                 await shielded(future)
             raise
@@ -204,6 +232,15 @@ class _Session:
             if handle is not None:
                 with contextlib.suppress(Exception):
                     handle.close()
+
+
+def _nothing() -> None:
+    """No deadline to push back (read_timeout=None)."""
+
+
+def in_background(function: Callable[[], object]) -> None:
+    """Run ``function`` in a daemon thread, not waited for (it may block on the network)."""
+    threading.Thread(target=function, name="rowstream-adbc-cancel", daemon=True).start()
 
 
 class _BatchQueue:
@@ -297,7 +334,10 @@ class _Pump:
     def stop(self) -> None:
         self._stop.set()
         self._queue.close()
-        self._session.cancel()
+        if self._session.abandoned:
+            # The reader may never come back to end the queue: end it for the writer.
+            self._queue.put(None)
+        in_background(self._session.cancel)
 
     def _fail(self, exc: BaseException) -> None:
         if not self._stop.is_set():
@@ -362,7 +402,10 @@ class _Pump:
             raise
         finally:
             # After a stop both end soon (the cancelled query fails the reader); nothing may
-            # touch the sink or the connection while they run.
+            # touch the sink or the connection while they run. A reader stuck on a silent
+            # network (an abandoned session) is left behind: it touches neither.
+            if self._session.abandoned:
+                threads = threads[1:]
             await shielded(asyncio.to_thread(join))
 
 
@@ -372,10 +415,14 @@ async def copy_to_parquet(
     read: PgRead,
     sink: ParquetSink,
     on_rows: Callable[[int], None],
+    watchdog: Watchdog,
 ) -> int:
     """Export ``sql`` into ``sink`` through ADBC; returns the number of rows.
 
     ``read`` says how each column is read and checked (:mod:`rowstream._pgtypes`).
+    ``watchdog`` bounds the waits on the server (:mod:`rowstream._watchdog`): each batch pushes
+    its deadline back; on expiry, unless the server is still busy with the query, the session
+    is abandoned and a ConnectionLostError raised.
 
     Raises :class:`CannotConnect` when ADBC cannot open its connection (the caller falls
     back to reading through asyncpg).
@@ -386,20 +433,32 @@ async def copy_to_parquet(
         raise CannotConnect(scrub(str(exc), url)) from None
     loop = asyncio.get_running_loop()
     try:
-        await session.call(session.begin)
-        reader = await session.call(session.query, read.query(sql, adbc=True))
-        pump = _Pump(
-            session,
-            reader,
-            read,
-            sink,
-            lambda n: loop.call_soon_threadsafe(on_rows, n),
-        )
-        await pump.run()
+        # owned=False: a cancellation from outside (Ctrl-C) cancels the query and waits for
+        # the threads; only an expired deadline abandons the session (_Session.terminate).
+        async with watchdog.watch(lambda: session, owned=False) as watch:
+            arrived = watch.kick if watch is not None else _nothing
+
+            def rows_written(n: int) -> None:
+                arrived()
+                on_rows(n)
+
+            await session.call(session.begin)
+            reader = await session.call(session.query, read.query(sql, adbc=True))
+            pump = _Pump(
+                session,
+                reader,
+                read,
+                sink,
+                lambda n: loop.call_soon_threadsafe(rows_written, n),
+            )
+            await pump.run()
     except session.error as exc:
         raise translate(exc, url=url, resumable=False) from None
     finally:
-        await shielded(asyncio.to_thread(session.close))
+        if session.abandoned:
+            in_background(session.close)  # its ROLLBACK would wait on the silent network
+        else:
+            await shielded(asyncio.to_thread(session.close))
     if pump.errors:
         error = pump.errors[0]
         if isinstance(error, pa.ArrowException):

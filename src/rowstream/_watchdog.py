@@ -133,10 +133,12 @@ def force_close(driver: Any) -> None:
             transport.abort()
 
 
-def driver_of(conn: AsyncConnection | None) -> Any:
+def driver_of(conn: AsyncConnection | Any) -> Any:
     """The driver connection behind ``conn``, or None (closed, invalidated, not yet open)."""
     if conn is None:
         return None
+    if not isinstance(conn, AsyncConnection):
+        return conn  # already a driver-level session (ADBC's, see rowstream._pgarrow)
     try:
         sync = conn.sync_connection
         # .connection of an invalidated Connection would reconnect: never ask it then.
@@ -250,9 +252,11 @@ class Watchdog:
 
     @contextlib.asynccontextmanager
     async def watch(
-        self, conn: Callable[[], AsyncConnection | None], *, owned: bool = True
+        self, conn: Callable[[], AsyncConnection | Any], *, owned: bool = True
     ) -> AsyncIterator[_Watch | None]:
-        """Bound the waits inside the block; ``conn()`` gives the connection they wait on.
+        """Bound the waits inside the block; ``conn()`` gives the connection they wait on
+        (an AsyncConnection, or a driver-level session with ``terminate()`` and
+        ``get_server_pid()``, as ADBC's in rowstream._pgarrow).
 
         The block gets the armed deadline (None without a timeout): a long read that makes
         progress (COPY data arriving chunk after chunk) calls its ``kick()`` on each.
@@ -328,7 +332,7 @@ class _Watch:
     def __init__(
         self,
         dog: Watchdog,
-        conn: Callable[[], AsyncConnection | None],
+        conn: Callable[[], AsyncConnection | Any],
         deadline: asyncio.Timeout,
         timeout: float,
     ) -> None:
