@@ -392,8 +392,25 @@ async def pg_proxied(pg_url: str, timeout_table: None) -> AsyncIterator[tuple[Si
     await proxy.close()
 
 
-# Long enough that the COPY is still sending when the network goes silent (about 400 MB).
-_LONG_COPY = f"SELECT t.* FROM {faults.TABLE} t CROSS JOIN generate_series(1, 20) g"
+def _long_copy(times: int) -> Any:
+    """The fault table ``times`` over: 20 times is about 400 MB, long enough that a COPY is
+    still sending when the network goes silent."""
+    return sa.text(f"SELECT t.* FROM {faults.TABLE} t CROSS JOIN generate_series(1, {times}) g")
+
+
+async def _silence_then_expect_a_rerun(
+    proxy: SilentProxy, export: asyncio.Future[Any], tmp_path: Any
+) -> None:
+    """Silence the network under a running export: it ends within the bound, says to run it
+    again, and leaves nothing in ``tmp_path``."""
+    proxy.silent = True
+    silenced = time.monotonic()
+    with pytest.raises(rowstream.ConnectionLostError) as caught:
+        await asyncio.wait_for(export, 30)
+    assert time.monotonic() - silenced < BOUND
+    assert f"within read_timeout={READ_TIMEOUT:g}s" in str(caught.value)
+    assert "run the export again" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
@@ -404,7 +421,7 @@ async def test_a_silent_network_ends_a_copy_export_within_the_bound(
     proxy, url = pg_proxied
     target = tmp_path / f"out.{fmt}"
     export = asyncio.ensure_future(
-        rowstream.export(url, sa.text(_LONG_COPY), target, read_timeout=READ_TIMEOUT)
+        rowstream.export(url, _long_copy(20), target, read_timeout=READ_TIMEOUT)
     )
     if when == "in the middle":
         # Silent once the COPY's data is arriving: the temporary file beside the target grows.
@@ -414,14 +431,7 @@ async def test_a_silent_network_ends_a_copy_export_within_the_bound(
             await asyncio.sleep(0.05)
         else:
             pytest.fail("the COPY sent nothing within 10 s")
-    proxy.silent = True
-    silenced = time.monotonic()
-    with pytest.raises(rowstream.ConnectionLostError) as caught:
-        await asyncio.wait_for(export, 30)
-    assert time.monotonic() - silenced < BOUND
-    assert f"within read_timeout={READ_TIMEOUT:g}s" in str(caught.value)
-    assert "run the export again" in str(caught.value)
-    assert list(tmp_path.iterdir()) == []
+    await _silence_then_expect_a_rerun(proxy, export, tmp_path)
 
 
 async def test_a_silent_network_ends_an_adbc_parquet_export_within_the_bound(
@@ -430,20 +440,12 @@ async def test_a_silent_network_ends_an_adbc_parquet_export_within_the_bound(
     proxy, url = pg_proxied
     target = tmp_path / "out.parquet"
     # About 4 GB of rows (a small file: the padding compresses), read for many seconds.
-    statement = sa.text(_LONG_COPY.replace("generate_series(1, 20)", "generate_series(1, 200)"))
     export = asyncio.ensure_future(
-        rowstream.export(url, statement, target, read_timeout=READ_TIMEOUT)
+        rowstream.export(url, _long_copy(200), target, read_timeout=READ_TIMEOUT)
     )
     await asyncio.sleep(1.5)  # connected, the binary COPY streaming
     assert not export.done(), "the export ended before the network went silent"
-    proxy.silent = True
-    silenced = time.monotonic()
-    with pytest.raises(rowstream.ConnectionLostError) as caught:
-        await asyncio.wait_for(export, 30)
-    assert time.monotonic() - silenced < BOUND
-    assert f"within read_timeout={READ_TIMEOUT:g}s" in str(caught.value)
-    assert "run the export again" in str(caught.value)
-    assert list(tmp_path.iterdir()) == []
+    await _silence_then_expect_a_rerun(proxy, export, tmp_path)
 
 
 async def test_a_slow_first_batch_of_an_adbc_export_is_waited_for(
