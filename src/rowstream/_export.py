@@ -599,7 +599,7 @@ async def _pg_session(
         async with dog.watch(lambda: conn) as watch:
             conn = await _pg_connection(engine)
             async with pg_transaction(conn) as apg:
-                yield apg, (watch.kick if watch is not None else _no_progress)
+                yield apg, watch.kick
     except RowstreamError:
         raise
     except Exception as exc:
@@ -607,10 +607,6 @@ async def _pg_session(
     finally:
         if conn is not None:
             await shielded(_close(conn))
-
-
-def _no_progress() -> None:
-    """No read deadline to push back (read_timeout=None)."""
 
 
 async def _close(conn: AsyncConnection) -> None:

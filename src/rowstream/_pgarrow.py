@@ -234,10 +234,6 @@ class _Session:
                     handle.close()
 
 
-def _nothing() -> None:
-    """No deadline to push back (read_timeout=None)."""
-
-
 def in_background(function: Callable[[], object]) -> None:
     """Run ``function`` in a daemon thread, not waited for (it may block on the network)."""
     threading.Thread(target=function, name="rowstream-adbc-cancel", daemon=True).start()
@@ -436,7 +432,7 @@ async def copy_to_parquet(
         # owned=False: a cancellation from outside (Ctrl-C) cancels the query and waits for
         # the threads; only an expired deadline abandons the session (_Session.terminate).
         async with watchdog.watch(lambda: session, owned=False) as watch:
-            arrived = watch.kick if watch is not None else _nothing
+            arrived = watch.kick
 
             def rows_written(n: int) -> None:
                 arrived()

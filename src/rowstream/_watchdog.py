@@ -253,13 +253,13 @@ class Watchdog:
     @contextlib.asynccontextmanager
     async def watch(
         self, conn: Callable[[], AsyncConnection | Any], *, owned: bool = True
-    ) -> AsyncIterator[_Watch | None]:
+    ) -> AsyncIterator[_Watch | _Unwatched]:
         """Bound the waits inside the block; ``conn()`` gives the connection they wait on
         (an AsyncConnection, or a driver-level session with ``terminate()`` and
         ``get_server_pid()``, as ADBC's in rowstream._pgarrow).
 
-        The block gets the armed deadline (None without a timeout): a long read that makes
-        progress (COPY data arriving chunk after chunk) calls its ``kick()`` on each.
+        The block gets the armed deadline: a long read that makes progress (COPY data
+        arriving chunk after chunk) calls its ``kick()`` on each (a no-op without a timeout).
 
         On expiry the connection is abandoned, and the error the waiting step then gets
         becomes a :class:`ConnectionLostError` that names the read timeout. A step cancelled
@@ -270,7 +270,7 @@ class Watchdog:
         timeout = self.timeout
         if timeout is None:
             try:
-                yield None
+                yield _UNWATCHED
             except asyncio.CancelledError:
                 if owned:
                     force_close(driver_of(conn()))
@@ -324,6 +324,16 @@ class Watchdog:
             found = await conn.scalar(query, {"id": int(ident)})
             await conn.rollback()
         return found is not None
+
+
+class _Unwatched:
+    """What :meth:`Watchdog.watch` gives without a timeout: no deadline to push back."""
+
+    def kick(self) -> None:
+        """Data arrived; without a deadline there is nothing to do."""
+
+
+_UNWATCHED = _Unwatched()
 
 
 class _Watch:
