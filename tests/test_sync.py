@@ -53,9 +53,11 @@ def test_the_stream_reads_every_row_in_key_order(engine: sa.Engine) -> None:
 
 
 def test_the_stream_uses_the_server_side_cursor_of_each_driver(engine: sa.Engine) -> None:
-    with rowstream.sync.stream(engine, sa.select(proc_items), batch_rows=10) as rows:
+    with rowstream.sync.stream(
+        engine, sa.select(proc_items), batch_rows=10, strategy="cursor"
+    ) as rows:
         next(iter(rows))
-        cursor = rows._result.cursor
+        cursor = rows._strategy._result.cursor  # type: ignore[union-attr]
         name = engine.dialect.name
         if name == "postgresql":
             # psycopg's named cursor: DECLARE ... CURSOR / FETCH FORWARD n.

@@ -37,7 +37,8 @@ from sqlalchemy.engine import URL
 
 from ._exceptions import ConfigurationError, ResumeError, SinkError
 
-Key = tuple[Any, ...]
+#: The values of one key (a row's key columns, in order); not the `Key` of rowstream._keys.
+KeyValues = tuple[Any, ...]
 FORMAT_VERSION = 1
 DEFAULT_TABLE = "rowstream_checkpoints"
 
@@ -63,8 +64,8 @@ class Checkpoint:
     """
 
     key_columns: tuple[str, ...]
-    after: Key | None = None
-    done: list[tuple[Key, Key]] = field(default_factory=list)
+    after: KeyValues | None = None
+    done: list[tuple[KeyValues, KeyValues]] = field(default_factory=list)
     rows: int = 0
     batches: int = 0
     complete: bool = False
@@ -115,11 +116,11 @@ def _encode_value(value: Any) -> Any:
     )
 
 
-def _encode_key(key: Key | None) -> list[Any] | None:
+def _encode_key(key: KeyValues | None) -> list[Any] | None:
     return None if key is None else [_encode_value(v) for v in key]
 
 
-def _decode_key(raw: list[Any] | None) -> Key | None:
+def _decode_key(raw: list[Any] | None) -> KeyValues | None:
     if raw is None:
         return None
     return tuple(_DECODERS[v["$"]](v["v"]) if isinstance(v, dict) else v for v in raw)
@@ -155,7 +156,7 @@ _DECODERS: dict[str, Any] = {
 }
 
 
-def orders_like_the_database(key: Key | None) -> bool:
+def orders_like_the_database(key: KeyValues | None) -> bool:
     """True when comparing ``key`` with another key in Python gives the database's order."""
     return key is not None and all(
         isinstance(v, _ORDERED_TYPES) and not isinstance(v, bool) for v in key
@@ -282,7 +283,7 @@ class TableCheckpoint:
 
     def _conn_engine(self) -> sa.Engine:
         if self._engine is None:
-            from .sync import sync_engine_for
+            from ._sync._source import sync_engine_for
 
             self._engine, self._owns_engine = sync_engine_for(self._source)
         if not self._created:
@@ -366,8 +367,8 @@ def _first_line(exc: BaseException) -> str:
 
 @dataclass
 class _Pending:
-    first: Key | None
-    last: Key | None
+    first: KeyValues | None
+    last: KeyValues | None
     rows: int
     done: bool = False
 
@@ -382,10 +383,10 @@ class Watermark:
     def __init__(self, key_columns: Sequence[str], loaded: Checkpoint | None) -> None:
         self.key_columns = tuple(key_columns)
         base = loaded or Checkpoint(self.key_columns)
-        self.after: Key | None = base.after
+        self.after: KeyValues | None = base.after
         self.rows = base.rows
         self.batches = base.batches
-        self._skip: list[tuple[Key, Key]] = list(base.done)
+        self._skip: list[tuple[KeyValues, KeyValues]] = list(base.done)
         self._pending: dict[int, _Pending] = {}
         self._front = 0  # the lowest seq not yet done
         self._next = 0
@@ -406,7 +407,7 @@ class Watermark:
                 f"not ({', '.join(key_columns)}): use another checkpoint or clear this one"
             )
 
-    def skips(self, key: Key) -> bool:
+    def skips(self, key: KeyValues) -> bool:
         """True when a row with ``key`` was handled by an earlier run (in a ``done`` range)."""
         if not self._skip:
             return False
@@ -415,7 +416,7 @@ class Watermark:
         except TypeError:
             return False
 
-    def read(self, first: Key | None, last: Key | None, rows: int) -> int:
+    def read(self, first: KeyValues | None, last: KeyValues | None, rows: int) -> int:
         """Register the next batch in stream order; returns its sequence number."""
         seq = self._next
         self._next += 1
@@ -448,7 +449,7 @@ class Watermark:
             for p in self._pending.values()
             if p.done and orders_like_the_database(p.first) and orders_like_the_database(p.last)
         ]
-        done: list[tuple[Key, Key]] = []
+        done: list[tuple[KeyValues, KeyValues]] = []
         for first, last in [*self._skip, *beyond]:
             if first is None or last is None:
                 continue

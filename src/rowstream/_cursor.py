@@ -7,39 +7,32 @@ statement. Batches are fetched with ``fetchmany(n)``, so each batch may have its
 Each fetch reads exactly the rows asked for, no more: SQLAlchemy's asyncpg adapter reads 50
 rows ahead whenever its buffer is empty (its first fetch of 1 row included), which is 2.5 GB
 for 50 MB rows before the first batch is sized; the stream's cursor reads without that
-read-ahead (:class:`_ExactAsyncpgCursor`). The MySQL/MariaDB unbuffered cursor (asyncmy,
-PyMySQL) and SQLite's read exactly ``n`` rows already.
+read-ahead (``exact_fetches`` in rowstream._acompat). psycopg's named cursors, the MySQL/MariaDB
+unbuffered cursor (asyncmy, PyMySQL) and SQLite's read exactly ``n`` rows already.
+
+The sync twin, rowstream._sync._cursor, is generated from this module (tools/unasync.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy.dialects.postgresql.asyncpg import (
-    AsyncAdapt_asyncpg_connection,
-    AsyncAdapt_asyncpg_ss_cursor,
-)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.ext.asyncio.result import AsyncResult, AsyncScalarResult
-from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
-from sqlalchemy.util import await_
 
+from ._acompat import Watchdog, abandon, bounded, driver_connection, exact_fetches, orm_session
 from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._exceptions import QueryError, UnsupportedQueryError
-from ._plan import Plan
+from ._plan import Plan, detach
 from ._readonly import ReadOnlyTransaction
 from ._sizing import FIRST_BATCH_ROWS
 from ._source import ResolvedSource
+from ._strategy import MYSQL
 from ._translate import is_conversion_error, raise_translated
-from ._watchdog import CLEANUP_TIMEOUT, Watchdog, abandon
-
-_MYSQL = {"mysql", "mariadb"}
+from ._watchdog import CLEANUP_TIMEOUT
 
 
 class CursorStrategy:
@@ -59,7 +52,7 @@ class CursorStrategy:
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
     ) -> None:
-        if plan.side_queries and source.dialect in _MYSQL:
+        if plan.side_queries and source.dialect in MYSQL:
             raise UnsupportedQueryError(
                 "on MySQL/MariaDB a server-side cursor cannot share its connection with the "
                 "queries selectinload() sends: use strategy='keyset' (each page is a complete "
@@ -105,22 +98,23 @@ class CursorStrategy:
         conn = self._conn
         assert conn is not None
         try:
-            if source.dialect in _MYSQL:
+            if source.dialect in MYSQL:
                 # Known now: once a cancelled query has invalidated the connection, it is not.
-                raw = await conn.get_raw_connection()
-                driver: Any = raw.driver_connection
+                driver: Any = await driver_connection(conn)
                 self._mysql_thread = int(driver.thread_id())
             if not conn.in_transaction():
-                self._trans = await ReadOnlyTransaction(conn)
+                self._trans = await ReadOnlyTransaction(conn).start()
             for sql in self._setup:
                 await conn.exec_driver_sql(sql)
             statement = self._statement.execution_options(yield_per=FIRST_BATCH_ROWS)
             result: AsyncResult[Any]
-            async with _exact_fetches(conn):
+            async with exact_fetches(conn):
                 if self._plan.orm:
                     self._session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
+                    # sync: result = self._session.execute(statement)
                     result = await self._session.stream(statement)
                 else:
+                    # sync: result = conn.execute(statement)
                     result = await conn.stream(statement)
             self._keys = list(result.keys())
             self._result = result.scalars() if self._plan.scalars else result
@@ -153,7 +147,7 @@ class CursorStrategy:
             self._statement, source.engine.dialect, skip=self._delivered, limit=size
         )
         # Read on a connection of its own: an unbuffered MySQL result holds this one.
-        if window is None or (source.borrowed is not None and source.dialect in _MYSQL):
+        if window is None or (source.borrowed is not None and source.dialect in MYSQL):
             return fallback
         try:
             if source.borrowed is not None:
@@ -171,7 +165,7 @@ class CursorStrategy:
         ERRATA 7). expunge_all() is no option: the loading result holds the identity map."""
         assert self._session is not None
         entities = batch if self._plan.scalars else [e for row in batch for e in row]
-        detach(self._session.sync_session, entities)
+        detach(orm_session(self._session), entities)
         self._previous = []
 
     def keys(self) -> list[str]:
@@ -183,7 +177,7 @@ class CursorStrategy:
             return
         self._conn = None
         try:
-            async with asyncio.timeout(CLEANUP_TIMEOUT):
+            async with bounded(CLEANUP_TIMEOUT):
                 await self._release(conn)
         except Exception:
             # The connection is in an unknown state (or silent): drop it rather than pool it,
@@ -200,7 +194,7 @@ class CursorStrategy:
 
     async def _release(self, conn: AsyncConnection) -> None:
         owned = self._source.borrowed is None
-        if owned and not self.exhausted and self._source.dialect in _MYSQL:
+        if owned and not self.exhausted and self._source.dialect in MYSQL:
             # Closing an unbuffered MySQL result reads every remaining row; on an early exit
             # (or a cancellation while the query starts) close the socket instead. That stops
             # a query that is sending rows; one still computing them runs on unless killed,
@@ -216,75 +210,3 @@ class CursorStrategy:
             await self._trans.rollback()
         if owned:
             await conn.close()
-
-
-class _ExactAsyncpgCursor(AsyncAdapt_asyncpg_ss_cursor):
-    """SQLAlchemy's asyncpg server-side cursor, whose ``fetchmany(n)`` reads ``n`` rows.
-
-    The original first reads 50 rows into its buffer whenever the buffer is empty, then the
-    rest of ``n``: 50 wide rows held at once, and two round trips per batch.
-    """
-
-    __slots__ = ()
-
-    def fetchmany(self, size: int | None = None) -> list[Any]:
-        if size is None:
-            return list(self.fetchall())  # type: ignore[no-untyped-call]
-        assert self._cursor is not None
-        buffered = self._rowbuffer
-        if size > len(buffered):
-            buffered.extend(await_(self._cursor.fetch(size - len(buffered))))
-        return [buffered.popleft() for _ in range(min(size, len(buffered)))]
-
-
-class _ExactAsyncpgConnection(AsyncAdapt_asyncpg_connection):
-    """The same connection, opening :class:`_ExactAsyncpgCursor` server-side cursors."""
-
-    __slots__ = ()
-    _ss_cursor_cls = _ExactAsyncpgCursor
-
-
-@contextlib.asynccontextmanager
-async def _exact_fetches(conn: AsyncConnection) -> AsyncIterator[None]:
-    """While the stream's statement executes, server-side cursors of ``conn`` read exactly
-    the rows asked for (asyncpg only; other drivers already do).
-
-    The connection's class is swapped back afterwards: the connection may be the caller's
-    (borrowed) or go back to the engine's pool, and must leave as it came.
-    """
-    raw = await conn.get_raw_connection()
-    adapted: Any = raw.dbapi_connection
-    if type(adapted) is not AsyncAdapt_asyncpg_connection:
-        yield
-        return
-    adapted.__class__ = _ExactAsyncpgConnection
-    try:
-        yield
-    finally:
-        adapted.__class__ = AsyncAdapt_asyncpg_connection
-
-
-def detach(session: Session, entities: list[Any]) -> None:
-    """Expunge ``entities`` (those of ``session``; anything else is skipped) in one call.
-
-    ``Session.expunge()`` walks the expunge cascade object by object: about 21 µs an object,
-    more than loading it; one ``_expunge_states()`` call for the whole batch costs about
-    2.6 µs an object (measured on SQLAlchemy 2.1.9). Objects whose mapper cascades expunge
-    to related objects still go through ``expunge()``, for the cascade.
-    """
-    states = []
-    for entity in entities:
-        state = getattr(entity, "_sa_instance_state", None)
-        if state is None or state.session_id != session.hash_key:
-            continue
-        if _cascades_expunge(state.mapper):
-            session.expunge(entity)
-        else:
-            states.append(state)
-    if states:
-        session._expunge_states(states)
-
-
-@functools.cache
-def _cascades_expunge(mapper: Any) -> bool:
-    return any(relationship.cascade.expunge for relationship in mapper.relationships)

@@ -636,3 +636,30 @@ def check_statement(statement: Any, dialect: Any) -> str:
                 f"{text[0] if text else type(exc).__name__}"
             ) from exc
     return check_read_only(sql, dialect.name)
+
+
+# -- the database's own refusal (rowstream._readonly) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What makes one transaction read-only on one database."""
+
+    #: Statements right after BEGIN.
+    after_begin: tuple[str, ...] = ()
+    #: SQLite: (read the setting, turn it on, turn it off): when it is off, it is turned on
+    #: for the transaction and off again before it ends.
+    switch: tuple[str, str, str] | None = None
+
+
+def read_only_steps(dialect: str) -> Steps:
+    """The one place that knows how each database makes a transaction read-only."""
+    if dialect == "postgresql":
+        return Steps(after_begin=("SET TRANSACTION READ ONLY",))
+    if dialect in ("mysql", "mariadb"):
+        return Steps(after_begin=("START TRANSACTION READ ONLY",))
+    if dialect == "sqlite":
+        return Steps(
+            switch=("PRAGMA query_only", "PRAGMA query_only = ON", "PRAGMA query_only = OFF")
+        )
+    return Steps()

@@ -5,6 +5,9 @@ checkpoint its progress. It defaults to the primary key of the single table sele
 ``key=`` names other columns. A key is accepted only when the table's metadata or, failing
 that, the database's own catalog shows it unique and non-null, and when every delivered item
 carries it (selected as a column, or mapped on the ORM entity).
+
+What needs the database (the catalog, when the metadata does not tell) is in
+:mod:`rowstream._keyfind`, whose sync twin is generated; the rules here are shared.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from sqlalchemy.sql.selectable import Select
 
 from ._exceptions import StreamKeyError
 from ._plan import Plan
-from ._source import ResolvedSource
-from ._translate import raise_translated
 
 KeyArg = str | ColumnElement[Any] | Any | Sequence[str | ColumnElement[Any] | Any] | None
 
@@ -63,74 +64,21 @@ class Key:
         )
 
 
-async def _requested(
-    source: ResolvedSource, statement: Select[Any], key: KeyArg
-) -> list[ColumnElement[Any]] | None:
-    if key is None:
-        froms = statement.get_final_froms()
-        if len(froms) != 1 or not isinstance(froms[0], sa.TableClause):
-            return None
-        table = froms[0]
-        primary: list[ColumnElement[Any]] = (
-            list(table.primary_key.columns) if isinstance(table, sa.Table) else []
+def pageable(statement: Select[Any], key: Key) -> str | None:
+    """Why ``statement`` cannot be paged by ``key``, or None when it can."""
+    if statement._limit_clause is not None or statement._offset_clause is not None:
+        return "it has LIMIT/OFFSET; use strategy='cursor'"
+    if statement._group_by_clauses or statement._distinct:
+        return "it has GROUP BY or DISTINCT, so the key may not be unique in the result"
+    if statement._order_by_clauses and not key.ordered_by(statement):
+        return (
+            "it is ordered by something else than its key, and pages follow the key's "
+            "order: drop order_by() or order by the key, or use strategy='cursor'"
         )
-        if not primary and not isinstance(table, sa.Table):
-            # A lightweight sa.table() knows no primary key: the catalog does.
-            catalog = await _reflect_table(source, table)
-            if catalog is None or not catalog.primary_key:
-                return None
-            if any(name not in table.c for name in catalog.primary_key):
-                return None
-            primary = [table.c[name] for name in catalog.primary_key]
-        return primary or None
-    items = [key] if isinstance(key, str) or not isinstance(key, Sequence) else list(key)
-    columns: list[ColumnElement[Any]] = []
-    for item in items:
-        if isinstance(item, str):
-            column = statement.selected_columns.get(item)
-            if column is None:
-                froms = statement.get_final_froms()
-                found = [f.c[item] for f in froms if item in f.c]
-                if len(found) != 1:
-                    raise StreamKeyError(
-                        f"key column {item!r} is not a column of the statement: name a selected "
-                        "column or pass the column itself (key=Order.id)"
-                    )
-                column = found[0]
-        else:
-            column = sa.inspect(item) if hasattr(item, "__clause_element__") else item
-            column = getattr(column, "expression", column)
-        columns.append(column)
-    return columns
+    return None
 
 
-async def resolve_key(
-    source: ResolvedSource, plan: Plan, key: KeyArg
-) -> tuple[Key | None, str | None]:
-    """The stream's key and, when there is none, why. An explicit ``key=`` that cannot be
-    used raises :class:`StreamKeyError` before any row is read."""
-    statement = plan.statement
-    explicit = key is not None
-    if not isinstance(statement, Select):
-        if explicit:
-            raise StreamKeyError(
-                "a key needs a select(): text() statements cannot be paged or resumed by key"
-            )
-        return None, "text() statements have no key"
-    columns = await _requested(source, statement, key)
-    if not columns:
-        return None, "the statement does not select a single table with a primary key"
-    try:
-        getter, names = _getter(plan, columns)
-        await _check_unique_not_null(source, columns)
-    except StreamKeyError as exc:
-        if explicit:
-            raise
-        return None, exc.message
-    return Key(tuple(columns), names, getter), None
-
-
-def _getter(plan: Plan, columns: list[ColumnElement[Any]]) -> tuple[Any, tuple[str, ...]]:
+def key_getter(plan: Plan, columns: list[ColumnElement[Any]]) -> tuple[Any, tuple[str, ...]]:
     statement = plan.statement
     assert isinstance(statement, Select)
     if plan.scalars:
@@ -163,58 +111,8 @@ def _same(a: Any, b: Any) -> bool:
     return bool(getattr(a, "table", None) is getattr(b, "table", 0) and a.key == b.key)
 
 
-async def _check_unique_not_null(source: ResolvedSource, columns: list[ColumnElement[Any]]) -> None:
-    tables = {getattr(c, "table", None) for c in columns}
-    table = next(iter(tables))
-    if len(tables) != 1 or not isinstance(table, sa.TableClause):
-        raise StreamKeyError(
-            "a key's columns must all belong to one table, so that it can be checked unique"
-        )
-    names = {str(c.name) for c in columns}
-    if isinstance(table, sa.Table):
-        nullable = {str(c.name) for c in columns if getattr(c, "nullable", True)}
-        pk = {str(c.name) for c in table.primary_key.columns}
-        unique = [pk] if pk else []
-        unique += [
-            {str(c.name) for c in constraint.columns}
-            for constraint in table.constraints
-            if isinstance(constraint, sa.UniqueConstraint)
-        ]
-        unique += [{str(c.name) for c in index.columns} for index in table.indexes if index.unique]
-        unique += [{str(c.name)} for c in table.columns if c.unique]
-        if names == pk:
-            nullable = set()
-        if any(u and u <= names for u in unique) and not nullable:
-            return
-    # The metadata does not show it (a Table declared loosely, a lightweight sa.table()):
-    # ask the database's catalog.
-    catalog = await _reflect_table(source, table)
-    if catalog is None:
-        raise StreamKeyError(f"cannot check the key of {table.name}: the table was not found")
-    nullable = names & catalog.nullable
-    is_unique = any(u and u <= names for u in catalog.unique)
-    # Nullability first: a nullable column is often unique but for its NULLs, and "not
-    # unique" alone would send the reader looking for duplicates that are not there.
-    if nullable:
-        also = (
-            "; it is not unique either (no primary key or unique constraint covers it)"
-            if not is_unique
-            else ""
-        )
-        raise StreamKeyError(
-            f"key ({', '.join(sorted(nullable))}) of {table.name} is nullable: its NULLs "
-            f"cannot be ordered past (NULL > x is never true){also}; pass key= with non-null "
-            "columns, or declare them NOT NULL"
-        )
-    if not is_unique:
-        raise StreamKeyError(
-            f"key ({', '.join(sorted(names))}) of {table.name} is not unique: keyset paging and "
-            "resume need a primary key or a unique constraint; pass key= with one"
-        )
-
-
 @dataclass(frozen=True)
-class _Catalog:
+class Catalog:
     """What the database's catalog says of a table's keys."""
 
     primary_key: list[str]
@@ -222,17 +120,7 @@ class _Catalog:
     nullable: set[str]
 
 
-async def _reflect_table(source: ResolvedSource, table: sa.TableClause) -> _Catalog | None:
-    if source.borrowed is not None:
-        return await source.borrowed.run_sync(_reflect, table.name, table.schema)
-    try:
-        async with source.engine.connect() as conn:
-            return await conn.run_sync(_reflect, table.name, table.schema)
-    except Exception as exc:
-        raise_translated(exc, url=source.engine.url)
-
-
-def _reflect(sync_conn: Any, name: str, schema: str | None) -> _Catalog | None:
+def reflect_catalog(sync_conn: Any, name: str, schema: str | None) -> Catalog | None:
     inspector = sa.inspect(sync_conn)
     if not inspector.has_table(name, schema=schema):
         return None
@@ -250,7 +138,7 @@ def _reflect(sync_conn: Any, name: str, schema: str | None) -> _Catalog | None:
         for column in inspector.get_columns(name, schema=schema)
         if column.get("nullable", True) and column["name"] not in pk
     }
-    return _Catalog(primary_key=list(pk), unique=unique, nullable=nullable)
+    return Catalog(primary_key=list(pk), unique=unique, nullable=nullable)
 
 
 class KeyedStream:

@@ -3,6 +3,8 @@
 ``WHERE (a, b) > (:a, :b) ORDER BY a, b LIMIT n`` holds no cursor, no long transaction and no
 old snapshot, so it is the strategy of choice behind a transaction-pooling pooler, and on
 MySQL/MariaDB it lets selectinload() send its queries on the same connection.
+
+The sync twin, rowstream._sync._keyset, is generated from this module (tools/unasync.py).
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.selectable import Select
 
+from ._acompat import Watchdog, abandon, release, shielded
 from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._exceptions import ConnectionLostError, QueryError, StreamKeyError
-from ._keys import Key
+from ._keys import Key, pageable
 from ._plan import Plan
 from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
-from ._strategy import shielded
 from ._translate import is_conversion_error, raise_translated, translate
-from ._watchdog import Watchdog, abandon, release
 
 
 class KeysetStrategy:
@@ -174,17 +175,3 @@ async def _conversion_error(
     except Exception:
         return fallback  # the diagnosis is a bonus: the error stands without it
     return conversion_error(first_failure(rows, window), fallback)
-
-
-def pageable(statement: Select[Any], key: Key) -> str | None:
-    """Why ``statement`` cannot be paged by ``key``, or None when it can."""
-    if statement._limit_clause is not None or statement._offset_clause is not None:
-        return "it has LIMIT/OFFSET; use strategy='cursor'"
-    if statement._group_by_clauses or statement._distinct:
-        return "it has GROUP BY or DISTINCT, so the key may not be unique in the result"
-    if statement._order_by_clauses and not key.ordered_by(statement):
-        return (
-            "it is ordered by something else than its key, and pages follow the key's "
-            "order: drop order_by() or order by the key, or use strategy='cursor'"
-        )
-    return None

@@ -13,7 +13,9 @@ the queue (at most ``BUFFER_BATCHES``) or by a handler (at most ``concurrency``)
 ``concurrency + BUFFER_BATCHES + 1``, whichever side is faster.
 
 Nothing here knows about databases: :mod:`rowstream._process` feeds it batches of a stream
-and keeps the checkpoint; :mod:`rowstream.sync` has the thread-pool twin of this loop.
+and keeps the checkpoint. The sync face's thread pipeline (rowstream._sync._pipeline) shares
+everything but the mechanism: :class:`Item`, :class:`PipelineStats`, :class:`Order` (which
+batch may start, in which order finished ones settle) and :func:`handler_timed_out`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from ._checkpoint import Checkpoint, CheckpointStore
 from ._exceptions import HandlerTimeoutError
 
 #: Batches read ahead of the handlers, beyond the ``concurrency`` batches being handled.
@@ -69,6 +72,41 @@ class PipelineStats:
 
 Handler = Callable[[list[Any]], Any]
 Settle = Callable[[Item[Any], BaseException | None], None]
+#: Turns a batch read from the stream into an item (None: nothing left in it to handle).
+Prepare = Callable[[list[Any]], Item[Any] | None]
+
+
+class Order:
+    """Which batch may start, and in which order finished batches settle (both faces).
+
+    Unordered, a batch settles as soon as it finishes. Ordered, batch ``n`` settles once
+    batches ``0..n`` have all finished, and starts only when it is fewer than ``concurrency``
+    places after the oldest unsettled one, so a slow batch holds back at most that many.
+    """
+
+    def __init__(self, *, concurrency: int, ordered: bool, settle: Settle) -> None:
+        self._concurrency = concurrency
+        self._ordered = ordered
+        self._settle = settle
+        self._next_to_settle = 0
+        self._finished: dict[int, tuple[Item[Any], BaseException | None]] = {}
+
+    def can_start(self, seq: int, running: int) -> bool:
+        if running >= self._concurrency:
+            return False
+        return not self._ordered or seq < self._next_to_settle + self._concurrency
+
+    def finish(self, item: Item[Any], error: BaseException | None) -> None:
+        """``item``'s handler is done: settle it, and what it was holding back."""
+        if not self._ordered:
+            self._next_to_settle += 1
+            self._settle(item, error)
+            return
+        self._finished[item.seq] = (item, error)
+        while self._next_to_settle in self._finished:
+            done, done_error = self._finished.pop(self._next_to_settle)
+            self._next_to_settle += 1
+            self._settle(done, done_error)
 
 
 def is_async_handler(handler: Handler) -> bool:
@@ -87,7 +125,10 @@ _END = _End()
 
 
 class Pipeline:
-    """Feed the items of ``source`` to ``handler`` with at most ``concurrency`` at a time.
+    """Feed the batches of ``source`` to ``handler`` with at most ``concurrency`` at a time.
+
+    ``prepare(batch)`` numbers each batch as it is read (the bookkeeping's, see
+    rowstream._process_base), or drops it by returning None.
 
     ``settle(item, error)`` is called on the event loop for every finished item: with
     ``error=None`` on success, with the handler's exception when ``stop_on_error`` is false.
@@ -99,9 +140,10 @@ class Pipeline:
 
     def __init__(
         self,
-        source: AsyncIterator[Item[Any]],
+        source: AsyncIterator[list[Any]],
         handler: Handler,
         *,
+        prepare: Prepare,
         concurrency: int,
         ordered: bool,
         stop_on_error: bool,
@@ -109,10 +151,12 @@ class Pipeline:
         handler_timeout: float | None = None,
     ) -> None:
         self._source = source
+        self._prepare = prepare
         self._handler_timeout = handler_timeout
         self._concurrency = concurrency
         self._ordered = ordered
         self._stop_on_error = stop_on_error
+        self._order = Order(concurrency=concurrency, ordered=ordered, settle=self._settle)
         self._settle_cb = settle
         self._call = self._async_call if is_async_handler(handler) else self._thread_call
         self._handler = handler
@@ -120,8 +164,6 @@ class Pipeline:
         self._queue: asyncio.Queue[Item[Any] | _End] = asyncio.Queue(maxsize=BUFFER_BATCHES)
         self._held = 0
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._next_to_settle = 0
-        self._finished: dict[int, tuple[Item[Any], BaseException | None]] = {}
         self._changed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._error: BaseException | None = None
@@ -151,13 +193,17 @@ class Pipeline:
         while True:
             self._fetching = True
             try:
-                item = await anext(source)
+                batch = await anext(source)
             except StopAsyncIteration:
                 break
             finally:
                 self._fetching = False
             if self._stopping:
                 return
+            item = self._prepare(batch)
+            del batch
+            if item is None:
+                continue
             self._held += 1
             self.stats.peak_batches = max(self.stats.peak_batches, self._held)
             await self._queue.put(item)
@@ -249,20 +295,10 @@ class Pipeline:
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _can_start(self, seq: int) -> bool:
-        if len(self._running) >= self._concurrency:
-            return False
-        return not self._ordered or seq < self._next_to_settle + self._concurrency
+        return self._order.can_start(seq, len(self._running))
 
     def _finish(self, item: Item[Any], error: BaseException | None) -> None:
-        if not self._ordered:
-            self._next_to_settle += 1
-            self._settle(item, error)
-            return
-        self._finished[item.seq] = (item, error)
-        while self._next_to_settle in self._finished:
-            done, done_error = self._finished.pop(self._next_to_settle)
-            self._next_to_settle += 1
-            self._settle(done, done_error)
+        self._order.finish(item, error)
         self._changed.set()
 
     def _settle(self, item: Item[Any], error: BaseException | None) -> None:
@@ -345,3 +381,64 @@ async def aclose_iterator(iterator: AsyncIterator[Any]) -> None:
     aclose: Callable[[], Awaitable[None]] | None = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+class Saver:
+    """Saves the checkpoint in a worker thread whenever it changed, one save at a time.
+
+    Saves coalesce: while one is being written, later batches only mark the watermark dirty,
+    so a slow store never slows the handlers; the last state is saved when the run stops.
+    A save is never cancelled half-way: two saves in flight could land out of order.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        snapshot: Callable[[], Checkpoint | None],
+        *,
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        self._snapshot = snapshot
+        self._store = store
+        self._on_failure = on_failure
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def wake(self) -> None:
+        """The watermark moved (called after each settled batch)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="rowstream-checkpoint")
+
+    async def _loop(self) -> None:
+        try:
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake.clear()
+                checkpoint = self._snapshot()
+                if checkpoint is not None:
+                    await asyncio.to_thread(self._store.save, checkpoint)
+        except Exception as exc:
+            # The run cannot promise anything without its checkpoint: stop it.
+            self._on_failure(exc)
+            raise
+
+    async def stop(self) -> BaseException | None:
+        """Let a save in progress end, then save the final state; return a save's error."""
+        task = self._task
+        if task is not None:
+            self._stopping = True
+            self._wake.set()
+            await asyncio.wait([task])
+            error = task.exception()
+            if error is not None:
+                return error
+        checkpoint = self._snapshot()
+        if checkpoint is not None:
+            try:
+                await asyncio.to_thread(self._store.save, checkpoint)
+            except Exception as exc:
+                return exc
+        return None

@@ -15,53 +15,27 @@ statement the check misread still cannot change data:
   ends, so a pooled (or the caller's) connection is not left read-only.
 
 A transaction the caller already holds is theirs: rowstream reads inside it and changes
-nothing about it.
+nothing about it. What each database needs is :func:`rowstream._guard.read_only_steps`; the
+sync twin of this module, rowstream._sync._readonly, is generated (tools/unasync.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
+from ._guard import read_only_steps
 from ._translate import raise_translated
 
-__all__ = ["ReadOnlyTransaction", "Steps", "SyncReadOnlyTransaction", "read_only_steps"]
-
-
-@dataclass(frozen=True)
-class Steps:
-    """What makes one transaction read-only on one database."""
-
-    #: Statements right after BEGIN.
-    after_begin: tuple[str, ...] = ()
-    #: SQLite: (read the setting, turn it on, turn it off): when it is off, it is turned on
-    #: for the transaction and off again before it ends.
-    switch: tuple[str, str, str] | None = None
-
-
-def read_only_steps(dialect: str) -> Steps:
-    """The one place that knows how each database makes a transaction read-only."""
-    if dialect == "postgresql":
-        return Steps(after_begin=("SET TRANSACTION READ ONLY",))
-    if dialect in ("mysql", "mariadb"):
-        return Steps(after_begin=("START TRANSACTION READ ONLY",))
-    if dialect == "sqlite":
-        return Steps(
-            switch=("PRAGMA query_only", "PRAGMA query_only = ON", "PRAGMA query_only = OFF")
-        )
-    return Steps()
+__all__ = ["ReadOnlyTransaction"]
 
 
 class ReadOnlyTransaction:
     """rowstream's own transaction on ``conn``, read-only (see the module docstring).
 
-    Used like SQLAlchemy's: ``trans = await ReadOnlyTransaction(conn)`` or
+    Used as ``trans = await ReadOnlyTransaction(conn).start()`` or
     ``async with ReadOnlyTransaction(conn) as trans:``; ``rollback()`` ends it.
     Errors are translated (a dropped connection is a :class:`ConnectionLostError`).
     """
@@ -71,9 +45,6 @@ class ReadOnlyTransaction:
         self._steps = read_only_steps(conn.dialect.name)
         self._trans: AsyncTransaction | None = None
         self._restore: str | None = None
-
-    def __await__(self) -> Generator[Any, None, ReadOnlyTransaction]:
-        return self.start().__await__()
 
     async def __aenter__(self) -> ReadOnlyTransaction:
         return await self.start()
@@ -125,43 +96,5 @@ class ReadOnlyTransaction:
                 self._restore = None
             if self._trans is not None:
                 await self._trans.rollback()
-        except Exception as exc:
-            raise_translated(exc, url=conn.engine.url)
-
-
-class SyncReadOnlyTransaction:
-    """The same on a synchronous connection (``rowstream.sync``)."""
-
-    def __init__(self, conn: sa.Connection) -> None:
-        self._conn = conn
-        self._steps = read_only_steps(conn.dialect.name)
-        self._trans: sa.RootTransaction | None = None
-        self._restore: str | None = None
-        steps = self._steps
-        try:
-            self._trans = conn.begin()
-            for sql in steps.after_begin:
-                conn.exec_driver_sql(sql)
-            if steps.switch is not None:
-                read, turn_on, turn_off = steps.switch
-                if not conn.exec_driver_sql(read).scalar():
-                    conn.exec_driver_sql(turn_on)
-                    self._restore = turn_off
-        except Exception as exc:
-            raise_translated(exc, url=conn.engine.url)
-
-    @property
-    def is_active(self) -> bool:
-        return self._trans is not None and self._trans.is_active
-
-    def rollback(self) -> None:
-        """Set back what was changed for the transaction (SQLite), then roll it back."""
-        conn = self._conn
-        try:
-            if self._restore is not None:
-                conn.exec_driver_sql(self._restore)
-                self._restore = None
-            if self._trans is not None:
-                self._trans.rollback()
         except Exception as exc:
             raise_translated(exc, url=conn.engine.url)

@@ -7,6 +7,8 @@ Plain URLs map to the async driver rowstream ships with (``postgresql://`` -> as
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -239,25 +241,34 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     if kwargs.get("poolclass") is not NullPool and backend != "sqlite":
         options.update(pool_size=10, max_overflow=20)
     options.update(kwargs)
-    try:
+    with engine_errors(resolved):
         engine = _sa_create_async_engine(resolved, connect_args=connect_args, **options)
-    except (ArgumentError, NoSuchModuleError, TypeError) as exc:
-        raise ConfigurationError(
-            f"cannot create an engine for {mask_url(resolved)!r}: {exc}"
-        ) from None
-    _set_utc_on_connect(engine)
-    _set_keepalive_on_connect(engine)
+    streaming_defaults(engine.sync_engine)
     abandon_cancelled(engine)
     return engine
 
 
-def _set_keepalive_on_connect(engine: AsyncEngine) -> None:
+@contextlib.contextmanager
+def engine_errors(url: URL) -> Iterator[None]:
+    """SQLAlchemy's refusal of engine options, as one clear line (both faces)."""
+    try:
+        yield
+    except (ArgumentError, NoSuchModuleError, TypeError) as exc:
+        raise ConfigurationError(f"cannot create an engine for {mask_url(url)!r}: {exc}") from None
+
+
+def streaming_defaults(engine: sa.Engine) -> None:
+    """Every new connection of ``engine`` (the sync Engine of either face) gets the session
+    time zone UTC and TCP keepalive."""
+    _set_utc_on_connect(engine)
+
     # A peer that vanishes while the connection idles (between keyset pages, in the pool) is
     # noticed by TCP keepalive; a silent network during a read is the read timeout's job.
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _keepalive(dbapi_connection: Any, _record: Any) -> None:
         driver = getattr(dbapi_connection, "driver_connection", None)
-        set_keepalive(driver_socket(driver))
+        # asyncpg and asyncmy under their transport, PyMySQL its own; libpq sets its own.
+        set_keepalive(driver_socket(driver) or getattr(driver, "_sock", None))
 
 
 async def _asyncmy_one_statement(**kwargs: Any) -> Any:
@@ -276,7 +287,7 @@ async def _asyncmy_one_statement(**kwargs: Any) -> Any:
     return conn
 
 
-def _set_utc_on_connect(engine: AsyncEngine) -> None:
+def _set_utc_on_connect(engine: sa.Engine) -> None:
     statement = {
         "postgresql": "SET TIME ZONE 'UTC'",
         "mysql": "SET time_zone = '+00:00'",
@@ -285,16 +296,16 @@ def _set_utc_on_connect(engine: AsyncEngine) -> None:
     if statement is None:
         return
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _utc(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(statement)
         finally:
             cursor.close()
-        # The asyncpg adapter opened a transaction for the SET: commit it, or the setting is
-        # rolled back with the first transaction, and a transaction-pooling PgBouncer keeps a
-        # backend pinned to this idle connection until then.
+        # The driver (asyncpg's adapter, psycopg) opened a transaction for the SET: commit it,
+        # or the setting is rolled back with the first transaction, and a transaction-pooling
+        # PgBouncer keeps a backend pinned to this idle connection until then.
         dbapi_connection.commit()
 
 

@@ -2,23 +2,24 @@
 
 Data path: source (URL, engine, session) -> plan -> strategy (cursor or keyset) -> batches
 sized by bytes -> the caller, one item at a time or one batch at a time.
+
+The sync face's stream, rowstream._sync._stream, is generated from this module
+(tools/unasync.py); the decisions it shares live in rowstream._strategy.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlalchemy.sql.selectable import Select
 
+from ._acompat import Watchdog, shielded, sleep
 from ._cursor import CursorStrategy
 from ._exceptions import (
-    ConfigurationError,
     ConnectionLostError,
     ResumeError,
     RowstreamError,
@@ -26,58 +27,47 @@ from ._exceptions import (
     StreamKeyError,
 )
 from ._guard import check_statement
-from ._keys import Key, KeyArg, KeyedStream, resolve_key
-from ._keyset import KeysetStrategy, pageable
+from ._keyfind import resolve_key
+from ._keys import Key, KeyArg, KeyedStream, pageable
+from ._keyset import KeysetStrategy
 from ._plan import Plan, Statement, make_plan
-from ._pooler import PathInfo, inspect_path
+from ._pooler import inspect_path
 from ._sizing import DEFAULT_BATCH_BYTES, BatchSizer
 from ._source import ResolvedSource, Source, mask_url, resolve_source
-from ._strategy import Strategy, fewer_collections, shielded
+from ._strategy import (
+    DEFAULT_BACKOFF,
+    DEFAULT_RETRIES,
+    MYSQL,
+    POOLED_SETUP,
+    PathInfo,
+    Stats,
+    StrategyName,
+    backoff_delay,
+    check_stream_options,
+    fewer_collections,
+)
 from ._translate import raise_translated
-from ._watchdog import DEFAULT_READ_TIMEOUT, Watchdog, check_read_timeout
+from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 
-StrategyName = Literal["auto", "cursor", "keyset"]
-STRATEGIES = ("auto", "cursor", "keyset")
-DEFAULT_RETRIES = 5
-DEFAULT_BACKOFF = 0.5
-MAX_BACKOFF = 10.0
-_MYSQL = {"mysql", "mariadb"}
-# Behind a pooler, session settings do not stick: set them for each transaction.
-_POOLED_SETUP = ("SET LOCAL jit = off",)
+__all__ = ["RowStream", "Stats", "stream"]
 
 
-@dataclass
-class Stats:
-    """What a stream has read so far. ``bytes`` is an estimate of the Python size of the rows."""
+class Strategy(Protocol):
+    """What :class:`RowStream` asks of a way of reading (see rowstream._strategy)."""
 
-    rows: int = 0
-    batches: int = 0
-    bytes: int = 0
-    reconnects: int = 0
-    strategy: str = ""
-    started: float = field(default=0.0, repr=False)
-    finished: float | None = field(default=None, repr=False)
+    name: str
 
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the stream opened (until it closed, once closed)."""
-        if not self.started:
-            return 0.0
-        return (self.finished or time.perf_counter()) - self.started
+    async def open(self) -> None:
+        """Connect and start reading; errors are already translated."""
 
-    @property
-    def rows_per_second(self) -> float:
-        elapsed = self.elapsed
-        return self.rows / elapsed if elapsed > 0 else 0.0
+    async def fetch(self, size: int) -> list[Any]:
+        """The next ``size`` rows or fewer; an empty list at the end."""
 
-    def __repr__(self) -> str:
-        # The dataclass repr would show the raw clock readings; a reader wants the duration
-        # and the rate (the README's print(rows.stats)).
-        return (
-            f"Stats(rows={self.rows}, batches={self.batches}, bytes={self.bytes}, "
-            f"elapsed={self.elapsed:.3f}, rows_per_second={self.rows_per_second:.0f}, "
-            f"reconnects={self.reconnects}, strategy={self.strategy!r})"
-        )
+    def keys(self) -> list[str]:
+        """The names of the result's columns."""
+
+    async def aclose(self) -> None:
+        """Release everything: cursor, transaction, connection. Never raises."""
 
 
 class RowStream(KeyedStream):
@@ -102,12 +92,7 @@ class RowStream(KeyedStream):
         backoff: float = DEFAULT_BACKOFF,
         read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise ConfigurationError(
-                f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}"
-            )
-        if retries < 0 or backoff < 0:
-            raise ConfigurationError("retries and backoff must not be negative")
+        check_stream_options(strategy, retries, backoff)
         self._plan: Plan = make_plan(statement)
         self._sizer = BatchSizer(batch_rows=batch_rows, batch_bytes=batch_bytes)
         self._source_arg = source
@@ -222,7 +207,7 @@ class RowStream(KeyedStream):
                 path = await inspect_path(source.engine)
             except Exception as exc:
                 raise_translated(exc, url=source.engine.url, connecting=True)
-        self._setup = _POOLED_SETUP if path.pooler else ()
+        self._setup = POOLED_SETUP if path.pooler else ()
         # Behind a pooler the backend serving a query is unknown: no liveness check there.
         self._watchdog = Watchdog(
             source.engine,
@@ -235,7 +220,7 @@ class RowStream(KeyedStream):
         )
         if name == "auto":
             wants_keyset = path.wants_short_transactions or (
-                plan.side_queries and source.dialect in _MYSQL
+                plan.side_queries and source.dialect in MYSQL
             )
             name = "keyset" if can_page and wants_keyset else "cursor"
         if name == "keyset":
@@ -332,7 +317,7 @@ class RowStream(KeyedStream):
                     "check the server and run the stream again with start_after=last_key",
                     last_key=self._last_key,
                 ) from lost
-            await asyncio.sleep(min(MAX_BACKOFF, self._backoff * 2 ** (attempt - 1)))
+            await sleep(backoff_delay(self._backoff, attempt))
             self.stats.reconnects += 1
             if old.name == "keyset" and self._key is not None:
                 strategy = self._keyset(source, self._key)

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import socket
@@ -295,35 +297,43 @@ class Watchdog:
                 watch.stop()
 
     def _message(self) -> str:
-        then = (
-            "it resumes by itself when the stream has a key"
-            if self.resumable
-            else "nothing was written to the target: run the export again"
-        )
-        return (
-            f"no answer from {self.where} within read_timeout={self.timeout:g}s: the network "
-            f"or the server went silent; rowstream abandoned the connection ({then}); raise "
-            "read_timeout for statements that are slow to return rows, or pass "
-            "read_timeout=None"
-        )
+        return _silence(self.where, self.timeout, self.resumable)
 
     async def busy(self, driver: Any) -> bool:
         """True when the server is still working on the query of ``driver``'s connection."""
-        dialect = self.engine.dialect.name
-        if dialect == "postgresql":
-            get_pid = getattr(driver, "get_server_pid", None)
-            ident = get_pid() if callable(get_pid) else None
-            query = _PG_ALIVE
-        else:
-            get_thread = getattr(driver, "thread_id", None)
-            ident = get_thread() if callable(get_thread) else None
-            query = _MY_ALIVE
+        query, ident = _liveness(self.engine.dialect.name, driver)
         if not ident:
             return False
         async with self.engine.connect() as conn:
-            found = await conn.scalar(query, {"id": int(ident)})
+            found = await conn.scalar(query, {"id": ident})
             await conn.rollback()
         return found is not None
+
+
+def _silence(where: str, timeout: float | None, resumable: bool) -> str:
+    then = (
+        "it resumes by itself when the stream has a key"
+        if resumable
+        else "nothing was written to the target: run the export again"
+    )
+    return (
+        f"no answer from {where} within read_timeout={timeout or 0:g}s: the network "
+        f"or the server went silent; rowstream abandoned the connection ({then}); raise "
+        "read_timeout for statements that are slow to return rows, or pass "
+        "read_timeout=None"
+    )
+
+
+def _liveness(dialect: str, driver: Any) -> tuple[sa.TextClause, int | None]:
+    """The liveness query for ``dialect`` and the server's id of ``driver``'s session."""
+    if dialect == "postgresql":
+        get_pid = getattr(driver, "get_server_pid", None)  # asyncpg
+        info = getattr(driver, "info", None)  # psycopg
+        ident = get_pid() if callable(get_pid) else getattr(info, "backend_pid", None)
+        return _PG_ALIVE, int(ident) if ident else None
+    get_thread = getattr(driver, "thread_id", None)  # asyncmy, PyMySQL
+    ident = get_thread() if callable(get_thread) else None
+    return _MY_ALIVE, int(ident) if ident else None
 
 
 class _Unwatched:
@@ -416,15 +426,19 @@ class _Watch:
 
 
 # -- the sync face ---------------------------------------------------------------------------
+# The same calling interface as the async side (Watchdog(engine, timeout, ...).watch(conn),
+# abandon, release, dispose), so the generated sync strategies call it exactly as the async
+# ones call theirs; the mechanism differs: a blocked thread cannot be cancelled, so one timer
+# thread shuts the socket down under it, and the blocked read then fails.
 
 
-def sync_socket_fileno(dbapi_connection: Any) -> int | None:
+def sync_socket_fileno(driver: Any) -> int | None:
     """The socket of a sync driver connection (psycopg, PyMySQL), or None (SQLite)."""
     with contextlib.suppress(Exception):
-        fileno = getattr(dbapi_connection, "fileno", None)  # psycopg
+        fileno = getattr(driver, "fileno", None)  # psycopg
         if callable(fileno):
             return int(fileno())
-        sock = getattr(dbapi_connection, "_sock", None)  # PyMySQL
+        sock = getattr(driver, "_sock", None)  # PyMySQL
         if sock is not None:
             return int(sock.fileno())
     return None
@@ -441,68 +455,213 @@ def shut_down(fileno: int) -> None:
             sock.close()
 
 
-class SyncWatchdog:
-    """The read deadline of a sync stream: one helper thread that shuts the socket down when
-    a wait lasts longer than ``timeout`` seconds.
+def sync_driver_of(conn: sa.Connection | None) -> Any:
+    """The driver connection behind a sync ``conn``, or None (closed, invalidated, not open)."""
+    if conn is None:
+        return None
+    try:
+        # .connection of an invalidated Connection would reconnect: never ask it then.
+        if conn.closed or conn.invalidated:
+            return None
+        return conn.connection.driver_connection
+    except Exception:
+        return None
 
-    No liveness check here: a statement slower than ``timeout`` to return rows fails like a
-    silent network (pass ``read_timeout=None`` for those).
-    """
 
-    def __init__(self, timeout: float | None) -> None:
-        self.timeout = timeout
+def sync_force_close(driver: Any) -> None:
+    """Shut a sync driver connection's socket down now; never raises."""
+    with contextlib.suppress(Exception):
+        # PyMySQL's unbuffered result would read the rest of the rows when closed or
+        # garbage-collected (from a dead socket, raising in __del__): nothing is left to read.
+        result = getattr(driver, "_result", None)
+        if result is not None and getattr(result, "unbuffered_active", False):
+            result.unbuffered_active = False
+    fileno = sync_socket_fileno(driver)
+    if fileno is not None:
+        shut_down(fileno)
+
+
+def sync_abandon(conn: sa.Connection) -> None:
+    """Drop ``conn``: shut its socket down, then let the pool forget it. Never raises."""
+    sync_force_close(sync_driver_of(conn))
+    with contextlib.suppress(Exception):
+        conn.invalidate()
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+def sync_release(conn: sa.Connection) -> None:
+    """Return ``conn`` to its pool, or abandon it. Never raises."""
+    try:
+        conn.close()
+    except Exception:
+        sync_abandon(conn)
+
+
+def sync_dispose(engine: sa.Engine) -> None:
+    """Dispose of ``engine``; never raises (its connections are closed without waiting)."""
+    with contextlib.suppress(Exception):
+        engine.dispose()
+
+
+class _Timer:
+    """One daemon thread for every armed sync deadline: it sleeps until the earliest."""
+
+    def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._armed: tuple[float, int] | None = None
+        self._heap: list[tuple[float, int, _SyncWatch]] = []
+        self._count = itertools.count()
         self._thread: threading.Thread | None = None
-        self._closed = False
-        self.fired = False
 
-    @contextlib.contextmanager
-    def watch(self, fileno: int | None) -> Iterator[None]:
-        if self.timeout is None or fileno is None:
-            yield
-            return
+    def arm(self, watch: _SyncWatch, at: float) -> None:
         with self._cond:
+            heapq.heappush(self._heap, (at, next(self._count), watch))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="rowstream-read-timeout", daemon=True
                 )
                 self._thread.start()
-            self.fired = False
-            self._armed = (time.monotonic() + self.timeout, fileno)
-            self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._armed = None
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._armed = None
             self._cond.notify()
 
     def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                if self._armed is None:
+        while True:
+            with self._cond:
+                while not self._heap:
                     self._cond.wait()
-                    continue
-                deadline, fileno = self._armed
-                left = deadline - time.monotonic()
+                at, _n, watch = self._heap[0]
+                left = at - time.monotonic()
                 if left > 0:
                     self._cond.wait(left)
                     continue
-                self._armed = None
-                self.fired = True
-                logger.warning("no answer within read_timeout=%gs: abandoning", self.timeout)
-                shut_down(fileno)
+                heapq.heappop(self._heap)
+            if not watch.done:
+                try:
+                    watch.expired()
+                except Exception as exc:  # the timer thread must live on
+                    logger.debug("read timeout check failed: %r", exc)
 
-    def message(self, where: str) -> str:
-        return (
-            f"no answer from {where} within read_timeout={self.timeout:g}s: the network or "
-            "the server went silent and rowstream abandoned the connection; run the stream "
-            "again with start_after=last_key, raise read_timeout for statements that are "
-            "slow to return rows, or pass read_timeout=None"
-        )
+
+_timer = _Timer()
+
+
+class SyncWatchdog:
+    """:class:`Watchdog` for the sync face: same arguments, same ``watch(conn)`` block.
+
+    On expiry the server is asked (from a fresh connection, within ``LIVENESS_TIMEOUT``)
+    whether it still works on the query, as on the async side; if not, the socket is shut
+    down and the blocked read fails: a :class:`ConnectionLostError` that the stream resumes
+    from. A step blocked elsewhere (connecting) cannot be interrupted; TCP_USER_TIMEOUT and
+    libpq's keepalives bound it.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        timeout: float | None,
+        *,
+        check_liveness: bool = True,
+        where: str = "the database",
+        resumable: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self.resumable = resumable
+        self.check_liveness = check_liveness and engine.dialect.name in ("postgresql", *_MYSQL)
+        self.where = where
+        self.extended = 0
+
+    @contextlib.contextmanager
+    def watch(
+        self, conn: Callable[[], sa.Connection | None], *, owned: bool = True
+    ) -> Iterator[_SyncWatch | _Unwatched]:
+        """Bound the blocking waits inside the block (see :meth:`Watchdog.watch`)."""
+        timeout = self.timeout
+        if timeout is None:
+            yield _UNWATCHED
+            return
+        watch = _SyncWatch(self, conn, timeout)
+        _timer.arm(watch, time.monotonic() + timeout)
+        try:
+            yield watch
+        except Exception as exc:
+            if watch.fired:
+                raise ConnectionLostError(_silence(self.where, timeout, self.resumable)) from exc
+            raise
+        finally:
+            watch.done = True
+
+    def busy(self, driver: Any) -> bool:
+        """True when the server is still working on the query of ``driver``'s connection."""
+        query, ident = _liveness(self.engine.dialect.name, driver)
+        if not ident:
+            return False
+        with self.engine.connect() as conn:
+            found = conn.scalar(query, {"id": ident})
+            conn.rollback()
+        return found is not None
+
+
+class _SyncWatch:
+    """One armed sync deadline (see :class:`SyncWatchdog`)."""
+
+    def __init__(
+        self, dog: SyncWatchdog, conn: Callable[[], sa.Connection | None], timeout: float
+    ) -> None:
+        self._dog = dog
+        self._conn = conn
+        self._timeout = timeout
+        self._progress = time.monotonic()
+        self._rounds = 0
+        self.done = False
+        self.fired = False
+
+    def kick(self) -> None:
+        """Data arrived: the wait starts again."""
+        self._progress = time.monotonic()
+
+    def expired(self) -> None:
+        quiet = time.monotonic() - self._progress
+        if quiet < self._timeout:
+            _timer.arm(self, self._progress + self._timeout)
+            return
+        driver = sync_driver_of(self._conn())
+        if self._dog.check_liveness and driver is not None:
+            threading.Thread(
+                target=self._check_then_act, args=(driver,), name="rowstream-liveness", daemon=True
+            ).start()
+        else:
+            self._act(driver)
+
+    def _check_then_act(self, driver: Any) -> None:
+        answer: list[bool] = []
+
+        def ask() -> None:
+            try:
+                answer.append(self._dog.busy(driver))
+            except Exception as exc:
+                logger.debug("liveness check failed: %r", exc)
+
+        asker = threading.Thread(target=ask, name="rowstream-liveness-check", daemon=True)
+        asker.start()
+        asker.join(LIVENESS_TIMEOUT)
+        if self.done:
+            return
+        if answer and answer[0]:
+            self._dog.extended += 1
+            self._rounds += 1
+            logger.info(
+                "%s is still working on the query after %gs: waiting on",
+                self._dog.where,
+                self._timeout * self._rounds,
+            )
+            _timer.arm(self, time.monotonic() + self._timeout)
+            return
+        self._act(driver)
+
+    def _act(self, driver: Any) -> None:
+        if self.done:
+            return
+        self.fired = True
+        logger.warning("no answer within read_timeout=%gs: abandoning", self._timeout)
+        if driver is not None:
+            sync_force_close(driver)
