@@ -8,6 +8,7 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -86,3 +87,63 @@ def test_csv_export_loads_no_pyarrow_and_no_rich(tmp_path: Path) -> None:
     assert {"sqlalchemy", "aiosqlite"} <= loaded
     assert not loaded & {"pyarrow", "rich", "asyncpg", "asyncmy", "psycopg"}
     assert (tmp_path / "one.csv").read_text() == "id,name\n1,a\n"
+
+
+def _imports_of(path: Path, package: str) -> set[str]:
+    """The rowstream modules ``path`` imports, at any depth of the file (a function's lazy
+    import is a cycle at call time), outside ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    skipped = {
+        id(node)
+        for guard in ast.walk(tree)
+        if isinstance(guard, ast.If) and "TYPE_CHECKING" in ast.unparse(guard.test)
+        for node in ast.walk(guard)
+    }
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if target.startswith("rowstream"):
+                found.add(target)
+                found.update(f"{target}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("rowstream"))
+    return found
+
+
+def test_no_module_of_rowstream_imports_itself_in_a_cycle() -> None:
+    root = Path(_SRC) / "rowstream"
+    modules: dict[str, Path] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        # The package's lazy __getattr__ loads submodules on attribute access only.
+        graph[name] = {m for m in _imports_of(path, package) if m in modules and m != name}
+        if path.name != "__init__.py":
+            graph[name] -= {"rowstream", "rowstream._sync"}
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*trail[trail.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    assert cycles == []
