@@ -24,26 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_
 
-from ._strategy import shielded
-from ._watchdog import Watchdog, abandon, dispose, release
-
-__all__ = [
-    "Lock",
-    "Watchdog",
-    "abandon",
-    "bounded",
-    "dispose",
-    "driver_connection",
-    "exact_fetches",
-    "orm_session",
-    "peer_address",
-    "release",
-    "run_sync",
-    "shielded",
-    "sleep",
-    "sync_engine",
-    "to_thread",
-]
+# Re-exported: the sync twin of each is in rowstream._sync._acompat.
+from ._strategy import shielded as shielded
+from ._watchdog import Watchdog as Watchdog
+from ._watchdog import abandon as abandon
+from ._watchdog import dispose as dispose
+from ._watchdog import release as release
 
 T = TypeVar("T")
 

@@ -124,7 +124,45 @@ class _End:
 _END = _End()
 
 
-class Pipeline:
+S = TypeVar("S")
+
+
+class PipelineBase(Generic[S]):
+    """What both faces' pipelines take and keep; each adds its mechanism in ``_setup()``."""
+
+    def __init__(
+        self,
+        source: S,
+        handler: Handler,
+        *,
+        prepare: Prepare,
+        concurrency: int,
+        ordered: bool,
+        stop_on_error: bool,
+        settle: Settle,
+        handler_timeout: float | None = None,
+    ) -> None:
+        self._source = source
+        self._handler = handler
+        self._prepare = prepare
+        self._concurrency = concurrency
+        self._ordered = ordered
+        self._stop_on_error = stop_on_error
+        self._settle_cb = settle
+        self._handler_timeout = handler_timeout
+        self._order = Order(concurrency=concurrency, ordered=ordered, settle=self._settle)
+        self._error: BaseException | None = None
+        self.stats = PipelineStats()
+        self._setup()
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def _settle(self, item: Item[Any], error: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class Pipeline(PipelineBase[AsyncIterator[list[Any]]]):
     """Feed the batches of ``source`` to ``handler`` with at most ``concurrency`` at a time.
 
     ``prepare(batch)`` numbers each batch as it is read (the bookkeeping's, see
@@ -138,39 +176,17 @@ class Pipeline:
     unfinished one.
     """
 
-    def __init__(
-        self,
-        source: AsyncIterator[list[Any]],
-        handler: Handler,
-        *,
-        prepare: Prepare,
-        concurrency: int,
-        ordered: bool,
-        stop_on_error: bool,
-        settle: Settle,
-        handler_timeout: float | None = None,
-    ) -> None:
-        self._source = source
-        self._prepare = prepare
-        self._handler_timeout = handler_timeout
-        self._concurrency = concurrency
-        self._ordered = ordered
-        self._stop_on_error = stop_on_error
-        self._order = Order(concurrency=concurrency, ordered=ordered, settle=self._settle)
-        self._settle_cb = settle
-        self._call = self._async_call if is_async_handler(handler) else self._thread_call
-        self._handler = handler
+    def _setup(self) -> None:
+        self._call = self._async_call if is_async_handler(self._handler) else self._thread_call
         self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[Item[Any] | _End] = asyncio.Queue(maxsize=BUFFER_BATCHES)
         self._held = 0
         self._running: dict[int, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._error: BaseException | None = None
         self._failed_seen = False
         self._fetching = False
         self._stopping = False
-        self.stats = PipelineStats()
 
     async def run(self) -> None:
         """Run to the end of the source, or to the first error; always stop every task."""
@@ -383,13 +399,8 @@ async def aclose_iterator(iterator: AsyncIterator[Any]) -> None:
         await aclose()
 
 
-class Saver:
-    """Saves the checkpoint in a worker thread whenever it changed, one save at a time.
-
-    Saves coalesce: while one is being written, later batches only mark the watermark dirty,
-    so a slow store never slows the handlers; the last state is saved when the run stops.
-    A save is never cancelled half-way: two saves in flight could land out of order.
-    """
+class SaverBase:
+    """What both faces' checkpoint savers take; each adds its mechanism in ``_setup()``."""
 
     def __init__(
         self,
@@ -398,9 +409,24 @@ class Saver:
         *,
         on_failure: Callable[[BaseException], None],
     ) -> None:
-        self._snapshot = snapshot
         self._store = store
+        self._snapshot = snapshot
         self._on_failure = on_failure
+        self._setup()
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+
+class Saver(SaverBase):
+    """Saves the checkpoint in a worker thread whenever it changed, one save at a time.
+
+    Saves coalesce: while one is being written, later batches only mark the watermark dirty,
+    so a slow store never slows the handlers; the last state is saved when the run stops.
+    A save is never cancelled half-way: two saves in flight could land out of order.
+    """
+
+    def _setup(self) -> None:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False

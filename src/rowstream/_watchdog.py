@@ -37,7 +37,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -228,29 +228,47 @@ async def dispose(engine: AsyncEngine) -> None:
 # -- the read deadline -----------------------------------------------------------------------
 
 
-class Watchdog:
-    """The read deadline of one stream: ``timeout`` seconds per wait (None: no bound).
+E = TypeVar("E", AsyncEngine, sa.Engine)
 
-    ``check_liveness``: ask the server, on expiry, whether it still works on the query
-    (off behind a pooler, where the backend is unknown).
-    """
+
+class _Deadlines(Generic[E]):
+    """What both faces' watchdogs take: ``timeout`` seconds per wait, on ``engine``."""
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: E,
         timeout: float | None,
         *,
         check_liveness: bool = True,
         where: str = "the database",
         resumable: bool = True,
     ) -> None:
-        self.engine = engine
+        self.engine: E = engine
         self.timeout = timeout
         self.resumable = resumable
         self.check_liveness = check_liveness and engine.dialect.name in ("postgresql", *_MYSQL)
         self.where = where
         #: How often a deadline was extended because the server was still working.
         self.extended = 0
+
+    def waiting_on(self, rounds: int) -> int:
+        """The server still works on the query: note it, and give the next round's number."""
+        self.extended += 1
+        rounds += 1
+        logger.info(
+            "%s is still working on the query after %gs: waiting on",
+            self.where,
+            (self.timeout or 0) * rounds,
+        )
+        return rounds
+
+
+class Watchdog(_Deadlines[AsyncEngine]):
+    """The read deadline of one stream: ``timeout`` seconds per wait (None: no bound).
+
+    ``check_liveness``: ask the server, on expiry, whether it still works on the query
+    (off behind a pooler, where the backend is unknown).
+    """
 
     @contextlib.asynccontextmanager
     async def watch(
@@ -404,13 +422,7 @@ class _Watch:
         if self._done:
             return
         if busy:
-            self._dog.extended += 1
-            self._rounds += 1
-            logger.info(
-                "%s is still working on the query after %gs: waiting on",
-                self._dog.where,
-                self._timeout * self._rounds,
-            )
+            self._rounds = self._dog.waiting_on(self._rounds)
             self._handle = self._loop.call_later(self._timeout, self._expired)
             return
         self._act(driver_of(self._conn()))
@@ -544,7 +556,7 @@ class _Timer:
 _timer = _Timer()
 
 
-class SyncWatchdog:
+class SyncWatchdog(_Deadlines[sa.Engine]):
     """:class:`Watchdog` for the sync face: same arguments, same ``watch(conn)`` block.
 
     On expiry the server is asked (from a fresh connection, within ``LIVENESS_TIMEOUT``)
@@ -553,22 +565,6 @@ class SyncWatchdog:
     from. A step blocked elsewhere (connecting) cannot be interrupted; TCP_USER_TIMEOUT and
     libpq's keepalives bound it.
     """
-
-    def __init__(
-        self,
-        engine: sa.Engine,
-        timeout: float | None,
-        *,
-        check_liveness: bool = True,
-        where: str = "the database",
-        resumable: bool = True,
-    ) -> None:
-        self.engine = engine
-        self.timeout = timeout
-        self.resumable = resumable
-        self.check_liveness = check_liveness and engine.dialect.name in ("postgresql", *_MYSQL)
-        self.where = where
-        self.extended = 0
 
     @contextlib.contextmanager
     def watch(
@@ -647,13 +643,7 @@ class _SyncWatch:
         if self.done:
             return
         if answer and answer[0]:
-            self._dog.extended += 1
-            self._rounds += 1
-            logger.info(
-                "%s is still working on the query after %gs: waiting on",
-                self._dog.where,
-                self._timeout * self._rounds,
-            )
+            self._rounds = self._dog.waiting_on(self._rounds)
             _timer.arm(self, time.monotonic() + self._timeout)
             return
         self._act(driver)

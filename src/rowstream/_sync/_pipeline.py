@@ -25,16 +25,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .._checkpoint import Checkpoint, CheckpointStore
+from .._checkpoint import Checkpoint
 from .._pipeline import (
     BUFFER_BATCHES,
     CANCEL_GRACE,
     Handler,
     Item,
-    Order,
+    PipelineBase,
     PipelineStats,
-    Prepare,
-    Settle,
+    SaverBase,
     handler_timed_out,
 )
 
@@ -45,32 +44,13 @@ __all__ = ["BUFFER_BATCHES", "Handler", "Item", "Pipeline", "PipelineStats", "Sa
 _Event = tuple[str, Any, BaseException | None]
 
 
-class Pipeline:
+class Pipeline(PipelineBase[Iterator[list[Any]]]):
     """Feed the batches of ``source`` to ``handler`` in threads, ``concurrency`` at a time.
 
     The same contract as :class:`rowstream._pipeline.Pipeline`.
     """
 
-    def __init__(
-        self,
-        source: Iterator[list[Any]],
-        handler: Handler,
-        *,
-        prepare: Prepare,
-        concurrency: int,
-        ordered: bool,
-        stop_on_error: bool,
-        settle: Settle,
-        handler_timeout: float | None = None,
-    ) -> None:
-        self._source = source
-        self._handler = handler
-        self._prepare = prepare
-        self._concurrency = concurrency
-        self._stop_on_error = stop_on_error
-        self._settle_cb = settle
-        self._handler_timeout = handler_timeout
-        self._order = Order(concurrency=concurrency, ordered=ordered, settle=self._settle)
+    def _setup(self) -> None:
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         # A batch read but not started holds a slot: at most BUFFER_BATCHES + 1 of them.
         self._slots = threading.Semaphore(BUFFER_BATCHES + 1)
@@ -81,8 +61,6 @@ class Pipeline:
         self._deadlines: dict[int, tuple[float, Item[Any]]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._exhausted = False
-        self._error: BaseException | None = None
-        self.stats = PipelineStats()
 
     def run(self) -> None:
         """Run to the end of the source, or to the first error; always stop every thread."""
@@ -239,7 +217,7 @@ class Pipeline:
                 close()
 
 
-class Saver:
+class Saver(SaverBase):
     """Saves the checkpoint in a thread of its own whenever it changed, one save at a time.
 
     The checkpoint is taken on the calling thread (which owns the bookkeeping) and handed
@@ -247,16 +225,7 @@ class Saver:
     a slow store never slows the handlers. The last state is saved when the run stops.
     """
 
-    def __init__(
-        self,
-        store: CheckpointStore,
-        snapshot: Callable[[], Checkpoint | None],
-        *,
-        on_failure: Callable[[BaseException], None],
-    ) -> None:
-        self._store = store
-        self._snapshot = snapshot
-        self._on_failure = on_failure
+    def _setup(self) -> None:
         self._cond = threading.Condition()
         self._pending: Checkpoint | None = None
         self._stopping = False
