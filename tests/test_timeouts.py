@@ -356,20 +356,32 @@ def proxy_thread(pg_url: str, timeout_table: None) -> Iterator[tuple[SilentProxy
 def test_a_silent_network_is_an_error_within_the_bound_in_the_sync_face(
     proxy_thread: tuple[SilentProxy, str],
 ) -> None:
+    # The sync face is generated from the async one: the same bound, the same resume
+    # (given no retries here, the drop ends the stream as a ResumeError).
     proxy, url = proxy_thread
-    silenced = 0.0
-    with (
-        pytest.raises(rowstream.ConnectionLostError, match=r"within read_timeout=1s"),
-        rowstream.sync.stream(
-            url, sa.select(TABLE), batch_rows=1_000, read_timeout=READ_TIMEOUT
-        ) as rows,
-    ):
-        for _batch in rows.batches():
-            if not silenced:
-                proxy.silent = True
-                silenced = time.monotonic()
-    # No liveness check on the sync face: the bound is the read timeout and the clean-up.
-    assert time.monotonic() - silenced < READ_TIMEOUT + 2.0
+    for strategy in ("cursor", "keyset"):
+        proxy.silent = False
+        silenced = 0.0
+        with (
+            pytest.raises(rowstream.ResumeError) as caught,
+            rowstream.sync.stream(
+                url,
+                sa.select(TABLE),
+                batch_rows=1_000,
+                read_timeout=READ_TIMEOUT,
+                strategy=strategy,
+                retries=0,
+            ) as rows,
+        ):
+            for _batch in rows.batches():
+                if not silenced:
+                    proxy.silent = True
+                    silenced = time.monotonic()
+        waited = time.monotonic() - silenced
+        assert waited < BOUND, f"{strategy}: {waited:.1f}s"
+        lost = caught.value.__cause__
+        assert isinstance(lost, rowstream.ConnectionLostError)
+        assert f"within read_timeout={READ_TIMEOUT:g}s" in str(lost)
 
 
 async def test_timeouts_are_checked_before_anything_is_sent(tmp_path: Any) -> None:

@@ -74,7 +74,7 @@ class RowStream(KeyedStream):
     """An open stream; use it as ``async with rowstream.stream(...) as rows``.
 
     ``async for item in rows`` gives one item at a time (an ORM instance for a single-entity
-    select, a Row otherwise) with one await per batch, not per row; ``rows.batches()`` gives
+    select, a Row otherwise), reading a batch at a time, not a row; ``rows.batches()`` gives
     lists; ``rows.stats`` tells how much was read.
     """
 

@@ -516,6 +516,38 @@ def sync_dispose(engine: sa.Engine) -> None:
         engine.dispose()
 
 
+# A pool checkout pre-pings its connection before handing it out: a wait the sync face cannot
+# cancel, on a connection the watched block does not have yet. Each engine a SyncWatchdog
+# watches notes which connection each thread is pinging, so the deadline can shut it down too.
+_pinging: dict[int, Any] = {}
+_abandoned_pings: set[int] = set()
+
+
+def _track_pings(engine: sa.Engine) -> None:
+    dialect: Any = engine.dialect
+    if getattr(dialect, "_rowstream_pings", False):
+        return
+    original = dialect.do_ping
+
+    def do_ping(dbapi_connection: Any) -> bool:
+        ident = threading.get_ident()
+        _pinging[ident] = dbapi_connection
+        try:
+            return bool(original(dbapi_connection))
+        except Exception as exc:
+            if id(dbapi_connection) in _abandoned_pings:
+                # Not a disconnect to heal by reconnecting (that would wait on the same silent
+                # network, out of the deadline's reach): the step fails, the stream resumes.
+                _abandoned_pings.discard(id(dbapi_connection))
+                raise ConnectionLostError("the read deadline abandoned the connection") from exc
+            raise
+        finally:
+            _pinging.pop(ident, None)
+
+    dialect.do_ping = do_ping
+    dialect._rowstream_pings = True
+
+
 class _Timer:
     """One daemon thread for every armed sync deadline: it sleeps until the earliest."""
 
@@ -575,6 +607,7 @@ class SyncWatchdog(_Deadlines[sa.Engine]):
         if timeout is None:
             yield _UNWATCHED
             return
+        _track_pings(self.engine)
         watch = _SyncWatch(self, conn, timeout)
         _timer.arm(watch, time.monotonic() + timeout)
         try:
@@ -608,6 +641,7 @@ class _SyncWatch:
         self._timeout = timeout
         self._progress = time.monotonic()
         self._rounds = 0
+        self._thread = threading.get_ident()
         self.done = False
         self.fired = False
 
@@ -621,6 +655,12 @@ class _SyncWatch:
             _timer.arm(self, self._progress + self._timeout)
             return
         driver = sync_driver_of(self._conn())
+        if driver is None:
+            pinged = _pinging.get(self._thread)
+            if pinged is not None:
+                _abandoned_pings.add(id(pinged))
+                self._act(pinged)
+                return
         if self._dog.check_liveness and driver is not None:
             threading.Thread(
                 target=self._check_then_act, args=(driver,), name="rowstream-liveness", daemon=True

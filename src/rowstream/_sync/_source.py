@@ -39,6 +39,8 @@ SYNC_DRIVERS = {
 }
 _ASYNC_DRIVERS = {"asyncpg", "psycopg_async", "asyncmy", "aiomysql", "aiosqlite"}
 _SMALL_POOL = {"pool_size": 2, "max_overflow": 2}
+#: Seconds libpq may take to connect (psycopg); PyMySQL's own default is 10 too.
+SYNC_CONNECT_TIMEOUT = 10
 
 SyncSource = str | URL | sa.Engine | sa.Connection | Session
 Source = SyncSource
@@ -78,6 +80,8 @@ def create_engine(url: str | URL, **kwargs: Any) -> sa.Engine:
         connect_args = {
             "prepare_threshold": None,
             "application_name": APPLICATION_NAME,
+            # A connect cannot be interrupted by the read deadline: libpq bounds it.
+            "connect_timeout": SYNC_CONNECT_TIMEOUT,
             **LIBPQ_KEEPALIVE,
         }
     connect_args.update(kwargs.pop("connect_args", {}))

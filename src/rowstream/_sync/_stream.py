@@ -76,7 +76,7 @@ class SyncRowStream(KeyedStream):
     """An open stream; use it as ``with rowstream.sync.stream(...) as rows``.
 
     ``for item in rows`` gives one item at a time (an ORM instance for a single-entity
-    select, a Row otherwise) with one per batch, not per row; ``rows.batches()`` gives
+    select, a Row otherwise), reading a batch at a time, not a row; ``rows.batches()`` gives
     lists; ``rows.stats`` tells how much was read.
     """
 
