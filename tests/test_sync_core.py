@@ -8,6 +8,7 @@ The same scenarios run on both faces where a scenario is face-neutral (``face`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import rowstream
 import rowstream.sync
+from tests import faults
 
 from .test_process import ROWS, fill_sync, proc_items
 
@@ -160,39 +163,80 @@ def test_twelve_threads_through_pgbouncer_read_every_row_exactly(
     assert results == {n: (BIG, expected_total, "keyset") for n in range(12)}
 
 
+@pytest.fixture(scope="module")
+def maria_faults(servers: Any) -> None:
+    faults.make_table(servers.mysql_url, faults_rows)
+
+
+faults_rows = 40_000
+
+
+def _kill_all(engine: sa.Engine, admin_url: str, name: str, threads: set[int]) -> int:
+    """Kill every server session of ``engine``'s stream (PostgreSQL: by application name)."""
+    if faults.is_mysql(admin_url):
+        admin = pymysql.connect(**faults._my_args(admin_url))
+        try:
+            with admin.cursor() as cur:
+                for thread in list(threads):
+                    with contextlib.suppress(pymysql.MySQLError):
+                        cur.execute(f"KILL CONNECTION {int(thread)}")
+        finally:
+            admin.close()
+        return len(threads)
+    with psycopg.connect(_libpq(admin_url), autocommit=True) as admin:
+        found = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (name,),
+        ).fetchall()
+    return len(found)
+
+
 @pytest.mark.parametrize("strategy", ["cursor", "keyset"])
+@pytest.mark.parametrize("path", ["direct", "pgbouncer", "mariadb"])
 def test_a_terminated_backend_is_resumed_exactly(
-    big_table: None, pg_url: str, strategy: str
+    big_table: None,
+    maria_faults: None,
+    pg_url: str,
+    pgbouncer_url: str,
+    mysql_url: str,
+    path: str,
+    strategy: str,
 ) -> None:
     name = f"rs-sync-{uuid.uuid4().hex[:8]}"
-    engine = rowstream.sync.create_engine(pg_url, connect_args={"application_name": name})
+    url = {"direct": pg_url, "pgbouncer": pgbouncer_url, "mariadb": mysql_url}[path]
+    admin_url = mysql_url if path == "mariadb" else pg_url
+    options: dict[str, Any] = {}
+    if path != "mariadb":
+        options["connect_args"] = {"application_name": name}
+    engine = rowstream.sync.create_engine(url, **options)
+    threads: set[int] = set()
+
+    @sa.event.listens_for(engine, "connect")
+    def _note(dbapi_connection: Any, _record: Any) -> None:
+        thread_id = getattr(dbapi_connection, "thread_id", None)
+        if callable(thread_id):
+            threads.add(int(thread_id()))
+
+    table = BIG_TABLE if path != "mariadb" else sa.table(faults.TABLE, sa.column("id"))
+    total = BIG if path != "mariadb" else faults_rows
     killed = 0
     expected = 1
-
-    def terminate() -> int:
-        with psycopg.connect(_libpq(pg_url), autocommit=True) as admin:
-            found = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = %s",
-                (name,),
-            ).fetchall()
-        return len(found)
-
     try:
         with rowstream.sync.stream(
-            engine, sa.select(BIG_TABLE), strategy=strategy, key="id", backoff=0.05, batch_rows=500
+            engine, sa.select(table.c.id), strategy=strategy, key="id", backoff=0.05, batch_rows=500
         ) as rows:
             for row in rows:
                 assert row.id == expected
                 expected += 1
-                if row.id == BIG // 3 and not killed:
-                    killed = terminate()
+                if row.id == total // 3 and not killed:
+                    killed = _kill_all(engine, admin_url, name, threads)
     finally:
         engine.dispose()
     assert killed >= 1
-    assert expected - 1 == BIG
-    if strategy == "cursor":
+    assert expected - 1 == total
+    if strategy == "cursor" and path == "direct":
         assert rows.stats.reconnects >= 1
-    # Keyset pages hold no connection between pages: a backend killed then is replaced by
-    # the pool's pre-ping, with nothing to resume.
+    # Keyset pages hold no connection between pages (and PgBouncer hands backends out per
+    # transaction): a session killed then is replaced by the pool's pre-ping, with nothing to
+    # resume; MariaDB's unbuffered rows may already sit in the client's socket buffer.
     assert rows.stats.strategy == strategy
