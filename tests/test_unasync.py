@@ -9,18 +9,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_generated_sync_modules_are_up_to_date() -> None:
-    done = subprocess.run(
+def _check() -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, str(ROOT / "tools" / "unasync.py"), "--check"],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=ROOT,
     )
+
+
+def test_the_generated_sync_modules_are_up_to_date() -> None:
+    done = _check()
     assert done.returncode == 0, done.stderr
 
 
-def test_check_names_a_stale_module(tmp_path: Path) -> None:
+def test_markers_replacements_and_a_stale_module() -> None:
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         import unasync
@@ -54,13 +58,7 @@ def test_check_names_a_stale_module(tmp_path: Path) -> None:
     target = ROOT / "src" / "rowstream" / "_sync" / "_readonly.py"
     try:
         target.write_text(generated + "\n# a hand edit\n")
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "tools" / "unasync.py"), "--check"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
+        done = _check()
     finally:
         target.write_text(generated)
     assert done.returncode == 1
