@@ -1,0 +1,209 @@
+"""Partitioned exports on real servers: one snapshot under concurrent writes; SIGKILL, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import rowstream
+from rowstream._dataset import MANIFEST_NAME, read_manifest
+from rowstream._jobs import JobProgress, export_dataset
+from rowstream._snapshot import Snapshot
+
+ROWS = 10_000
+TABLE = "jobs_t"
+Row = tuple[Any, ...]
+
+
+async def _create(engine: AsyncEngine, rows: int = ROWS) -> None:
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {TABLE}")
+        await conn.exec_driver_sql(
+            f"CREATE TABLE {TABLE} (id int PRIMARY KEY, k int NULL, v int, note varchar(40))"
+        )
+        await conn.execute(
+            sa.text(f"INSERT INTO {TABLE} VALUES (:id, :k, :v, :note)"),
+            [
+                {"id": i, "k": None if i % 11 == 0 else i, "v": i, "note": f"row {i}"}
+                for i in range(1, rows + 1)
+            ],
+        )
+
+
+async def _rows(engine: AsyncEngine) -> list[Row]:
+    async with engine.connect() as conn:
+        result = await conn.execute(sa.text(f"SELECT id, k, v, note FROM {TABLE} ORDER BY id"))
+        return [tuple(r) for r in result]
+
+
+def _dataset_rows(folder: Path, fmt: str) -> list[Row]:
+    reader = "read_parquet" if fmt == "parquet" else "read_csv"
+    return [
+        tuple(r)
+        for r in duckdb.sql(
+            f"SELECT id, k, v, note FROM {reader}('{folder}/*.{fmt}') ORDER BY id"
+        ).fetchall()
+    ]
+
+
+async def _writes(engine: AsyncEngine, batch: range, *, pause: float) -> None:
+    """10% of the rows updated (their key moved across partitions), inserted and deleted."""
+    for i in batch:
+        async with engine.begin() as conn:
+            # Moves a row from a late key range (and a late block: a new tuple version) into
+            # an early one, or into the NULL partition, where a reader without the snapshot
+            # would see it twice or not at all.
+            await conn.execute(
+                sa.text(f"UPDATE {TABLE} SET v = v + 1000000, k = :k WHERE id = :id"),
+                {"id": ROWS - i, "k": None if i % 3 == 0 else i},
+            )
+            await conn.execute(
+                sa.text(f"INSERT INTO {TABLE} VALUES (:id, :k, 0, 'new')"),
+                {"id": ROWS + 1 + i, "k": None if i % 4 == 0 else -i},
+            )
+            await conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE id = :id"), {"id": 2 + i * 7})
+        if pause:
+            await asyncio.sleep(pause)
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+async def source(
+    request: pytest.FixtureRequest, pg_url: str, mysql_url: str
+) -> AsyncIterator[tuple[str, AsyncEngine]]:
+    url = pg_url if request.param == "postgresql" else mysql_url
+    engine = rowstream.create_engine(url)
+    await _create(engine)
+    yield url, engine
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+@pytest.mark.parametrize("partition_by", [None, "k"])
+async def test_jobs_4_under_concurrent_writes_equals_the_table_at_the_snapshot(
+    source: tuple[str, AsyncEngine], tmp_path: Path, fmt: str, partition_by: str | None
+) -> None:
+    url, engine = source
+    before = await _rows(engine)
+    writer: asyncio.Task[None] | None = None
+    at_snapshot: list[Row] = []
+    seen: list[JobProgress] = []
+
+    async def start_writing(snap: Snapshot) -> None:
+        nonlocal writer
+        if snap.dialect == "postgresql":
+            # A copy of the table taken inside the snapshot, by one more reader joining it.
+            conn = await snap.join()
+            result = await conn.execute(sa.text(f"SELECT id, k, v, note FROM {TABLE} ORDER BY id"))
+            at_snapshot.extend(tuple(r) for r in result)
+            await snap.leave(conn)
+        # Half the writes land before any part is read, the rest while the parts are read.
+        await _writes(engine, range(0, ROWS // 20), pause=0)
+        writer = asyncio.create_task(_writes(engine, range(ROWS // 20, ROWS // 10), pause=0.001))
+
+    report = await export_dataset(
+        url,
+        TABLE,
+        tmp_path / "ds",
+        jobs=4,
+        format=fmt,
+        partition_by=partition_by,
+        min_partition_bytes=16 * 1024,
+        on_snapshot=start_writing,
+        progress=seen.append,
+    )
+    assert writer is not None
+    await asyncio.wait_for(writer, 120)
+    after = await _rows(engine)
+    assert after != before and len(after) == ROWS  # 10% in, 10% out, 10% changed
+    assert report.exact and report.warning is None and report.snapshot.consistent
+    assert len(report.parts) >= 8
+    if partition_by is not None or engine.dialect.name != "postgresql":
+        assert report.plan == "key"
+    else:
+        assert report.plan == "ctid"
+    if partition_by == "k":
+        assert report.parts[-1].rows == sum(1 for r in before if r[1] is None)  # the NULL part
+    got = _dataset_rows(tmp_path / "ds", fmt)
+    assert len(got) == len(set(got)) == ROWS
+    assert got == before
+    if at_snapshot:
+        assert at_snapshot == before
+    assert sum(1 for r in got if r[1] is None) == sum(1 for r in before if r[1] is None)
+    assert seen[-1].parts_done == len(report.parts) and seen[-1].rows == ROWS
+
+
+_CHILD = """
+import asyncio, sys
+from rowstream._jobs import export_dataset
+asyncio.run(export_dataset(sys.argv[1], sys.argv[2], sys.argv[3], jobs=2, format="parquet",
+                           min_partition_bytes=16 * 1024, per_job=12))
+"""
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+@pytest.mark.slow
+async def test_sigkill_then_resume_is_complete_and_keeps_finished_parts(
+    pg_url: str, tmp_path: Path
+) -> None:
+    engine = rowstream.create_engine(pg_url)
+    try:
+        await _create(engine, rows=200_000)
+        expected = await _rows(engine)
+    finally:
+        await engine.dispose()
+    folder = tmp_path / "ds"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CHILD, pg_url, TABLE, str(folder), env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        done = 0
+        while time.monotonic() < deadline and child.returncode is None:
+            manifest = read_manifest(folder) if (folder / MANIFEST_NAME).exists() else None
+            done = len(manifest.done) if manifest else 0
+            if done >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert child.returncode is None, "the export ended before it could be killed"
+        assert done >= 3
+        # A random moment after a few parts are done: mid-part, mid-manifest, anywhere.
+        await asyncio.sleep(random.uniform(0, 0.5))
+        os.kill(child.pid, signal.SIGKILL)
+        await asyncio.wait_for(child.wait(), 30)
+    finally:
+        if child.returncode is None:
+            os.kill(child.pid, signal.SIGKILL)
+            await asyncio.wait_for(child.wait(), 30)
+    manifest = read_manifest(folder)
+    assert manifest is not None and manifest.state == "running"
+    kept = {p.file: _stat(folder / p.file) for p in manifest.done}
+    assert 3 <= len(kept) < len(manifest.parts)
+
+    report = await export_dataset(pg_url, TABLE, folder, jobs=2, format="parquet", resume=True)
+    assert {p.file for p in report.parts if p.skipped} == set(kept)
+    for file, stat in kept.items():
+        assert _stat(folder / file) == stat, f"{file} was rewritten"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert _dataset_rows(folder, "parquet") == expected
+    final = read_manifest(folder)
+    assert final is not None and final.state == "complete" and len(final.snapshots) == 2
+    # The first snapshot went with the killed process: the manifest and the report say so.
+    assert report.warning is not None and "not one point in time" in report.warning
+    assert not report.exact
