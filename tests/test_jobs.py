@@ -58,7 +58,7 @@ def _dataset_rows(folder: Path, fmt: str) -> list[Row]:
     ]
 
 
-async def _writes(engine: AsyncEngine, batch: range, *, pause: float) -> None:
+async def _writes(engine: AsyncEngine, batch: range, *, pause: float, rows: int = ROWS) -> None:
     """10% of the rows updated (their key moved across partitions), inserted and deleted."""
     for i in batch:
         async with engine.begin() as conn:
@@ -67,11 +67,11 @@ async def _writes(engine: AsyncEngine, batch: range, *, pause: float) -> None:
             # would see it twice or not at all.
             await conn.execute(
                 sa.text(f"UPDATE {TABLE} SET v = v + 1000000, k = :k WHERE id = :id"),
-                {"id": ROWS - i, "k": None if i % 3 == 0 else i},
+                {"id": rows - i, "k": None if i % 3 == 0 else i},
             )
             await conn.execute(
                 sa.text(f"INSERT INTO {TABLE} VALUES (:id, :k, 0, 'new')"),
-                {"id": ROWS + 1 + i, "k": None if i % 4 == 0 else -i},
+                {"id": rows + 1 + i, "k": None if i % 4 == 0 else -i},
             )
             await conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE id = :id"), {"id": 2 + i * 7})
         if pause:
@@ -207,3 +207,55 @@ async def test_sigkill_then_resume_is_complete_and_keeps_finished_parts(
     # The first snapshot went with the killed process: the manifest and the report say so.
     assert report.warning is not None and "not one point in time" in report.warning
     assert not report.exact
+
+
+async def test_a_dropped_reader_rejoins_the_snapshot_and_the_result_stays_exact(
+    pg_url: str, tmp_path: Path
+) -> None:
+    engine = rowstream.create_engine(pg_url)
+    await _create(engine, rows=100_000)
+    before = await _rows(engine)
+    killed: list[int] = []
+
+    async def kill_a_reader() -> None:
+        # The backend of a worker reading a partition (not the coordinator, which is idle).
+        find = sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'active' AND query LIKE '%ctid >=%' AND pid <> pg_backend_pid() LIMIT 1"
+        )
+        deadline = time.monotonic() + 60
+        async with engine.connect() as admin:
+            while not killed and time.monotonic() < deadline:
+                pid = await admin.scalar(find)
+                await admin.rollback()
+                if pid is not None and await admin.scalar(
+                    sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+                ):
+                    killed.append(int(pid))
+                await asyncio.sleep(0.01)
+
+    killer: asyncio.Task[None] | None = None
+
+    async def start(snap: Snapshot) -> None:
+        nonlocal killer
+        await _writes(engine, range(0, 500), pause=0, rows=100_000)
+        killer = asyncio.create_task(kill_a_reader())
+
+    try:
+        report = await export_dataset(
+            pg_url,
+            TABLE,
+            tmp_path / "ds",
+            jobs=2,
+            format="csv",
+            min_partition_bytes=16 * 1024,
+            on_snapshot=start,
+        )
+        assert killer is not None
+        await asyncio.wait_for(killer, 60)
+    finally:
+        await engine.dispose()
+    assert killed, "no reader was caught reading"
+    assert sum(p.retries for p in report.parts) >= 1
+    assert report.exact
+    assert _dataset_rows(tmp_path / "ds", "csv") == before

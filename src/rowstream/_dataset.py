@@ -252,9 +252,17 @@ def point_in_time_warning(manifest: Manifest) -> str | None:
             f"{manifest.snapshots[i].get('taken_at')}"
             for i in used
         )
+        moved = (
+            # A row updated in between has a new version in another block: it can show in a
+            # part of each snapshot, or in neither. Key ranges keep each key in one part.
+            "rows updated in between may be missing or appear twice"
+            if manifest.plan.get("method") == "ctid"
+            else "each row shows as of its part's snapshot (one whose partition key changed in "
+            "between may be missing or appear twice)"
+        )
         return (
             f"the dataset is not one point in time: its first snapshot was released before the "
-            f"resume ({groups}); export again with jobs for one snapshot"
+            f"resume ({groups}); {moved}; export again without --resume for one snapshot"
         )
     if inconsistent:
         return f"the parts are not one consistent snapshot: {manifest.snapshots[used[0]]['note']}"

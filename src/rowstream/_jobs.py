@@ -38,7 +38,7 @@ from ._dataset import (
     sha256_of,
     write_manifest,
 )
-from ._exceptions import ConfigurationError, RowstreamError
+from ._exceptions import ConfigurationError, ConnectionLostError, ResumeError, RowstreamError
 from ._partition import (
     DEFAULT_MIN_PARTITION_BYTES,
     DEFAULT_PARTITIONS_PER_JOB,
@@ -57,6 +57,8 @@ from ._watchdog import DEFAULT_READ_TIMEOUT
 __all__ = ["JobProgress", "JobReport", "PartReport", "export_dataset", "write_part"]
 
 DatasetFormat = str
+#: Times one part is read again after its connection dropped (PostgreSQL, snapshot held).
+PART_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class PartReport:
     seconds: float
     sha256: str
     skipped: bool = False
+    #: Times the part was read again on a new connection after its connection dropped.
+    retries: int = 0
 
 
 @dataclass
@@ -182,6 +186,12 @@ async def write_part(
         **options,
     )
     return report.rows, report.bytes
+
+
+def _dropped(exc: BaseException) -> bool:
+    """The part failed because its connection dropped (a stream on a borrowed connection
+    reports it as a ResumeError caused by the drop)."""
+    return isinstance(exc, ConnectionLostError) or isinstance(exc.__cause__, ConnectionLostError)
 
 
 def _statement_text(
@@ -368,24 +378,46 @@ async def _run(
                     t0 = time.perf_counter()
                     part.started_at = now()
                     path = folder / part.file
-                    rows, size = await write_part(
-                        conn,
-                        table,
-                        part.partition(),
-                        path,
-                        format=manifest.format,
-                        compression=compression,
-                        where=where,
-                        columns=columns,
-                        read_timeout=read_timeout,
-                        options=options,
-                    )
+                    attempt = 0
+                    while True:
+                        try:
+                            rows, size = await write_part(
+                                conn,
+                                table,
+                                part.partition(),
+                                path,
+                                format=manifest.format,
+                                compression=compression,
+                                where=where,
+                                columns=columns,
+                                read_timeout=read_timeout,
+                                options=options,
+                            )
+                            break
+                        except (ConnectionLostError, ResumeError) as exc:
+                            if not _dropped(exc):
+                                raise
+                            # While the coordinator holds the snapshot, a new connection
+                            # joins it and the part is read again: still exact. (MariaDB's
+                            # sessions cannot be joined later: the error stands there.)
+                            attempt += 1
+                            if not snap.rejoinable or attempt > PART_RETRIES:
+                                raise
+                            await snap.leave(conn)
+                            conn = await snap.join()
                     digest = await asyncio.to_thread(sha256_of, path)
                     part.state, part.rows, part.bytes, part.sha256 = "done", rows, size, digest
                     part.snapshot, part.finished_at = index, now()
                     write_manifest(folder, manifest)
                     report = PartReport(
-                        part.id, part.file, rows, size, time.perf_counter() - t0, digest
+                        part.id,
+                        part.file,
+                        rows,
+                        size,
+                        time.perf_counter() - t0,
+                        digest,
+                        False,
+                        attempt,
                     )
                     written.append(report)
                     state.parts_done += 1

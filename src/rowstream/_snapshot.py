@@ -126,6 +126,11 @@ class Snapshot:
     def dialect(self) -> str:
         return self._engine.dialect.name
 
+    @property
+    def rejoinable(self) -> bool:
+        """Whether a new connection can join while the snapshot is held (PostgreSQL)."""
+        return self.dialect == "postgresql" and self.info.id is not None
+
     async def __aenter__(self) -> Snapshot:
         try:
             async with asyncio.timeout(SETUP_TIMEOUT * 2):
@@ -181,7 +186,15 @@ class Snapshot:
                 )
             conn = self._ready.pop()
         elif self.dialect == "postgresql":
-            conn = await self._import_pg(self._snapshot_id())
+            snapshot_id = self._snapshot_id()
+            try:
+                async with asyncio.timeout(SETUP_TIMEOUT):
+                    conn = await self._import_pg(snapshot_id)
+            except TimeoutError:
+                raise SnapshotError(
+                    f"joining snapshot {snapshot_id} on {mask_url(self._engine.url)} took over "
+                    f"{SETUP_TIMEOUT:.0f} s: the server did not answer; try again"
+                ) from None
         else:
             conn = await _connect(self._engine)
         self._joined.append(conn)
