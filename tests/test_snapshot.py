@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -158,3 +159,47 @@ async def test_sqlite_is_its_own_snapshot(sqlite_url: str) -> None:
             assert snap.info.consistent and snap.info.method == "none"
     finally:
         await engine.dispose()
+
+
+@pytest.mark.slow
+async def test_mariadb_without_reload_starts_every_session_at_one_binlog_position(
+    mariadb_binlog_url: str,
+) -> None:
+    root = rowstream.create_engine(mariadb_binlog_url)
+    user = f"rs_binlog_{uuid.uuid4().hex[:8]}"
+    database = make_url(mariadb_binlog_url).database
+    await _fill(root, "snap_bl", 10)
+    async with root.begin() as conn:
+        await conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw-{user}'")
+        await conn.exec_driver_sql(f"GRANT SELECT ON `{database}`.* TO '{user}'@'%%'")
+    limited = rowstream.create_engine(
+        make_url(mariadb_binlog_url).set(username=user, password=f"pw-{user}")
+    )
+    stop = asyncio.Event()
+
+    async def commit_all_the_time() -> int:
+        n = 0
+        while not stop.is_set():
+            async with root.begin() as conn:
+                await conn.execute(sa.text("INSERT INTO snap_bl VALUES (:id, 0)"), {"id": 100 + n})
+            n += 1
+        return n
+
+    writer = asyncio.create_task(commit_all_the_time())
+    try:
+        await asyncio.sleep(0.2)
+        async with Snapshot(limited, sessions=4) as snap:
+            assert snap.info.method == "binlog_position", snap.info.note
+            assert snap.info.consistent and snap.info.point
+            readers = [await snap.join() for _ in range(4)]
+            await asyncio.sleep(0.2)  # more commits, unseen by all four
+            counts = {
+                await conn.scalar(sa.text("SELECT count(*) FROM snap_bl")) for conn in readers
+            }
+        assert len(counts) == 1
+    finally:
+        stop.set()
+        committed = await asyncio.wait_for(writer, 30)
+        await limited.dispose()
+        await root.dispose()
+    assert committed > 10

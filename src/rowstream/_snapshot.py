@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import random
 import re
 from dataclasses import dataclass
 from types import TracebackType
@@ -50,7 +51,7 @@ SETUP_TIMEOUT = 30.0
 #: MariaDB: seconds FLUSH TABLES WITH READ LOCK may wait for running statements.
 LOCK_WAIT_TIMEOUT = 10
 #: MariaDB without the lock: attempts at starting every session at one binlog position.
-CONSISTENT_START_RETRIES = 10
+CONSISTENT_START_RETRIES = 50
 
 Method = Literal["pg_export_snapshot", "flush_tables_with_read_lock", "binlog_position", "none"]
 
@@ -299,8 +300,8 @@ class Snapshot:
         log_bin = await self._ready[0].scalar(sa.text("SELECT @@log_bin"))
         await self._ready[0].rollback()
         if log_bin and int(log_bin):
-            for _attempt in range(CONSISTENT_START_RETRIES):
-                points = [await _start_consistent(conn) for conn in self._ready]
+            for attempt in range(CONSISTENT_START_RETRIES):
+                points = await _start_together(self._ready)
                 if len(set(points)) == 1 and points[0]:
                     self.info = SnapshotInfo(
                         self.dialect,
@@ -313,6 +314,8 @@ class Snapshot:
                     return
                 for conn in self._ready:
                     await conn.rollback()
+                # A short, growing, jittered pause: a burst of commits may pass meanwhile.
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
             note = (
                 f"commits kept landing between the sessions' starts ({CONSISTENT_START_RETRIES} "
                 "tries): the parts may come from slightly different points in time"
@@ -323,8 +326,7 @@ class Snapshot:
                 "log to compare the sessions' positions: the parts may come from slightly "
                 "different points in time (grant RELOAD, or use --jobs 1 for one snapshot)"
             )
-            for conn in self._ready:
-                await _start_consistent(conn)
+            await _start_together(self._ready)
         self.info = SnapshotInfo(self.dialect, "none", False, taken_at=_now(), note=note)
 
     async def _under_read_lock(self) -> SnapshotInfo | None:
@@ -339,7 +341,7 @@ class Snapshot:
                     return None
                 raise_translated(exc, url=self._engine.url)
             try:
-                points = [await _start_consistent(conn) for conn in self._ready]
+                points = await _start_together(self._ready)
             finally:
                 await locker.exec_driver_sql("UNLOCK TABLES")
         finally:
@@ -372,10 +374,20 @@ async def _pg_point(conn: AsyncConnection) -> str:
     return str(await conn.scalar(sa.text("SELECT pg_current_snapshot()::text")))
 
 
-async def _start_consistent(conn: AsyncConnection) -> str:
-    """Start the session's read-only snapshot; its binlog position ("" without a binlog)."""
-    await conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-    await conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+async def _start_together(sessions: list[AsyncConnection]) -> list[str]:
+    """Start every session's read-only snapshot at (nearly) one moment: each step is sent on
+    all sessions at once, so the STARTs are one round trip apart at most. Their binlog
+    positions ("" without a binlog) say whether a commit landed in between."""
+
+    async def each(sql: str) -> None:
+        await asyncio.gather(*(conn.exec_driver_sql(sql) for conn in sessions))
+
+    await each("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    await each("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+    return list(await asyncio.gather(*(_binlog_point(conn) for conn in sessions)))
+
+
+async def _binlog_point(conn: AsyncConnection) -> str:
     rows: Any = (
         await conn.exec_driver_sql(
             "SHOW SESSION STATUS WHERE Variable_name IN "
