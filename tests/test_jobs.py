@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import rowstream
-from rowstream._dataset import MANIFEST_NAME, read_manifest
+from rowstream._dataset import MANIFEST_NAME, read_manifest, write_manifest
+from rowstream._exceptions import ConfigurationError, ResumeError, SinkError
 from rowstream._jobs import JobProgress, export_dataset
 from rowstream._snapshot import Snapshot
 
@@ -259,3 +260,61 @@ async def test_a_dropped_reader_rejoins_the_snapshot_and_the_result_stays_exact(
     assert sum(p.retries for p in report.parts) >= 1
     assert report.exact
     assert _dataset_rows(tmp_path / "ds", "csv") == before
+
+
+async def test_a_failing_part_ends_the_export_with_one_error_and_nothing_half_written(
+    pg_url: str, tmp_path: Path
+) -> None:
+    engine = rowstream.create_engine(pg_url)
+    try:
+        await _create(engine)
+    finally:
+        await engine.dispose()
+    folder = tmp_path / "ds"
+    with pytest.raises(rowstream.QueryError) as info:
+        await export_dataset(
+            pg_url, TABLE, folder, jobs=2, where="no_such_column > 0", min_partition_bytes=16384
+        )
+    assert "no_such_column" in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST_NAME]
+    manifest = read_manifest(folder)
+    assert manifest is not None and not manifest.done and manifest.state == "running"
+
+
+async def test_resume_redoes_what_is_missing_and_refuses_a_rewritten_table(
+    pg_url: str, tmp_path: Path
+) -> None:
+    engine = rowstream.create_engine(pg_url)
+    folder = tmp_path / "ds"
+    try:
+        await _create(engine)
+        expected = await _rows(engine)
+        first = await export_dataset(
+            pg_url, TABLE, folder, jobs=2, format="csv", min_partition_bytes=16384
+        )
+        # As an interrupted run leaves it: one part never written, one written but not recorded.
+        manifest = read_manifest(folder)
+        assert manifest is not None and len(manifest.parts) > 4
+        manifest.state = "running"
+        lost, unrecorded = manifest.parts[1], manifest.parts[3]
+        (folder / lost.file).unlink()
+        unrecorded.state = "pending"
+        write_manifest(folder, manifest)
+        kept = {p.file: _stat(folder / p.file) for p in manifest.done if p is not lost}
+        report = await export_dataset(pg_url, TABLE, folder, jobs=2, format="csv", resume=True)
+        assert {p.id for p in report.parts if not p.skipped} == {lost.id, unrecorded.id}
+        assert all(_stat(folder / f) == s for f, s in kept.items())
+        assert _dataset_rows(folder, "csv") == expected
+        assert report.rows == first.rows == ROWS
+        with pytest.raises(SinkError, match="pass --resume"):
+            await export_dataset(pg_url, TABLE, folder, jobs=2, format="csv")
+        with pytest.raises(ConfigurationError, match="dataset's format"):
+            await export_dataset(pg_url, TABLE, folder, jobs=2, format="parquet", resume=True)
+        # A rewrite moves every row to another ctid: the old ranges cannot be finished.
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql(f"VACUUM FULL {TABLE}")
+        with pytest.raises(ResumeError, match="was rewritten"):
+            await export_dataset(pg_url, TABLE, folder, jobs=2, format="csv", resume=True)
+    finally:
+        await engine.dispose()

@@ -44,6 +44,7 @@ from ._partition import (
     DEFAULT_PARTITIONS_PER_JOB,
     Partition,
     PartitionPlan,
+    pg_filenode,
     plan_partitions,
     split_name,
 )
@@ -267,7 +268,12 @@ async def export_dataset(
                 statement=statement,
                 format=format,
                 compression=compression,
-                plan={"method": plan.method, "column": plan.column, "note": plan.note},
+                plan={
+                    "method": plan.method,
+                    "column": plan.column,
+                    "note": plan.note,
+                    "filenode": plan.filenode,
+                },
                 parts=[
                     PartRecord(p.id, part_name(p.id, format, compression), p.bounds())
                     for p in plan.partitions
@@ -276,6 +282,7 @@ async def export_dataset(
             estimate = plan.estimated_rows
         else:
             check_same_export(manifest, database=database, statement=statement, fmt=format)
+            await _check_not_rewritten(engine, table, manifest)
             compression = manifest.compression
             estimate = None
         return await _run(
@@ -297,6 +304,21 @@ async def export_dataset(
     finally:
         if owns:
             await shielded(engine.dispose())
+
+
+async def _check_not_rewritten(engine: AsyncEngine, table: str, manifest: Manifest) -> None:
+    """ctid ranges hold only while the table keeps its file: refuse to resume after a rewrite."""
+    if manifest.plan.get("method") != "ctid":
+        return
+    async with engine.connect() as conn:
+        current = await pg_filenode(conn, table)
+    if current != manifest.plan.get("filenode"):
+        raise ResumeError(
+            f"cannot resume: {table!r} was rewritten since the dataset was started (VACUUM "
+            "FULL, CLUSTER or ALTER TABLE moved every row), so the remaining block ranges no "
+            "longer match the finished parts; export again into an empty directory",
+            table=table,
+        )
 
 
 async def _plan(

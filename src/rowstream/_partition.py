@@ -146,6 +146,9 @@ class PartitionPlan:
     relation_bytes: int | None = None
     #: The catalog's estimate of rows, for progress; None when unknown.
     estimated_rows: int | None = field(default=None)
+    #: ctid plans: the heap's file node. A rewrite (VACUUM FULL, CLUSTER, some ALTER TABLEs)
+    #: changes it and moves every row to another ctid: ranges of the old plan mean nothing.
+    filenode: int | None = None
 
     def __len__(self) -> int:
         return len(self.partitions)
@@ -259,13 +262,14 @@ class _PgRelation:
     toast_bytes: int
     block_size: int
     reltuples: float
+    filenode: int | None
 
 
 _PG_RELATION = sa.text(
     "SELECT c.oid, c.relkind::text, coalesce(am.amname = 'heap', false), "
     "CASE WHEN c.relkind IN ('r', 'm') THEN pg_relation_size(c.oid) ELSE 0 END, "
     "CASE WHEN c.reltoastrelid <> 0 THEN pg_relation_size(c.reltoastrelid) ELSE 0 END, "
-    "current_setting('block_size')::int, c.reltuples "
+    "current_setting('block_size')::int, c.reltuples, pg_relation_filenode(c.oid) "
     "FROM pg_class c LEFT JOIN pg_am am ON am.oid = c.relam "
     "WHERE c.oid = to_regclass(:name)"
 )
@@ -315,7 +319,7 @@ async def plan_partitions(
             note = "ctid block ranges sized from pg_relation_size (heap + TOAST)"
             rows = int(rel.reltuples) if rel.reltuples >= 0 else None
             return PartitionPlan(
-                "ctid", tuple(ctid_partitions(blocks, count)), note, None, total, rows
+                "ctid", tuple(ctid_partitions(blocks, count)), note, None, total, rows, rel.filenode
             )
         if count == 1:
             return single("too small to split")
@@ -362,8 +366,21 @@ async def _pg_relation(conn: AsyncConnection, schema: str | None, name: str) -> 
         label = f"{schema}.{name}" if schema else name
         raise QueryError(f"unknown table {label!r}: check the name (schema.table)")
     return _PgRelation(
-        int(row[0]), str(row[1]), bool(row[2]), int(row[3]), int(row[4]), int(row[5]), float(row[6])
+        int(row[0]),
+        str(row[1]),
+        bool(row[2]),
+        int(row[3]),
+        int(row[4]),
+        int(row[5]),
+        float(row[6]),
+        int(row[7]) if row[7] is not None else None,
     )
+
+
+async def pg_filenode(conn: AsyncConnection, table: str) -> int | None:
+    """The heap's current file node (see :attr:`PartitionPlan.filenode`)."""
+    schema, name = split_name(table)
+    return (await _pg_relation(conn, schema, name)).filenode
 
 
 async def _key_column(
