@@ -318,3 +318,24 @@ async def test_resume_redoes_what_is_missing_and_refuses_a_rewritten_table(
             await export_dataset(pg_url, TABLE, folder, jobs=2, format="csv", resume=True)
     finally:
         await engine.dispose()
+
+
+async def test_a_select_is_split_by_one_of_its_columns(
+    source: tuple[str, AsyncEngine], tmp_path: Path
+) -> None:
+    url, engine = source
+    t = sa.table(TABLE, sa.column("id"), sa.column("k"), sa.column("v"), sa.column("note"))
+    statement = sa.select(t.c.id, t.c.k, t.c.v, t.c.note).where(t.c.id % 3 != 0)
+    async with engine.connect() as conn:
+        expected = [tuple(r) for r in await conn.execute(statement.order_by(t.c.id))]
+    report = await export_dataset(
+        url, statement, tmp_path / "ds", jobs=2, format="parquet", partition_by="k"
+    )
+    assert report.plan == "key" and len(report.parts) > 4
+    assert _dataset_rows(tmp_path / "ds", "parquet") == expected
+    assert report.parts[-1].rows == sum(1 for r in expected if r[1] is None)
+    manifest = read_manifest(tmp_path / "ds")
+    assert manifest is not None and manifest.table is None and "%" in manifest.statement
+    # Without partition_by, and for text(): one reader, and the report says which plan.
+    one = await export_dataset(url, sa.text(f"SELECT id FROM {TABLE}"), tmp_path / "one", jobs=2)
+    assert one.plan == "single" and len(one.parts) == 1 and one.rows == ROWS

@@ -19,6 +19,7 @@ from rowstream._partition import (
     key_partitions,
     partition_count,
     plan_partitions,
+    plan_statement,
     quantile_bounds,
 )
 
@@ -250,3 +251,18 @@ async def test_sqlite_is_one_reader(sqlite_url: str) -> None:
         await engine.dispose()
     assert plan.method == "single" and len(plan) == 1
     assert "one reader" in plan.note
+
+
+async def test_a_statement_that_is_not_a_single_read_is_refused_before_anything_is_sent(
+    pg: AsyncEngine,
+) -> None:
+    t = sa.table("part_fresh", sa.column("id"))
+    async with pg.connect() as conn:
+        with pytest.raises(rowstream.UnsupportedQueryError):
+            await plan_statement(
+                conn, sa.select(t.c.id).with_for_update(), jobs=2, partition_by="id"
+            )
+        with pytest.raises(ConfigurationError, match="not a column of the statement"):
+            await plan_statement(conn, sa.select(t.c.id), jobs=2, partition_by="nope")
+        plan = await plan_statement(conn, sa.text("SELECT 1"), jobs=2)
+        assert plan.method == "single" and "one reader" in plan.note

@@ -46,6 +46,7 @@ from ._partition import (
     PartitionPlan,
     pg_filenode,
     plan_partitions,
+    plan_statement,
     split_name,
 )
 from ._progress import format_bytes, peak_memory_mb
@@ -58,6 +59,7 @@ from ._watchdog import DEFAULT_READ_TIMEOUT
 __all__ = ["JobProgress", "JobReport", "PartReport", "export_dataset", "write_part"]
 
 DatasetFormat = str
+TableOrSelect = str | sa.Table | sa.Select[Any] | sa.TextClause
 #: Times one part is read again after its connection dropped (PostgreSQL, snapshot held).
 PART_RETRIES = 2
 
@@ -151,7 +153,7 @@ class JobReport:
 
 async def write_part(
     conn: AsyncConnection,
-    table: str,
+    table: TableOrSelect,
     partition: Partition,
     path: Path,
     *,
@@ -169,14 +171,23 @@ async def write_part(
     """
     from ._export import export
 
-    predicate = partition.where(conn.dialect)
-    if where is not None and predicate is not None:
-        condition: str | None = f"({where}) AND ({predicate})"
+    what: Any = table
+    condition: str | None = where
+    if isinstance(table, sa.Select):
+        if partition.kind != "all":
+            # Filtered outside the statement: its own WHERE, GROUP BY, LIMIT stay as written.
+            sub = table.subquery("rowstream_part")
+            assert partition.column is not None
+            what = sa.select(*sub.c).where(partition.clause(sub.c[partition.column]))
     else:
-        condition = predicate or where
+        predicate = partition.where(conn.dialect)
+        if where is not None and predicate is not None:
+            condition = f"({where}) AND ({predicate})"
+        else:
+            condition = predicate or where
     report = await export(
         conn,
-        table,
+        what,
         path,
         format=format,  # type: ignore[arg-type]
         compression=compression,
@@ -196,10 +207,26 @@ def _dropped(exc: BaseException) -> bool:
 
 
 def _statement_text(
-    engine: AsyncEngine, table: str, where: str | None, columns: Sequence[str] | None
+    engine: AsyncEngine, table: TableOrSelect, where: str | None, columns: Sequence[str] | None
 ) -> str:
     """The statement the dataset holds the rows of, as the manifest records it."""
-    schema, name = split_name(table)
+    if isinstance(table, (sa.Select, sa.TextClause)):
+        if where is not None or columns is not None:
+            raise ConfigurationError(
+                "where= and columns= narrow a table: with a statement, put them in it"
+            )
+        try:
+            compiled = table.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot render this statement: {str(exc).splitlines()[0]}; use literal values "
+                "instead of bound parameters"
+            ) from None
+        return str(compiled)
+    if isinstance(table, sa.Table):
+        schema, name = table.schema, table.name
+    else:
+        schema, name = split_name(table)
     source = sa.table(name, *(sa.column(c) for c in columns or ()), schema=schema)
     selected: list[Any] = list(source.c) if columns else [sa.literal_column("*")]
     query = sa.select(*selected).select_from(source)
@@ -210,7 +237,7 @@ def _statement_text(
 
 async def export_dataset(
     source: str | URL | AsyncEngine,
-    table: str,
+    table: TableOrSelect,
     directory: str | Path,
     *,
     jobs: int = 2,
@@ -229,6 +256,9 @@ async def export_dataset(
 ) -> JobReport:
     """Export ``table`` into ``directory`` as a dataset: a part file per partition, read by
     ``jobs`` connections on one snapshot, and a manifest.
+
+    ``table`` is a name (``"orders"``, ``"sales.orders"``), a ``Table`` or a ``select()``; a
+    statement is split by ``partition_by`` (one of its columns), or read by one reader.
 
     ``resume=True`` finishes a dataset an earlier run left: parts already done are kept as
     they are (not rewritten), the others are read again. If the earlier snapshot is still
@@ -264,7 +294,7 @@ async def export_dataset(
             plan = await _plan(engine, table, jobs, partition_by, per_job, min_partition_bytes)
             manifest = Manifest(
                 database=database,
-                table=table,
+                table=_label(table),
                 statement=statement,
                 format=format,
                 compression=compression,
@@ -306,24 +336,36 @@ async def export_dataset(
             await shielded(engine.dispose())
 
 
-async def _check_not_rewritten(engine: AsyncEngine, table: str, manifest: Manifest) -> None:
+def _label(table: TableOrSelect) -> str | None:
+    """The table's name for the manifest and messages (None for a statement)."""
+    if isinstance(table, (sa.Select, sa.TextClause)):
+        return None
+    if isinstance(table, sa.Table):
+        return table.fullname
+    return table
+
+
+async def _check_not_rewritten(
+    engine: AsyncEngine, table: TableOrSelect, manifest: Manifest
+) -> None:
     """ctid ranges hold only while the table keeps its file: refuse to resume after a rewrite."""
-    if manifest.plan.get("method") != "ctid":
+    label = _label(table)
+    if manifest.plan.get("method") != "ctid" or label is None:
         return
     async with engine.connect() as conn:
-        current = await pg_filenode(conn, table)
+        current = await pg_filenode(conn, label)
     if current != manifest.plan.get("filenode"):
         raise ResumeError(
-            f"cannot resume: {table!r} was rewritten since the dataset was started (VACUUM "
+            f"cannot resume: {label!r} was rewritten since the dataset was started (VACUUM "
             "FULL, CLUSTER or ALTER TABLE moved every row), so the remaining block ranges no "
             "longer match the finished parts; export again into an empty directory",
-            table=table,
+            table=label,
         )
 
 
 async def _plan(
     engine: AsyncEngine,
-    table: str,
+    table: TableOrSelect,
     jobs: int,
     partition_by: str | None,
     per_job: int,
@@ -331,9 +373,13 @@ async def _plan(
 ) -> PartitionPlan:
     try:
         async with engine.connect() as conn:
+            if isinstance(table, (sa.Select, sa.TextClause)):
+                return await plan_statement(
+                    conn, table, jobs=jobs, partition_by=partition_by, per_job=per_job
+                )
             return await plan_partitions(
                 conn,
-                table,
+                _label(table) or "",
                 jobs=jobs,
                 partition_by=partition_by,
                 per_job=per_job,
@@ -347,7 +393,7 @@ async def _plan(
 
 async def _run(
     engine: AsyncEngine,
-    table: str,
+    table: TableOrSelect,
     folder: Path,
     manifest: Manifest,
     jobs: int,

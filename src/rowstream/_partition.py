@@ -27,6 +27,7 @@ catalog are the small async ones at the end.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._exceptions import ConfigurationError, QueryError
-from ._guard import check_where
+from ._guard import check_statement, check_where
 
 __all__ = [
     "DEFAULT_MIN_PARTITION_BYTES",
@@ -47,6 +48,7 @@ __all__ = [
     "block_ranges",
     "partition_count",
     "plan_partitions",
+    "plan_statement",
     "quantile_bounds",
 ]
 
@@ -344,6 +346,71 @@ async def plan_partitions(
     bounds = quantile_bounds(sample, count)
     parts = key_partitions(column, bounds, nullable=nullable)
     return PartitionPlan("key", tuple(parts), "key ranges from a sample", column, total, rows)
+
+
+#: A statement's partitions each get at least this many rows of the sample.
+MIN_SAMPLE_ROWS_PER_PARTITION = 100
+
+
+async def plan_statement(
+    conn: AsyncConnection,
+    statement: Any,
+    *,
+    jobs: int,
+    partition_by: str | None = None,
+    per_job: int = DEFAULT_PARTITIONS_PER_JOB,
+) -> PartitionPlan:
+    """Split a ``select()`` by ranges of one of its columns (``partition_by``).
+
+    A statement has no ctid and no size in the catalog: the boundaries come from its column,
+    read in the server's order (a random sample of it when PostgreSQL's planner expects many
+    rows), and there is always an ``IS NULL`` partition (the column's nullability is unknown
+    here; an empty part costs little). ``text()`` statements are read by one reader.
+
+    Example::
+
+        plan = await plan_statement(conn, select(orders).where(orders.c.paid), jobs=4,
+                                    partition_by="id")
+    """
+    count = partition_count(None, jobs, per_job=per_job)
+    # Nothing is sent (not even EXPLAIN) for a statement that is not a single read.
+    check_statement(statement, conn.dialect)
+    if conn.dialect.name == "sqlite":
+        return single("SQLite is read by one reader: it serves one file from one process")
+    if not isinstance(statement, sa.Select):
+        return single("a text() statement is read by one reader: pass a select() or a table")
+    if partition_by is None:
+        return single("a statement is split only by partition_by=COLUMN (--partition-by)")
+    if jobs == 1:
+        return single("one job: one reader")
+    sub = statement.subquery("rowstream_part")
+    if partition_by not in sub.c:
+        raise ConfigurationError(
+            f"partition_by {partition_by!r} is not a column of the statement: it selects "
+            + ", ".join(c.name for c in sub.c)
+        )
+    col = sub.c[partition_by]
+    query = sa.select(col).where(col.is_not(None))
+    rows = await _estimate_rows(conn, statement)
+    if rows is not None and rows > SAMPLE_ROWS * 2:
+        rand = sa.func.random() if conn.dialect.name == "postgresql" else sa.func.rand()
+        query = query.where(rand < SAMPLE_ROWS / rows)
+    sample = list((await conn.execute(query.order_by(col))).scalars())
+    count = max(1, min(count, len(sample) // MIN_SAMPLE_ROWS_PER_PARTITION))
+    parts = key_partitions(partition_by, quantile_bounds(sample, count), nullable=True)
+    return PartitionPlan(
+        "key", tuple(parts), "key ranges of the statement", partition_by, None, rows
+    )
+
+
+async def _estimate_rows(conn: AsyncConnection, statement: Any) -> int | None:
+    """PostgreSQL's planner estimate of the statement's rows; None elsewhere."""
+    if conn.dialect.name != "postgresql":
+        return None
+    sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    plan = await conn.scalar(sa.text(f"EXPLAIN (FORMAT JSON) {sql}"))
+    data = json.loads(plan) if isinstance(plan, str) else plan
+    return int(data[0]["Plan"]["Plan Rows"])
 
 
 def split_name(name: str) -> tuple[str | None, str]:
