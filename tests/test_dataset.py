@@ -202,3 +202,20 @@ async def test_sqlite_gives_one_part(tmp_path: Path) -> None:
     await engine.dispose()
     report = await export_dataset(url, "t", tmp_path / "ds", jobs=4, format="csv")
     assert report.plan == "single" and len(report.parts) == 1 and report.rows == 50
+
+
+async def test_csv_parts_hold_the_bytes_of_a_single_export(
+    pg_table: AsyncEngine, pg_url: str, tmp_path: Path
+) -> None:
+    await rowstream.export(pg_url, "ds_orders", tmp_path / "one.csv")
+    report = await export_dataset(
+        pg_url, "ds_orders", tmp_path / "ds", jobs=2, format="csv", min_partition_bytes=65536
+    )
+    header, *single = (tmp_path / "one.csv").read_bytes().splitlines(keepends=True)
+    lines: list[bytes] = []
+    for part in report.parts:
+        first, *body = (tmp_path / "ds" / part.file).read_bytes().splitlines(keepends=True)
+        assert first == header
+        lines += body
+    assert len(report.parts) > 4
+    assert sorted(lines) == sorted(single)

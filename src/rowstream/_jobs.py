@@ -39,6 +39,7 @@ from ._dataset import (
     write_manifest,
 )
 from ._exceptions import ConfigurationError, ConnectionLostError, ResumeError, RowstreamError
+from ._guard import check_statement
 from ._partition import (
     DEFAULT_MIN_PARTITION_BYTES,
     DEFAULT_PARTITIONS_PER_JOB,
@@ -185,6 +186,16 @@ async def write_part(
             condition = f"({where}) AND ({predicate})"
         else:
             condition = predicate or where
+    if (
+        format == "csv"
+        and compression is None
+        and conn.dialect.driver == "asyncpg"
+        and not isinstance(what, sa.TextClause)
+        and not options
+    ):
+        # The server renders the CSV (COPY), as a single export does: the bytes are the same,
+        # and N partitions are rendered by N backends at once.
+        return await _copy_csv_part(conn, what, condition, columns, path, read_timeout)
     report = await export(
         conn,
         what,
@@ -198,6 +209,60 @@ async def write_part(
         **options,
     )
     return report.rows, report.bytes
+
+
+async def _copy_csv_part(
+    conn: AsyncConnection,
+    what: Any,
+    where: str | None,
+    columns: Sequence[str] | None,
+    path: Path,
+    read_timeout: float | None,
+) -> tuple[int, int]:
+    """COPY one partition as CSV on the worker's connection, inside its snapshot transaction."""
+    from ._atomic import AtomicFile, write_error
+    from ._guard import check_where
+    from ._pgcopy import SETTINGS, copy_csv
+    from ._watchdog import Watchdog
+
+    if isinstance(what, sa.Select):
+        statement = what
+    else:
+        schema, name = (what.schema, what.name) if isinstance(what, sa.Table) else split_name(what)
+        source = sa.table(name, *(sa.column(c) for c in columns or ()), schema=schema)
+        statement = sa.select(*(source.c if columns else [sa.literal_column("*")]))
+        statement = statement.select_from(source)
+        if where is not None:
+            check_where(where, "postgresql")
+            statement = statement.where(sa.text(f"({where})"))
+    sql = check_statement(
+        statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}).string,
+        conn.dialect,
+    )
+    engine = conn.engine
+    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
+    target = AtomicFile(path)
+    try:
+        async with dog.watch(lambda: conn, owned=False) as watch:
+            # Local to the worker's transaction; the same output settings as a single export.
+            for setting in SETTINGS:
+                await conn.exec_driver_sql(setting)
+            raw = await conn.get_raw_connection()
+            with target as out:
+
+                async def write(chunk: bytes) -> None:
+                    watch.kick()
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise write_error(str(path), exc) from None
+
+                rows = await copy_csv(raw.driver_connection, sql, write)
+    except RowstreamError:
+        raise
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, resumable=False)
+    return rows, target.size
 
 
 def _dropped(exc: BaseException) -> bool:
