@@ -159,10 +159,12 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["postgresql", "mariadb"])
 async def test_sigkill_then_resume_is_complete_and_keeps_finished_parts(
-    pg_url: str, tmp_path: Path
+    pg_url: str, mysql_url: str, tmp_path: Path, dialect: str
 ) -> None:
-    engine = rowstream.create_engine(pg_url)
+    url = pg_url if dialect == "postgresql" else mysql_url
+    engine = rowstream.create_engine(url)
     try:
         await _create(engine, rows=200_000)
         expected = await _rows(engine)
@@ -171,7 +173,7 @@ async def test_sigkill_then_resume_is_complete_and_keeps_finished_parts(
     folder = tmp_path / "ds"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHILD, pg_url, TABLE, str(folder), env=env
+        sys.executable, "-c", _CHILD, url, TABLE, str(folder), env=env
     )
     try:
         deadline = time.monotonic() + 120
@@ -197,7 +199,7 @@ async def test_sigkill_then_resume_is_complete_and_keeps_finished_parts(
     kept = {p.file: _stat(folder / p.file) for p in manifest.done}
     assert 3 <= len(kept) < len(manifest.parts)
 
-    report = await export_dataset(pg_url, TABLE, folder, jobs=2, format="parquet", resume=True)
+    report = await export_dataset(url, TABLE, folder, jobs=2, format="parquet", resume=True)
     assert {p.file for p in report.parts if p.skipped} == set(kept)
     for file, stat in kept.items():
         assert _stat(folder / file) == stat, f"{file} was rewritten"
