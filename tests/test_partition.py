@@ -147,6 +147,10 @@ async def test_a_never_analyzed_table_is_split_in_balanced_ctid_ranges(pg: Async
         assert plan.method == "ctid"
         assert len(plan) == 24
         counts = await _counts(conn, "part_fresh", plan.partitions)
+        where = plan.partitions[3].where(conn.dialect)
+        query = sa.text(f"EXPLAIN SELECT * FROM part_fresh WHERE {where}")
+        explain = "\n".join((await conn.execute(query)).scalars())
+    assert "Tid Range Scan" in explain
     assert sum(counts) == 120_000
     assert max(counts) <= 1.1 * min(counts), counts
 
