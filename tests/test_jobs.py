@@ -341,3 +341,14 @@ async def test_a_select_is_split_by_one_of_its_columns(
     # Without partition_by, and for text(): one reader, and the report says which plan.
     one = await export_dataset(url, sa.text(f"SELECT id FROM {TABLE}"), tmp_path / "one", jobs=2)
     assert one.plan == "single" and len(one.parts) == 1 and one.rows == ROWS
+
+
+async def test_bad_arguments_are_refused_before_anything_is_made_or_sent(tmp_path: Path) -> None:
+    url = "postgresql://nobody@127.0.0.1:1/nowhere"  # never reached
+    with pytest.raises(ConfigurationError, match="unknown format"):
+        await export_dataset(url, TABLE, tmp_path / "a", format="xlsx")
+    with pytest.raises(rowstream.UnsupportedQueryError, match="where condition"):
+        await export_dataset(url, TABLE, tmp_path / "b", where="1 = 1); DROP TABLE x; --")
+    with pytest.raises(ConfigurationError, match="jobs must be at least 1"):
+        await export_dataset(url, TABLE, tmp_path / "c", jobs=0)
+    assert not os.listdir(tmp_path)

@@ -39,7 +39,7 @@ from ._dataset import (
     write_manifest,
 )
 from ._exceptions import ConfigurationError, ConnectionLostError, ResumeError, RowstreamError
-from ._guard import check_statement
+from ._guard import check_statement, check_where
 from ._partition import (
     DEFAULT_MIN_PARTITION_BYTES,
     DEFAULT_PARTITIONS_PER_JOB,
@@ -52,7 +52,7 @@ from ._partition import (
 )
 from ._progress import format_bytes, peak_memory_mb
 from ._snapshot import Snapshot, SnapshotInfo
-from ._source import create_engine, mask_url
+from ._source import create_engine, mask_url, split_url
 from ._strategy import shielded
 from ._translate import raise_translated
 from ._watchdog import DEFAULT_READ_TIMEOUT
@@ -221,7 +221,6 @@ async def _copy_csv_part(
 ) -> tuple[int, int]:
     """COPY one partition as CSV on the worker's connection, inside its snapshot transaction."""
     from ._atomic import AtomicFile, write_error
-    from ._guard import check_where
     from ._pgcopy import SETTINGS, copy_csv
     from ._watchdog import Watchdog
 
@@ -343,6 +342,10 @@ async def export_dataset(
     started = time.perf_counter()
     if jobs < 1:
         raise ConfigurationError(f"jobs must be at least 1, not {jobs}")
+    # Refused before the directory is made or anything is sent.
+    part_name(0, format, compression)
+    if where is not None:
+        check_where(where, _dialect_name(source))
     folder = Path(directory)
     manifest = prepare_directory(folder, resume=resume)
     owns = not isinstance(source, AsyncEngine)
@@ -399,6 +402,12 @@ async def export_dataset(
     finally:
         if owns:
             await shielded(engine.dispose())
+
+
+def _dialect_name(source: str | URL | AsyncEngine) -> str:
+    if isinstance(source, AsyncEngine):
+        return source.dialect.name
+    return split_url(source)[1]
 
 
 def _label(table: TableOrSelect) -> str | None:
