@@ -19,6 +19,7 @@ from rowstream._dataset import (
     PartRecord,
     check_same_export,
     finished_parts,
+    merge_parts,
     part_name,
     point_in_time_warning,
     prepare_directory,
@@ -219,3 +220,60 @@ async def test_csv_parts_hold_the_bytes_of_a_single_export(
         lines += body
     assert len(report.parts) > 4
     assert sorted(lines) == sorted(single)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "compression", "name"),
+    [
+        ("csv", None, "one.csv"),
+        ("csv", "gzip", "one.csv.gz"),
+        ("jsonl", None, "one.jsonl"),
+        ("parquet", None, "one.parquet"),
+    ],
+)
+async def test_merged_parts_are_one_file_like_a_single_export(
+    pg_table: AsyncEngine,
+    pg_url: str,
+    tmp_path: Path,
+    fmt: str,
+    compression: str | None,
+    name: str,
+) -> None:
+    single = tmp_path / name
+    await rowstream.export(pg_url, "ds_orders", single)
+    folder = tmp_path / "ds"
+    report = await export_dataset(
+        pg_url,
+        "ds_orders",
+        folder,
+        jobs=2,
+        format=fmt,
+        compression=compression,
+        min_partition_bytes=65536,
+    )
+    assert len(report.parts) > 4
+    merged = tmp_path / f"merged-{name}"
+    rows, size = merge_parts(folder, merged)
+    assert rows == 20_000 and size == merged.stat().st_size
+    if fmt == "parquet":
+        one = duckdb.sql(f"SELECT * FROM read_parquet('{single}') ORDER BY id")
+        many = duckdb.sql(f"SELECT * FROM read_parquet('{merged}') ORDER BY id")
+        assert one.types == many.types and one.fetchall() == many.fetchall()
+        return
+    import gzip
+
+    def lines(path: Path) -> list[bytes]:
+        data = gzip.decompress(path.read_bytes()) if compression else path.read_bytes()
+        return data.splitlines(keepends=True)
+
+    a, b = lines(single), lines(merged)
+    if fmt == "csv":
+        assert a[0] == b[0] and b.count(a[0]) == 1  # one header, first
+    assert sorted(a) == sorted(b)
+
+
+async def test_an_unfinished_dataset_is_not_merged(tmp_path: Path) -> None:
+    write_manifest(tmp_path, _manifest())
+    with pytest.raises(SinkError, match="not complete"):
+        merge_parts(tmp_path, tmp_path / "all.parquet")
+    assert not (tmp_path / "all.parquet").exists()

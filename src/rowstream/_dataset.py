@@ -29,7 +29,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, cast
 
 from ._atomic import TEMP_SUFFIX, AtomicFile
 from ._exceptions import ConfigurationError, SinkError
@@ -40,6 +40,7 @@ __all__ = [
     "Manifest",
     "PartRecord",
     "finished_parts",
+    "merge_parts",
     "part_name",
     "point_in_time_warning",
     "prepare_directory",
@@ -267,6 +268,120 @@ def point_in_time_warning(manifest: Manifest) -> str | None:
     if inconsistent:
         return f"the parts are not one consistent snapshot: {manifest.snapshots[used[0]]['note']}"
     return None
+
+
+def merge_parts(directory: Path, target: Path) -> tuple[int, int]:
+    """Write a complete dataset's parts into one file at ``target`` (atomically); returns
+    (rows, bytes). The parts are left as they are.
+
+    CSV keeps one header, JSONL is the parts end to end (gzip'd parts are decompressed and the
+    file compressed once), Parquet is the parts' row groups through one writer (one row group
+    in memory at a time), in the schema of the first part with rows.
+    """
+    manifest = read_manifest(directory)
+    if manifest is None or manifest.state != "complete":
+        raise SinkError(
+            f"cannot merge {str(directory)!r}: the dataset is not complete (resume it first)"
+        )
+    files = [directory / p.file for p in sorted(manifest.parts, key=lambda p: p.id)]
+    target_file = AtomicFile(target)
+    with target_file as out:
+        if manifest.format == "parquet":
+            _merge_parquet(files, out, manifest.compression or "zstd")
+        else:
+            _merge_text(files, out, manifest.format, gzipped=manifest.compression == "gzip")
+    return manifest.rows, target_file.size
+
+
+def _merge_text(files: list[Path], out: BinaryIO, fmt: str, *, gzipped: bool) -> None:
+    import gzip
+    import shutil
+
+    # mtime=0: the same rows give the same bytes, as a single export writes them.
+    sink: BinaryIO = gzip.GzipFile(fileobj=out, mode="wb", mtime=0) if gzipped else out  # type: ignore[assignment]
+    for i, path in enumerate(files):
+        with gzip.open(path, "rb") if gzipped else path.open("rb") as part:
+            if fmt == "csv" and i > 0:
+                _skip_csv_record(part)
+            shutil.copyfileobj(part, sink, 1024 * 1024)
+    if gzipped:
+        sink.close()
+
+
+def _skip_csv_record(part: Any) -> None:
+    """Read past the header: one CSV record, which ends at a newline outside quotes (quotes
+    inside a quoted name are doubled, so they come in pairs)."""
+    quotes = 0
+    while line := part.readline():
+        quotes += line.count(b'"')
+        if quotes % 2 == 0:
+            return
+
+
+def _merge_parquet(files: list[Path], out: BinaryIO, compression: str) -> None:
+    import pyarrow.parquet as pq
+
+    from ._arrow import ArrowColumn
+    from ._sinks._parquet import ParquetSink
+
+    opened = [pq.ParquetFile(path) for path in files]
+    try:
+        with_rows = [f for f in opened if f.metadata.num_rows > 0] or opened[:1]
+        schema = with_rows[0].schema_arrow
+        columns = [ArrowColumn(f.name, f.type) for f in schema]
+        sink = ParquetSink(cast(BinaryIO, _Unclosable(out)), columns, compression=compression)
+        sink.begin(schema.names)
+        try:
+            for path, part in zip(files, opened, strict=True):
+                if part.metadata.num_rows == 0:
+                    continue
+                for group in range(part.num_row_groups):
+                    table = part.read_row_group(group)
+                    if table.schema != schema:
+                        try:
+                            table = table.cast(schema)
+                        except (ValueError, TypeError, NotImplementedError) as exc:
+                            raise SinkError(
+                                f"cannot merge {path.name}: its columns differ from the first "
+                                f"part's ({exc}); read the folder as a dataset instead"
+                            ) from None
+                    for batch in table.to_batches():
+                        sink.write_batch(batch)
+                    del table
+        except BaseException:
+            sink.abort()
+            raise
+        sink.finish()
+    finally:
+        for part in opened:
+            part.close()
+
+
+class _Unclosable:
+    """The atomic file as pyarrow sees it: its writer closes its file, which must stay open
+    until the atomic file has fsynced it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._written = 0
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._out.write(data)
+        self._written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def tell(self) -> int:
+        return self._written
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
 
 def _ranges(ids: list[int]) -> str:
