@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -38,7 +38,13 @@ from ._dataset import (
     sha256_of,
     write_manifest,
 )
-from ._exceptions import ConfigurationError, ConnectionLostError, ResumeError, RowstreamError
+from ._exceptions import (
+    ConfigurationError,
+    ConnectionLostError,
+    ResumeError,
+    RowstreamError,
+    SinkError,
+)
 from ._guard import check_statement, check_where
 from ._partition import (
     DEFAULT_MIN_PARTITION_BYTES,
@@ -63,6 +69,8 @@ DatasetFormat = str
 TableOrSelect = str | sa.Table | sa.Select[Any] | sa.TextClause
 #: Times one part is read again after its connection dropped (PostgreSQL, snapshot held).
 PART_RETRIES = 2
+#: N Parquet writers share one row-group budget, but none gets row groups smaller than this.
+MIN_ROW_GROUP_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -164,9 +172,12 @@ async def write_part(
     columns: Sequence[str] | None,
     read_timeout: float | None,
     options: dict[str, Any],
+    snapshot: SnapshotInfo | None = None,
+    writers: int = 1,
 ) -> tuple[int, int]:
     """Write ``partition`` of ``table`` to ``path`` (atomically), reading on ``conn`` inside
-    its transaction (at the snapshot); return (rows, bytes).
+    its transaction (at the snapshot); return (rows, bytes). ``writers`` parts are written at
+    once: each Parquet writer gets that share of the row-group budget, so memory stays flat.
 
     The one adapter between the runner and the export code (see the module docstring).
     """
@@ -196,6 +207,19 @@ async def write_part(
         # The server renders the CSV (COPY), as a single export does: the bytes are the same,
         # and N partitions are rendered by N backends at once.
         return await _copy_csv_part(conn, what, condition, columns, path, read_timeout)
+    if (
+        format == "parquet"
+        and conn.dialect.name == "postgresql"
+        and snapshot is not None
+        and snapshot.id is not None
+        and not isinstance(what, sa.TextClause)
+        and not options
+    ):
+        done = await _adbc_parquet_part(
+            conn, snapshot, what, condition, columns, path, compression, read_timeout, writers
+        )
+        if done is not None:
+            return done
     report = await export(
         conn,
         what,
@@ -224,20 +248,7 @@ async def _copy_csv_part(
     from ._pgcopy import SETTINGS, copy_csv
     from ._watchdog import Watchdog
 
-    if isinstance(what, sa.Select):
-        statement = what
-    else:
-        schema, name = (what.schema, what.name) if isinstance(what, sa.Table) else split_name(what)
-        source = sa.table(name, *(sa.column(c) for c in columns or ()), schema=schema)
-        statement = sa.select(*(source.c if columns else [sa.literal_column("*")]))
-        statement = statement.select_from(source)
-        if where is not None:
-            check_where(where, "postgresql")
-            statement = statement.where(sa.text(f"({where})"))
-    sql = check_statement(
-        statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}).string,
-        conn.dialect,
-    )
+    sql = _part_sql(conn, what, where, columns)
     engine = conn.engine
     dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
     target = AtomicFile(path)
@@ -262,6 +273,131 @@ async def _copy_csv_part(
     except Exception as exc:
         raise_translated(exc, url=engine.url, resumable=False)
     return rows, target.size
+
+
+def _part_sql(
+    conn: AsyncConnection, what: Any, where: str | None, columns: Sequence[str] | None
+) -> str:
+    """The partition's statement as PostgreSQL gets it, checked to be a single read."""
+    if isinstance(what, sa.Select):
+        statement = what
+    else:
+        schema, name = (what.schema, what.name) if isinstance(what, sa.Table) else split_name(what)
+        source = sa.table(name, *(sa.column(c) for c in columns or ()), schema=schema)
+        statement = sa.select(*(source.c if columns else [sa.literal_column("*")]))
+        statement = statement.select_from(source)
+        if where is not None:
+            check_where(where, "postgresql")
+            statement = statement.where(sa.text(f"({where})"))
+    return check_statement(
+        statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}).string,
+        conn.dialect,
+    )
+
+
+async def _adbc_parquet_part(
+    conn: AsyncConnection,
+    snapshot: SnapshotInfo,
+    what: Any,
+    where: str | None,
+    columns: Sequence[str] | None,
+    path: Path,
+    compression: str | None,
+    read_timeout: float | None,
+    writers: int,
+) -> tuple[int, int] | None:
+    """Parquet of one partition through ADBC (binary COPY decoded in C++), as a single export
+    reads it, on an ADBC connection that joins the snapshot. None when ADBC cannot connect
+    (the caller reads through the worker's connection instead).
+
+    The column types are probed on a connection of their own: the probe's temporary view
+    cannot be made in the snapshot's read-only transaction, and types do not depend on it.
+    """
+    import pyarrow as pa
+
+    from ._atomic import AtomicFile
+    from ._dataset import _Unclosable
+    from ._pgarrow import (
+        CannotConnect,
+        ReadError,
+        _Pump,
+        _read_failure,
+        _Session,
+        in_background,
+        libpq_conninfo,
+    )
+    from ._pgcopy import SETTINGS, pg_transaction, probe
+    from ._pgtypes import PgRead
+    from ._sinks._parquet import ROW_GROUP_BYTES, ParquetSink
+    from ._snapshot import SnapshotError
+    from ._translate import translate
+    from ._watchdog import Watchdog
+
+    sql = _part_sql(conn, what, where, columns)
+    engine = conn.engine
+    try:
+        async with engine.connect() as side, pg_transaction(side) as apg:
+            pg_columns, _ = await probe(apg, sql)
+    except RowstreamError:
+        raise
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, resumable=False)
+    read = PgRead(pg_columns)
+    try:
+        session = await asyncio.to_thread(_Session, libpq_conninfo(engine.url))
+    except CannotConnect:
+        return None
+    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
+    target = AtomicFile(path)
+    try:
+        async with dog.watch(lambda: session, owned=False) as watch:
+            await session.call(session.execute, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            session._begun = True
+            await session.call(session.execute, f"SET TRANSACTION SNAPSHOT '{snapshot.id}'")
+            for setting in SETTINGS:
+                await session.call(session.execute, setting)
+            got = await session.call(session.query, "SELECT pg_current_snapshot()::text")
+            point = got.read_all().column(0)[0].as_py()
+            if point != snapshot.point:
+                raise SnapshotError(
+                    f"the ADBC reader's snapshot ({point}) is not the coordinator's "
+                    f"({snapshot.point}): refusing to read from another point in time"
+                )
+            loop = asyncio.get_running_loop()
+            with target as out:
+                sink = ParquetSink(
+                    cast(BinaryIO, _Unclosable(out)),
+                    read.columns,
+                    compression=compression or "zstd",
+                    row_group_bytes=max(MIN_ROW_GROUP_BYTES, ROW_GROUP_BYTES // writers),
+                )
+                sink.begin([c.name for c in read.columns])
+                reader = await session.call(session.query, read.query(sql, adbc=True))
+                pump = _Pump(
+                    session, reader, read, sink, lambda n: loop.call_soon_threadsafe(watch.kick)
+                )
+                try:
+                    await pump.run()
+                    if pump.errors:
+                        raise pump.errors[0]
+                except BaseException:
+                    sink.abort()
+                    raise
+                sink.finish()
+    except ReadError as exc:
+        raise _read_failure(exc, engine.url) from exc
+    except pa.ArrowException as exc:
+        raise SinkError(
+            f"cannot convert PostgreSQL's rows to Parquet: {str(exc).splitlines()[0]}"
+        ) from exc
+    except session.error as exc:
+        raise translate(exc, url=engine.url, resumable=False) from None
+    finally:
+        if session.abandoned:
+            in_background(session.close)
+        else:
+            await shielded(asyncio.to_thread(session.close))
+    return pump.rows, target.size
 
 
 def _dropped(exc: BaseException) -> bool:
@@ -534,6 +670,8 @@ async def _run(
                                 columns=columns,
                                 read_timeout=read_timeout,
                                 options=options,
+                                snapshot=snap.info,
+                                writers=workers,
                             )
                             break
                         except (ConnectionLostError, ResumeError) as exc:
