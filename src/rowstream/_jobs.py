@@ -1,0 +1,740 @@
+"""Partitioned exports: N readers on one snapshot, pulling partitions from a queue.
+
+Data path: plan (:mod:`rowstream._partition`) -> snapshot (:mod:`rowstream._snapshot`) ->
+N workers, each one connection at the snapshot, taking the next partition from a queue (many
+more partitions than workers, so a slow one does not hold the rest up) -> one part file per
+partition (:func:`write_part`) -> manifest after each part (:mod:`rowstream._dataset`) ->
+report.
+
+:func:`write_part` is the one place that turns a partition into a file. It goes through the
+public :func:`rowstream.export` on the worker's connection (a borrowed connection: export reads
+inside its transaction, at the snapshot), so each part holds exactly what a single export of
+the same rows writes (exact types, PostgreSQL's own text, MariaDB's checks). It is the seam the
+export refactoring (readers and sinks) will plug into, with COPY per partition on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ._dataset import (
+    Manifest,
+    PartRecord,
+    check_same_export,
+    finished_parts,
+    now,
+    part_name,
+    point_in_time_warning,
+    prepare_directory,
+    sha256_of,
+    write_manifest,
+)
+from ._exceptions import (
+    ConfigurationError,
+    ConnectionLostError,
+    ResumeError,
+    RowstreamError,
+    SinkError,
+)
+from ._guard import check_statement, check_where
+from ._partition import (
+    DEFAULT_MIN_PARTITION_BYTES,
+    DEFAULT_PARTITIONS_PER_JOB,
+    Partition,
+    PartitionPlan,
+    pg_filenode,
+    plan_partitions,
+    plan_statement,
+    split_name,
+)
+from ._progress import format_bytes, peak_memory_mb
+from ._snapshot import Snapshot, SnapshotInfo
+from ._source import create_engine, mask_url, split_url
+from ._strategy import shielded
+from ._translate import raise_translated
+from ._watchdog import DEFAULT_READ_TIMEOUT
+
+__all__ = ["JobProgress", "JobReport", "PartReport", "export_dataset", "write_part"]
+
+DatasetFormat = str
+TableOrSelect = str | sa.Table | sa.Select[Any] | sa.TextClause
+#: Times one part is read again after its connection dropped (PostgreSQL, snapshot held).
+PART_RETRIES = 2
+#: N Parquet writers share one row-group budget, but none gets row groups smaller than this.
+MIN_ROW_GROUP_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PartReport:
+    """What one partition wrote (``skipped``: done by an earlier run, not rewritten)."""
+
+    id: int
+    file: str
+    rows: int
+    bytes: int
+    seconds: float
+    sha256: str
+    skipped: bool = False
+    #: Times the part was read again on a new connection after its connection dropped.
+    retries: int = 0
+
+
+@dataclass
+class JobProgress:
+    """Progress of the whole job, handed to ``progress=`` after every part."""
+
+    parts_total: int
+    parts_done: int = 0
+    rows: int = 0
+    bytes: int = 0
+    estimated_rows: int | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left: from the row estimate when there is one, else from the parts."""
+        if self.parts_done >= self.parts_total:
+            return 0.0
+        rate = self.rows_per_second
+        if self.estimated_rows and rate > 0 and self.rows < self.estimated_rows:
+            return (self.estimated_rows - self.rows) / rate
+        if self.parts_done == 0:
+            return None
+        return self.elapsed * (self.parts_total - self.parts_done) / self.parts_done
+
+    def line(self) -> str:
+        eta = self.eta
+        left = f", ETA {eta:.0f} s" if eta is not None else ""
+        return (
+            f"{self.parts_done}/{self.parts_total} parts, {self.rows:,} rows "
+            f"({self.rows_per_second:,.0f} rows/s), {format_bytes(self.bytes)}{left}"
+        )
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What a partitioned export wrote. ``exact``: every part comes from one consistent
+    snapshot; otherwise ``warning`` says how it is not."""
+
+    directory: str
+    format: str
+    rows: int
+    bytes: int
+    seconds: float
+    jobs: int
+    plan: str
+    parts: tuple[PartReport, ...]
+    snapshot: SnapshotInfo
+    exact: bool
+    warning: str | None
+    peak_memory_mb: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        skipped = sum(p.skipped for p in self.parts)
+        kept = f" ({skipped} kept from the earlier run)" if skipped else ""
+        return (
+            f"exported {self.rows:,} rows to {self.directory} in {len(self.parts)} parts{kept} "
+            f"with {self.jobs} jobs in {self.seconds:.1f} s ({self.rows_per_second:,.0f} rows/s), "
+            f"{format_bytes(self.bytes)}, peak memory {self.peak_memory_mb:.0f} MB"
+        )
+
+
+async def write_part(
+    conn: AsyncConnection,
+    table: TableOrSelect,
+    partition: Partition,
+    path: Path,
+    *,
+    format: str,
+    compression: str | None,
+    where: str | None,
+    columns: Sequence[str] | None,
+    read_timeout: float | None,
+    options: dict[str, Any],
+    snapshot: SnapshotInfo | None = None,
+    writers: int = 1,
+) -> tuple[int, int]:
+    """Write ``partition`` of ``table`` to ``path`` (atomically), reading on ``conn`` inside
+    its transaction (at the snapshot); return (rows, bytes). ``writers`` parts are written at
+    once: each Parquet writer gets that share of the row-group budget, so memory stays flat.
+
+    The one adapter between the runner and the export code (see the module docstring).
+    """
+    from ._export import export
+
+    what: Any = table
+    condition: str | None = where
+    if isinstance(table, sa.Select):
+        if partition.kind != "all":
+            # Filtered outside the statement: its own WHERE, GROUP BY, LIMIT stay as written.
+            sub = table.subquery("rowstream_part")
+            assert partition.column is not None
+            what = sa.select(*sub.c).where(partition.clause(sub.c[partition.column]))
+    else:
+        predicate = partition.where(conn.dialect)
+        if where is not None and predicate is not None:
+            condition = f"({where}) AND ({predicate})"
+        else:
+            condition = predicate or where
+    if (
+        format == "csv"
+        and compression is None
+        and conn.dialect.driver == "asyncpg"
+        and not isinstance(what, sa.TextClause)
+        and not options
+    ):
+        # The server renders the CSV (COPY), as a single export does: the bytes are the same,
+        # and N partitions are rendered by N backends at once.
+        return await _copy_csv_part(conn, what, condition, columns, path, read_timeout)
+    if (
+        format == "parquet"
+        and conn.dialect.name == "postgresql"
+        and snapshot is not None
+        and snapshot.id is not None
+        and not isinstance(what, sa.TextClause)
+        and not options
+    ):
+        done = await _adbc_parquet_part(
+            conn, snapshot, what, condition, columns, path, compression, read_timeout, writers
+        )
+        if done is not None:
+            return done
+    report = await export(
+        conn,
+        what,
+        path,
+        format=format,  # type: ignore[arg-type]
+        compression=compression,
+        where=condition,
+        columns=columns,
+        strategy="stream",
+        read_timeout=read_timeout,
+        **options,
+    )
+    return report.rows, report.bytes
+
+
+async def _copy_csv_part(
+    conn: AsyncConnection,
+    what: Any,
+    where: str | None,
+    columns: Sequence[str] | None,
+    path: Path,
+    read_timeout: float | None,
+) -> tuple[int, int]:
+    """COPY one partition as CSV on the worker's connection, inside its snapshot transaction."""
+    from ._atomic import AtomicFile, write_error
+    from ._pgcopy import SETTINGS, copy_csv
+    from ._watchdog import Watchdog
+
+    sql = _part_sql(conn, what, where, columns)
+    engine = conn.engine
+    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
+    target = AtomicFile(path)
+    try:
+        async with dog.watch(lambda: conn, owned=False) as watch:
+            # Local to the worker's transaction; the same output settings as a single export.
+            for setting in SETTINGS:
+                await conn.exec_driver_sql(setting)
+            raw = await conn.get_raw_connection()
+            with target as out:
+
+                async def write(chunk: bytes) -> None:
+                    watch.kick()
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise write_error(str(path), exc) from None
+
+                rows = await copy_csv(raw.driver_connection, sql, write)
+    except RowstreamError:
+        raise
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, resumable=False)
+    return rows, target.size
+
+
+def _part_sql(
+    conn: AsyncConnection, what: Any, where: str | None, columns: Sequence[str] | None
+) -> str:
+    """The partition's statement as PostgreSQL gets it, checked to be a single read."""
+    if isinstance(what, sa.Select):
+        statement = what
+    else:
+        schema, name = (what.schema, what.name) if isinstance(what, sa.Table) else split_name(what)
+        source = sa.table(name, *(sa.column(c) for c in columns or ()), schema=schema)
+        statement = sa.select(*(source.c if columns else [sa.literal_column("*")]))
+        statement = statement.select_from(source)
+        if where is not None:
+            check_where(where, "postgresql")
+            statement = statement.where(sa.text(f"({where})"))
+    return check_statement(
+        statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}).string,
+        conn.dialect,
+    )
+
+
+async def _adbc_parquet_part(
+    conn: AsyncConnection,
+    snapshot: SnapshotInfo,
+    what: Any,
+    where: str | None,
+    columns: Sequence[str] | None,
+    path: Path,
+    compression: str | None,
+    read_timeout: float | None,
+    writers: int,
+) -> tuple[int, int] | None:
+    """Parquet of one partition through ADBC (binary COPY decoded in C++), as a single export
+    reads it, on an ADBC connection that joins the snapshot. None when ADBC cannot connect
+    (the caller reads through the worker's connection instead).
+
+    The column types are probed on a connection of their own: the probe's temporary view
+    cannot be made in the snapshot's read-only transaction, and types do not depend on it.
+    """
+    import pyarrow as pa
+
+    from ._atomic import AtomicFile
+    from ._dataset import _Unclosable
+    from ._pgarrow import (
+        CannotConnect,
+        ReadError,
+        _Pump,
+        _read_failure,
+        _Session,
+        in_background,
+        libpq_conninfo,
+    )
+    from ._pgcopy import SETTINGS, pg_transaction, probe
+    from ._pgtypes import PgRead
+    from ._sinks._parquet import ROW_GROUP_BYTES, ParquetSink
+    from ._snapshot import SnapshotError
+    from ._translate import translate
+    from ._watchdog import Watchdog
+
+    sql = _part_sql(conn, what, where, columns)
+    engine = conn.engine
+    try:
+        async with engine.connect() as side, pg_transaction(side) as apg:
+            pg_columns, _ = await probe(apg, sql)
+    except RowstreamError:
+        raise
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, resumable=False)
+    read = PgRead(pg_columns)
+    try:
+        session = await asyncio.to_thread(_Session, libpq_conninfo(engine.url))
+    except CannotConnect:
+        return None
+    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
+    target = AtomicFile(path)
+    try:
+        async with dog.watch(lambda: session, owned=False) as watch:
+            await session.call(session.execute, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            session._begun = True
+            await session.call(session.execute, f"SET TRANSACTION SNAPSHOT '{snapshot.id}'")
+            for setting in SETTINGS:
+                await session.call(session.execute, setting)
+            got = await session.call(session.query, "SELECT pg_current_snapshot()::text")
+            point = got.read_all().column(0)[0].as_py()
+            if point != snapshot.point:
+                raise SnapshotError(
+                    f"the ADBC reader's snapshot ({point}) is not the coordinator's "
+                    f"({snapshot.point}): refusing to read from another point in time"
+                )
+            loop = asyncio.get_running_loop()
+            with target as out:
+                sink = ParquetSink(
+                    cast(BinaryIO, _Unclosable(out)),
+                    read.columns,
+                    compression=compression or "zstd",
+                    row_group_bytes=max(MIN_ROW_GROUP_BYTES, ROW_GROUP_BYTES // writers),
+                )
+                sink.begin([c.name for c in read.columns])
+                reader = await session.call(session.query, read.query(sql, adbc=True))
+                pump = _Pump(
+                    session, reader, read, sink, lambda n: loop.call_soon_threadsafe(watch.kick)
+                )
+                try:
+                    await pump.run()
+                    if pump.errors:
+                        raise pump.errors[0]
+                except BaseException:
+                    sink.abort()
+                    raise
+                sink.finish()
+    except ReadError as exc:
+        raise _read_failure(exc, engine.url) from exc
+    except pa.ArrowException as exc:
+        raise SinkError(
+            f"cannot convert PostgreSQL's rows to Parquet: {str(exc).splitlines()[0]}"
+        ) from exc
+    except session.error as exc:
+        raise translate(exc, url=engine.url, resumable=False) from None
+    finally:
+        if session.abandoned:
+            in_background(session.close)
+        else:
+            await shielded(asyncio.to_thread(session.close))
+    return pump.rows, target.size
+
+
+def _dropped(exc: BaseException) -> bool:
+    """The part failed because its connection dropped (a stream on a borrowed connection
+    reports it as a ResumeError caused by the drop)."""
+    return isinstance(exc, ConnectionLostError) or isinstance(exc.__cause__, ConnectionLostError)
+
+
+def _statement_text(
+    engine: AsyncEngine, table: TableOrSelect, where: str | None, columns: Sequence[str] | None
+) -> str:
+    """The statement the dataset holds the rows of, as the manifest records it."""
+    if isinstance(table, (sa.Select, sa.TextClause)):
+        if where is not None or columns is not None:
+            raise ConfigurationError(
+                "where= and columns= narrow a table: with a statement, put them in it"
+            )
+        try:
+            compiled = table.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot render this statement: {str(exc).splitlines()[0]}; use literal values "
+                "instead of bound parameters"
+            ) from None
+        return str(compiled)
+    if isinstance(table, sa.Table):
+        schema, name = table.schema, table.name
+    else:
+        schema, name = split_name(table)
+    source = sa.table(name, *(sa.column(c) for c in columns or ()), schema=schema)
+    selected: list[Any] = list(source.c) if columns else [sa.literal_column("*")]
+    query = sa.select(*selected).select_from(source)
+    if where is not None:
+        query = query.where(sa.text(f"({where})"))
+    return str(query.compile(dialect=engine.dialect))
+
+
+async def export_dataset(
+    source: str | URL | AsyncEngine,
+    table: TableOrSelect,
+    directory: str | Path,
+    *,
+    jobs: int = 2,
+    format: DatasetFormat = "parquet",
+    compression: str | None = None,
+    where: str | None = None,
+    columns: Sequence[str] | None = None,
+    partition_by: str | None = None,
+    resume: bool = False,
+    per_job: int = DEFAULT_PARTITIONS_PER_JOB,
+    min_partition_bytes: int = DEFAULT_MIN_PARTITION_BYTES,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    progress: Callable[[JobProgress], None] | None = None,
+    on_snapshot: Callable[[Snapshot], Awaitable[None]] | None = None,
+    **options: Any,
+) -> JobReport:
+    """Export ``table`` into ``directory`` as a dataset: a part file per partition, read by
+    ``jobs`` connections on one snapshot, and a manifest.
+
+    ``table`` is a name (``"orders"``, ``"sales.orders"``), a ``Table`` or a ``select()``; a
+    statement is split by ``partition_by`` (one of its columns), or read by one reader.
+
+    ``resume=True`` finishes a dataset an earlier run left: parts already done are kept as
+    they are (not rewritten), the others are read again. If the earlier snapshot is still
+    held, the result is exact; otherwise the new parts come from a new snapshot, the manifest
+    records which parts come from which, and ``JobReport.warning`` says so.
+
+    ``options`` go to :func:`rowstream.export` for each part (``zero_dates``, ``infinity``, ...).
+    ``on_snapshot`` is awaited once the snapshot is held, before any part is read.
+
+    Example::
+
+        report = await export_dataset(
+            "postgresql://app@db/shop", "orders", "orders/", jobs=4, format="parquet"
+        )
+        print(report.summary())  # exported 5,000,000 rows to orders/ in 24 parts ...
+    """
+    started = time.perf_counter()
+    if jobs < 1:
+        raise ConfigurationError(f"jobs must be at least 1, not {jobs}")
+    # Refused before the directory is made or anything is sent.
+    part_name(0, format, compression)
+    if where is not None:
+        check_where(where, _dialect_name(source))
+    folder = Path(directory)
+    manifest = prepare_directory(folder, resume=resume)
+    owns = not isinstance(source, AsyncEngine)
+    engine = (
+        source
+        if isinstance(source, AsyncEngine)
+        # Workers, the coordinator, and the column probe each export runs on the side.
+        else create_engine(source, pool_size=2 * jobs + 2, max_overflow=jobs)
+    )
+    try:
+        database = mask_url(engine.url)
+        statement = _statement_text(engine, table, where, columns)
+        if manifest is None:
+            plan = await _plan(engine, table, jobs, partition_by, per_job, min_partition_bytes)
+            manifest = Manifest(
+                database=database,
+                table=_label(table),
+                statement=statement,
+                format=format,
+                compression=compression,
+                plan={
+                    "method": plan.method,
+                    "column": plan.column,
+                    "note": plan.note,
+                    "filenode": plan.filenode,
+                },
+                parts=[
+                    PartRecord(p.id, part_name(p.id, format, compression), p.bounds())
+                    for p in plan.partitions
+                ],
+            )
+            estimate = plan.estimated_rows
+        else:
+            check_same_export(manifest, database=database, statement=statement, fmt=format)
+            await _check_not_rewritten(engine, table, manifest)
+            compression = manifest.compression
+            estimate = None
+        return await _run(
+            engine,
+            table,
+            folder,
+            manifest,
+            jobs,
+            where,
+            columns,
+            compression,
+            read_timeout,
+            progress,
+            on_snapshot,
+            options,
+            started,
+            estimate,
+        )
+    finally:
+        if owns:
+            await shielded(engine.dispose())
+
+
+def _dialect_name(source: str | URL | AsyncEngine) -> str:
+    if isinstance(source, AsyncEngine):
+        return source.dialect.name
+    return split_url(source)[1]
+
+
+def _label(table: TableOrSelect) -> str | None:
+    """The table's name for the manifest and messages (None for a statement)."""
+    if isinstance(table, (sa.Select, sa.TextClause)):
+        return None
+    if isinstance(table, sa.Table):
+        return table.fullname
+    return table
+
+
+async def _check_not_rewritten(
+    engine: AsyncEngine, table: TableOrSelect, manifest: Manifest
+) -> None:
+    """ctid ranges hold only while the table keeps its file: refuse to resume after a rewrite."""
+    label = _label(table)
+    if manifest.plan.get("method") != "ctid" or label is None:
+        return
+    async with engine.connect() as conn:
+        current = await pg_filenode(conn, label)
+    if current != manifest.plan.get("filenode"):
+        raise ResumeError(
+            f"cannot resume: {label!r} was rewritten since the dataset was started (VACUUM "
+            "FULL, CLUSTER or ALTER TABLE moved every row), so the remaining block ranges no "
+            "longer match the finished parts; export again into an empty directory",
+            table=label,
+        )
+
+
+async def _plan(
+    engine: AsyncEngine,
+    table: TableOrSelect,
+    jobs: int,
+    partition_by: str | None,
+    per_job: int,
+    min_bytes: int,
+) -> PartitionPlan:
+    try:
+        async with engine.connect() as conn:
+            if isinstance(table, (sa.Select, sa.TextClause)):
+                return await plan_statement(
+                    conn, table, jobs=jobs, partition_by=partition_by, per_job=per_job
+                )
+            return await plan_partitions(
+                conn,
+                _label(table) or "",
+                jobs=jobs,
+                partition_by=partition_by,
+                per_job=per_job,
+                min_bytes=min_bytes,
+            )
+    except RowstreamError:
+        raise
+    except Exception as exc:
+        raise_translated(exc, url=engine.url)
+
+
+async def _run(
+    engine: AsyncEngine,
+    table: TableOrSelect,
+    folder: Path,
+    manifest: Manifest,
+    jobs: int,
+    where: str | None,
+    columns: Sequence[str] | None,
+    compression: str | None,
+    read_timeout: float | None,
+    progress: Callable[[JobProgress], None] | None,
+    on_snapshot: Callable[[Snapshot], Awaitable[None]] | None,
+    options: dict[str, Any],
+    started: float,
+    estimate: int | None,
+) -> JobReport:
+    done = finished_parts(folder, manifest)
+    kept = [
+        PartReport(p.id, p.file, p.rows or 0, p.bytes or 0, 0.0, p.sha256 or "", skipped=True)
+        for p in manifest.parts
+        if p.id in done
+    ]
+    for part in manifest.parts:
+        if part.id not in done and part.state == "done":
+            part.state = "pending"  # its file is gone or not whole: read it again
+    pending = [p for p in manifest.parts if p.id not in done]
+    # Reuse the earlier snapshot when something still holds it (resume, exact).
+    earlier = manifest.snapshots[-1].get("id") if manifest.snapshots else None
+    workers = max(1, min(jobs, len(pending)))
+    state = JobProgress(len(manifest.parts), len(done), manifest.rows, estimated_rows=estimate)
+    written: list[PartReport] = []
+    async with Snapshot(engine, sessions=workers, existing=earlier) as snap:
+        if snap.reused:
+            index = len(manifest.snapshots) - 1
+        else:
+            manifest.snapshots.append(snap.info.as_dict())
+            index = len(manifest.snapshots) - 1
+        write_manifest(folder, manifest)
+        if on_snapshot is not None:
+            await on_snapshot(snap)
+        queue: asyncio.Queue[PartRecord] = asyncio.Queue()
+        for part in pending:
+            queue.put_nowait(part)
+
+        async def worker() -> None:
+            conn = await snap.join()
+            try:
+                while True:
+                    try:
+                        part = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    t0 = time.perf_counter()
+                    part.started_at = now()
+                    path = folder / part.file
+                    attempt = 0
+                    while True:
+                        try:
+                            rows, size = await write_part(
+                                conn,
+                                table,
+                                part.partition(),
+                                path,
+                                format=manifest.format,
+                                compression=compression,
+                                where=where,
+                                columns=columns,
+                                read_timeout=read_timeout,
+                                options=options,
+                                snapshot=snap.info,
+                                writers=workers,
+                            )
+                            break
+                        except (ConnectionLostError, ResumeError) as exc:
+                            if not _dropped(exc):
+                                raise
+                            # While the coordinator holds the snapshot, a new connection
+                            # joins it and the part is read again: still exact. (MariaDB's
+                            # sessions cannot be joined later: the error stands there.)
+                            attempt += 1
+                            if not snap.rejoinable or attempt > PART_RETRIES:
+                                raise
+                            await snap.leave(conn)
+                            conn = await snap.join()
+                    digest = await asyncio.to_thread(sha256_of, path)
+                    part.state, part.rows, part.bytes, part.sha256 = "done", rows, size, digest
+                    part.snapshot, part.finished_at = index, now()
+                    write_manifest(folder, manifest)
+                    report = PartReport(
+                        part.id,
+                        part.file,
+                        rows,
+                        size,
+                        time.perf_counter() - t0,
+                        digest,
+                        False,
+                        attempt,
+                    )
+                    written.append(report)
+                    state.parts_done += 1
+                    state.rows += rows
+                    state.bytes += size
+                    if progress is not None:
+                        progress(state)
+            finally:
+                await snap.leave(conn)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failed:
+            # One line for the caller: the first error, rowstream's own when there is one.
+            first = next(
+                (e for e in failed.exceptions if isinstance(e, RowstreamError)),
+                failed.exceptions[0],
+            )
+            raise first from None
+        info = snap.info
+    manifest.state = "complete"
+    write_manifest(folder, manifest)
+    warning = point_in_time_warning(manifest)
+    parts = tuple(sorted([*kept, *written], key=lambda p: p.id))
+    return JobReport(
+        directory=str(folder),
+        format=manifest.format,
+        rows=sum(p.rows for p in parts),
+        bytes=sum(p.bytes for p in parts),
+        seconds=time.perf_counter() - started,
+        jobs=workers,
+        plan=str(manifest.plan.get("method")),
+        parts=parts,
+        snapshot=info,
+        exact=warning is None,
+        warning=warning,
+        peak_memory_mb=peak_memory_mb(),
+    )
