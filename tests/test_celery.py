@@ -327,3 +327,20 @@ def test_bad_arguments_fail_before_anything_is_sent(invoices_url: str, tmp_path:
     assert not (tmp_path / "job" / "parts").exists() or not any(
         (tmp_path / "job" / "parts").iterdir()
     )
+
+
+def test_no_part_of_the_password_reaches_logs_or_the_ledger(
+    pg_tls_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    from tests.plugins.servers import TLS_PASSWORD
+
+    url = pg_tls_url.replace("ssl=require", "sslmode=require")  # libpq's spelling (psycopg)
+    _fill(url, 2_000)
+    workers.start()
+    report = _run(url, workers, tmp_path / "job", partitions=2)
+    assert report.rows == 2_000
+    written = [*workers.logs.iterdir(), *(tmp_path / "job").rglob("*")]
+    texts = [path.read_text(errors="replace") for path in written if path.is_file()]
+    assert texts and "run_partition" in "".join(texts)
+    for secret in (TLS_PASSWORD, "s3cret", "quoted"):
+        assert not any(secret in text for text in texts)

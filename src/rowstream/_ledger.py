@@ -7,12 +7,13 @@ lost can run twice, and a message lost with its worker is never seen again. So t
 trusts this ledger instead, and the broker only carries work.
 
 The ledger is a folder that every worker reaches (the one the parts are written to), with one
-small JSON file per fact, each written atomically (temporary file, fsync, rename) or created
-exclusively, so no two writers ever mix their bytes and a crash leaves a fact whole or absent:
+small JSON file per fact, each written atomically (temporary file, fsync, rename) or linked
+into place exclusively, so no two writers ever mix their bytes and a crash leaves a fact whole
+or absent:
 
     job.json                    what the job is (written once by the coordinator)
     parts/P.sent.json           the coordinator sent attempt A of partition P
-    parts/P.A.lease             a worker claimed attempt A (created with O_EXCL: one claimant)
+    parts/P.A.lease             a worker claimed attempt A (linked into place: one claimant)
                                 and beats in it; its ``beat`` counter grows every few seconds
     parts/P.done.json           partition P is written, with its result
     parts/P.A.failed.json       attempt A raised; the error, kept for the coordinator to report
@@ -284,30 +285,31 @@ class Ledger:
         if (self.parts / f"{part}.done.json").exists():
             return None
         path = self.parts / f"{part}.{attempt}.lease"
+        # Written whole under a temporary name, then linked into place: link() fails when the
+        # name exists, so the claim is exclusive, and a reader never sees a half-written lease.
+        staging = self.parts / f".{part}.{attempt}.{os.getpid()}.{threading.get_ident()}.claim"
+        write_json(staging, self._lease(0))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(staging, path)
         except FileExistsError:
             return None
         except OSError as exc:
             raise SinkError(
                 f"cannot claim partition {part} in {self.parts}: {exc.strerror}"
             ) from None
-        os.close(fd)
-        self._write_lease(part, attempt, 0)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
         claim = Claim(self, part, attempt, interval=max(0.2, self.lease / 6))
         claim.start()
         return claim
 
     def _write_lease(self, part: str, attempt: int, beat: int) -> None:
-        write_json(
-            self.parts / f"{part}.{attempt}.lease",
-            {
-                "beat": beat,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "at": time.time(),
-            },
-        )
+        write_json(self.parts / f"{part}.{attempt}.lease", self._lease(beat))
+
+    @staticmethod
+    def _lease(beat: int) -> dict[str, Any]:
+        return {"beat": beat, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
 
     def mark_done(self, part: str, attempt: int, result: Mapping[str, Any]) -> None:
         write_json(
