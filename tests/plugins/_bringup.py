@@ -602,9 +602,10 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
         return f"redis://127.0.0.1:{port}/0"
 
     # RabbitMQ -----------------------------------------------------------------------------
-    def rabbitmq(self) -> str:
+    def rabbitmq(self, config: str = "") -> str:
+        """RabbitMQ's URL; ``config`` (rabbitmq.conf lines) asks for a private node with it."""
         standard = f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}//"
-        if not self.private and amqp_logs_in(standard):
+        if not self.private and not config and amqp_logs_in(standard):
             return standard
         server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
         if not os.path.exists(server):
@@ -618,7 +619,8 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
         env = {
             "PATH": "/usr/bin:/bin:/usr/sbin:/sbin:/usr/lib/rabbitmq/bin",
             "HOME": str(data),
-            "RABBITMQ_NODENAME": f"rowstream{port}@localhost",
+            # A short name: RabbitMQ appends this host's name, as its cluster name says.
+            "RABBITMQ_NODENAME": f"rowstream{port}",
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(port),
             "RABBITMQ_DIST_PORT": str(dist),
@@ -629,6 +631,16 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
             "RABBITMQ_CONFIG_FILE": str(data / "rabbitmq"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(data / "advanced.config"),
         }
+        # The system's Erlang cookie, when there is one, so rabbitmqctl (which runs as the
+        # rabbitmq user, with that user's cookie) can reach this node as it reaches the shared one.
+        system_cookie = Path("/var/lib/rabbitmq/.erlang.cookie")
+        if system_cookie.exists():
+            shutil.copyfile(system_cookie, data / ".erlang.cookie")
+            (data / ".erlang.cookie").chmod(0o400)
+            if user is not None:
+                shutil.chown(data / ".erlang.cookie", user, user)
+        (data / "rabbitmq.conf").write_text(config)
+        (data / "rabbitmq.conf").chmod(0o644)
         log = data / "rabbitmq.out"
         proc = self._spawn([server], log, user=user, stop=signal.SIGTERM, env=env)
         url = f"amqp://guest:guest@127.0.0.1:{port}//"
