@@ -1,13 +1,16 @@
-"""The harness itself: every server answers, PgBouncer pools by transaction, and the private
-instances a fresh machine needs really start (and stop)."""
+"""The harness itself: every server and broker answers, PgBouncer pools by transaction, and the
+private instances a fresh machine needs really start (and stop)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import asyncpg
+import kombu
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -88,6 +91,43 @@ def test_private_instances_start_answer_and_stop(tmp_path: Path) -> None:
         assert 5432 not in ports and 3306 not in ports
         for url in urls:
             assert asyncio.run(_select_one(url)) == 1
+        data_dirs = list(stack._dirs)
+    for port in ports:
+        assert port is not None and not _bringup.answers("127.0.0.1", port)
+    assert not any(path.exists() for path in data_dirs)
+
+
+def _round_trip(url: str) -> object:
+    """Publish one message to a fresh queue and read it back (kombu, bounded waits)."""
+    with kombu.Connection(url, connect_timeout=5) as conn:
+        # auto_delete: the queue goes with its consumer, so nothing is left on the broker.
+        name = f"rowstream-harness-{os.getpid()}"
+        with conn.SimpleQueue(name, queue_opts={"auto_delete": True}) as queue:
+            queue.put({"n": 1})
+            message = queue.get(block=True, timeout=5)
+            message.ack()
+            payload = message.payload
+    if url.startswith("redis://"):
+        # kombu's Redis transport keeps a queue's bindings in keys of their own.
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        client.delete(f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
+        client.close()
+    return payload
+
+
+def test_every_broker_carries_a_message(broker_url: str) -> None:
+    assert _round_trip(broker_url) == {"n": 1}
+
+
+@pytest.mark.slow
+def test_private_brokers_start_answer_and_stop(tmp_path: Path) -> None:
+    # What a fresh machine gets: a private Redis and a private RabbitMQ node on free ports.
+    with _bringup.Stack(tmp_path, private=True) as stack:
+        urls = (stack.redis(), stack.rabbitmq())
+        ports = [make_url(url.replace("amqp://", "postgresql://")).port for url in urls]
+        assert 6379 not in ports and 5672 not in ports
+        for url in urls:
+            assert _round_trip(url) == {"n": 1}
         data_dirs = list(stack._dirs)
     for port in ports:
         assert port is not None and not _bringup.answers("127.0.0.1", port)

@@ -7,6 +7,10 @@
   first when the binaries are missing and we are root.
 - PgBouncer (Debian's, transaction pooling, no prepared-statement support) always runs as a
   private instance on a free port in front of the PostgreSQL in use.
+- Redis (6379) and RabbitMQ (5672, guest/guest) are reused when Redis answers PING and
+  RabbitMQ takes a login there; otherwise private ones are started the same way (RabbitMQ as a
+  node of its own, with its own name, ports, database and cookie). They start only for tests
+  that ask for a broker.
 - Each test session works in a database of its own (``rowstream_test_<pid>``) on each server, so
   concurrent test sessions on one machine never see each other's tables or connections. It is
   dropped at the end; ones left behind by sessions that died are dropped at the next start.
@@ -51,6 +55,32 @@ def answers(host: str, port: int, timeout: float = 1.0) -> bool:
         with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
+        return False
+
+
+REDIS_PORT = 6379
+AMQP_PORT = 5672
+
+
+def redis_answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when a Redis server answers PING there (an open port is not enough)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def amqp_logs_in(url: str, timeout: float = 3.0) -> bool:
+    """True when an AMQP broker at ``url`` accepts its login (kombu, bounded)."""
+    import kombu
+
+    try:
+        with kombu.Connection(url, connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            return True
+    except Exception:
         return False
 
 
@@ -337,7 +367,13 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
         return made
 
     def _spawn(
-        self, argv: list[str], log: Path, *, user: str | None, stop: signal.Signals
+        self,
+        argv: list[str],
+        log: Path,
+        *,
+        user: str | None,
+        stop: signal.Signals,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             proc = subprocess.Popen(
@@ -348,6 +384,7 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
                 # Its own process group: a Ctrl-C in the terminal reaches pytest, not the
                 # servers, which are stopped in order on exit instead.
                 start_new_session=True,
+                env=env,
                 user=user,
                 group=user,
                 extra_groups=[] if user is not None else None,
@@ -539,6 +576,82 @@ class Stack(contextlib.AbstractContextManager["Stack"]):
         )
         self._wait_for(proc, port, "PgBouncer", log)
         return target.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+
+    # Redis --------------------------------------------------------------------------------
+    def redis(self) -> str:
+        if not self.private and redis_answers("127.0.0.1", REDIS_PORT):
+            return f"redis://127.0.0.1:{REDIS_PORT}/0"
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(binary):
+            apt_install("redis-server")
+        user = server_user("redis")
+        data = private_dir(user)
+        self._dirs.append(data)
+        port = free_port()
+        log = data / "redis.log"
+        # No snapshots, no append-only file: the tests' queues live as long as the session.
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        proc = self._spawn(argv, log, user=user, stop=signal.SIGTERM)
+        self._wait_for(proc, port, "Redis", log)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not redis_answers("127.0.0.1", port):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"Redis on port {port} does not answer PING; see {log}")
+            time.sleep(0.2)
+        return f"redis://127.0.0.1:{port}/0"
+
+    # RabbitMQ -----------------------------------------------------------------------------
+    def rabbitmq(self, config: str = "") -> str:
+        """RabbitMQ's URL; ``config`` (rabbitmq.conf lines) asks for a private node with it."""
+        standard = f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}//"
+        if not self.private and not config and amqp_logs_in(standard):
+            return standard
+        server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        if not os.path.exists(server):
+            apt_install("rabbitmq-server")
+        user = server_user("rabbitmq")
+        data = private_dir(user)
+        self._dirs.append(data)
+        port, dist = free_port(), free_port()
+        # A node of its own: its own name, ports, database, logs and Erlang cookie (in HOME),
+        # no plugins; guest/guest may log in from loopback, which is all the tests use.
+        env = {
+            "PATH": "/usr/bin:/bin:/usr/sbin:/sbin:/usr/lib/rabbitmq/bin",
+            "HOME": str(data),
+            # A short name: RabbitMQ appends this host's name, as its cluster name says.
+            "RABBITMQ_NODENAME": f"rowstream{port}",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(port),
+            "RABBITMQ_DIST_PORT": str(dist),
+            "RABBITMQ_MNESIA_BASE": str(data / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(data / "log"),
+            "RABBITMQ_PID_FILE": str(data / "rabbitmq.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(data / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(data / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(data / "advanced.config"),
+        }
+        # The system's Erlang cookie, when there is one, so rabbitmqctl (which runs as the
+        # rabbitmq user, with that user's cookie) can reach this node as it reaches the shared one.
+        system_cookie = Path("/var/lib/rabbitmq/.erlang.cookie")
+        if system_cookie.exists():
+            shutil.copyfile(system_cookie, data / ".erlang.cookie")
+            (data / ".erlang.cookie").chmod(0o400)
+            if user is not None:
+                shutil.chown(data / ".erlang.cookie", user, user)
+        (data / "rabbitmq.conf").write_text(config)
+        (data / "rabbitmq.conf").chmod(0o644)
+        log = data / "rabbitmq.out"
+        proc = self._spawn([server], log, user=user, stop=signal.SIGTERM, env=env)
+        url = f"amqp://guest:guest@127.0.0.1:{port}//"
+        deadline = time.monotonic() + START_TIMEOUT
+        # The AMQP port opens before the broker takes logins: wait for a real login.
+        while not amqp_logs_in(url):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                raise RuntimeError(f"RabbitMQ on port {port} refuses logins; its log:\n{tail}")
+            time.sleep(0.5)
+        return url
 
 
 def _pg_bindir() -> str | None:

@@ -1,0 +1,403 @@
+"""Distributed runs on Celery: one ``process`` job spread over worker processes and machines.
+
+Install the extra (``pip install 'rowstream[celery]'``). Workers come from your own Celery app
+(add ``include=["rowstream.celery"]``) or from rowstream's::
+
+    ROWSTREAM_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// celery -A rowstream.celery worker
+
+Then, from any process (a script, a web request, another task)::
+
+    report = rowstream.celery.process(
+        "postgresql://app@db/shop",
+        "billing.queries:READY_INVOICES",     # a select() (or a function returning one)
+        "billing.tasks:send_invoice_batch",   # called with each batch, in the workers
+        folder="/shared/runs/invoices-2026-11",
+    )
+
+The job is split into partitions of the key; each partition is one Celery task, which streams
+its rows with :func:`rowstream.sync.process` (so it runs under the prefork, threads, gevent and
+eventlet pools) with a checkpoint of its own. What is guaranteed:
+
+- every row is handled at least once; a worker killed in the middle repeats at most the
+  batches of its partition that were in flight (the partition's checkpoint skips the rest);
+- the coordinator trusts the ledger in ``folder`` (:mod:`rowstream._ledger`), not broker
+  acknowledgements: a partition whose worker stops beating is sent again after ``lease``
+  seconds, at most ``max_attempts`` times, and then the job fails in one line naming it;
+- the coordinator itself can be killed: ``resume=True`` with the same folder carries on,
+  skipping finished partitions.
+
+``folder`` must be reachable at the same path by the coordinator and every worker. Statements
+and handlers cross to the workers as import paths (``"package.module:name"``), so messages stay
+JSON. The source URL travels in the task's arguments (shown masked in Celery's logs and
+monitors); keep passwords out of it (``~/.pgpass``, ``PGPASSWORD``) when the broker is shared.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery, shared_task
+from sqlalchemy.sql.selectable import Select
+
+from ._exceptions import ConfigurationError, RowstreamError
+from ._ledger import (
+    DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_UNCLAIMED,
+    Fail,
+    Ledger,
+    Rules,
+    Send,
+    decide,
+)
+
+__all__ = ["DistributedReport", "JobError", "app", "make_app", "process"]
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_PARTITIONS = 16
+TASK_NAME = "rowstream.run_partition"
+POLL_INTERVAL = 0.25
+
+
+def _configure(celery_app: Celery) -> None:
+    celery_app.conf.update(
+        # A task is acknowledged when it ends, and given back when its worker dies, so a
+        # lost worker's partition is not lost with it (the ledger still decides).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One partition per worker process at a time: a prefetched message would wait
+        # behind a long partition while another worker sits idle.
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        # Redis gives an unacknowledged message to another worker after this long. The
+        # ledger's claims make such a second delivery harmless, but partitions are sized to
+        # minutes, so it should not happen at all.
+        broker_transport_options={"visibility_timeout": 6 * 3600},
+    )
+
+
+def make_app(broker: str) -> Celery:
+    """A Celery app for rowstream's tasks on ``broker`` (not made the current app)."""
+    celery_app = Celery("rowstream", broker=broker, set_as_current=False)
+    _configure(celery_app)
+    return celery_app
+
+
+# ``celery -A rowstream.celery worker`` finds this app. It is not made the current app, so
+# importing this module from your own Celery app (``include=``) changes nothing there.
+app = make_app(os.environ.get("ROWSTREAM_BROKER_URL", DEFAULT_BROKER_URL))
+
+
+class JobError(RowstreamError):
+    """A distributed job failed: a partition failed, or could not be placed on a worker."""
+
+
+@dataclass
+class DistributedReport:
+    """What a distributed job did."""
+
+    rows: int = 0
+    failed_rows: int = 0
+    partitions: int = 0
+    attempts: int = 0
+    resumed: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+    def __repr__(self) -> str:
+        return (
+            f"DistributedReport(rows={self.rows}, failed_rows={self.failed_rows}, "
+            f"partitions={self.partitions}, attempts={self.attempts}, "
+            f"elapsed={self.elapsed:.2f}s)"
+        )
+
+
+# -- what the workers run ------------------------------------------------------------------------
+
+
+def load(reference: str, what: str) -> Any:
+    """The object named by ``"package.module:name"``."""
+    module_name, sep, name = reference.partition(":")
+    if not sep or not module_name or not name:
+        raise ConfigurationError(
+            f"{what} {reference!r} must be an import path like 'package.module:name'"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"cannot import the {what} {reference!r}: {exc}; it must be importable in every "
+            "worker (check the workers' PYTHONPATH)"
+        ) from None
+    return obj
+
+
+def _statement(reference: str) -> Select[Any]:
+    obj = load(reference, "statement")
+    statement = obj() if callable(obj) and not isinstance(obj, Select) else obj
+    if not isinstance(statement, Select):
+        raise ConfigurationError(
+            f"the statement {reference!r} is a {type(statement).__name__}; it must be a "
+            "select() (or a function returning one)"
+        )
+    return statement
+
+
+def _key_column(statement: Select[Any], name: str | None) -> sa.ColumnElement[Any]:
+    """The column partitions are cut on: ``name``, or the single-column primary key."""
+    if name is not None:
+        try:
+            column: sa.ColumnElement[Any] = statement.selected_columns[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"key {name!r} is not a column of the statement; name a selected column"
+            ) from None
+        return column
+    froms = statement.get_final_froms()
+    table = froms[0] if len(froms) == 1 else None
+    primary_key = list(getattr(table, "primary_key", ()))
+    if len(primary_key) != 1:
+        raise ConfigurationError(
+            "a distributed job cuts partitions on a single-column key: select from one table "
+            "with a one-column primary key, or pass key='column'"
+        )
+    return primary_key[0]  # type: ignore[no-any-return]
+
+
+def _bounded(statement: Select[Any], column: Any, bounds: list[Any]) -> Select[Any]:
+    low, high = bounds
+    if low is not None:
+        statement = statement.where(column >= low)
+    if high is not None:
+        statement = statement.where(column < high)
+    return statement
+
+
+@shared_task(  # type: ignore[untyped-decorator]
+    name=TASK_NAME,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def run_partition(folder: str, part: str, attempt: int, url: str) -> str:
+    """Run one attempt of one partition, unless it is done or another worker holds it."""
+    ledger = Ledger(folder)
+    job = ledger.job()
+    ledger.lease = float(job["lease"])
+    claim = ledger.claim(part, attempt)
+    if claim is None:
+        return "skipped"
+    try:
+        result = _run_process_part(ledger, job, part, url)
+    except BaseException as exc:
+        claim.failed(exc)
+        raise
+    claim.done(result)
+    return "done"
+
+
+def _run_process_part(ledger: Ledger, job: dict[str, Any], part: str, url: str) -> dict[str, Any]:
+    from . import sync
+    from ._checkpoint import FileCheckpoint
+
+    statement = _statement(job["statement"])
+    handler: Callable[[list[Any]], Any] = load(job["handler"], "handler")
+    column = _key_column(statement, job["key"])
+    bounds = job["partitions"][part]
+    report = sync.process(
+        url,
+        _bounded(statement, column, bounds),
+        handler,
+        concurrency=job["concurrency"],
+        batch_rows=job["batch_rows"],
+        on_error=job["on_error"],
+        checkpoint=FileCheckpoint(ledger.parts / f"{part}.checkpoint.json"),
+    )
+    return {"rows": report.rows, "failed_rows": report.failed_rows}
+
+
+# -- the coordinator -----------------------------------------------------------------------------
+
+
+def _split(low: int, high: int, partitions: int) -> list[list[Any]]:
+    """``partitions`` ranges covering every value: the first and last are open-ended, so rows
+    inserted below the minimum or above the maximum while the job runs still belong to one."""
+    if high < low:
+        return [[None, None]]
+    step = max(1, -(-(high - low + 1) // partitions))
+    cuts = list(range(low + step, high + 1, step))
+    edges: list[Any] = [None, *cuts, None]
+    return [[edges[i], edges[i + 1]] for i in range(len(edges) - 1)]
+
+
+def _plan(url: str, statement: Select[Any], key: str | None, partitions: int) -> list[list[Any]]:
+    from . import sync
+
+    column = _key_column(statement, key)
+    if not isinstance(column.type, sa.Integer):
+        raise ConfigurationError(
+            f"the key {column.key!r} is not an integer column: distributed process jobs cut "
+            "integer keys for now; pass key= naming an integer column"
+        )
+    engine = sync.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            bounds = statement.with_only_columns(sa.func.min(column), sa.func.max(column)).order_by(
+                None
+            )
+            low, high = conn.execute(bounds).one()
+            conn.rollback()
+    finally:
+        engine.dispose()
+    if low is None:
+        return [[None, None]]
+    return _split(int(low), int(high), partitions)
+
+
+def process(
+    source: str,
+    statement: str,
+    handler: str,
+    *,
+    folder: str | os.PathLike[str],
+    partitions: int = DEFAULT_PARTITIONS,
+    key: str | None = None,
+    concurrency: int = 1,
+    batch_rows: int | None = None,
+    on_error: str = "raise",
+    resume: bool = False,
+    lease: float = DEFAULT_LEASE,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    unclaimed: float = DEFAULT_UNCLAIMED,
+    broker: str | None = None,
+    queue: str | None = None,
+    celery_app: Celery | None = None,
+) -> DistributedReport:
+    """Run ``handler`` over every row of ``statement``, partition by partition, on Celery workers.
+
+    ``source`` is a database URL, ``statement`` and ``handler`` import paths
+    (``"package.module:name"``) that every worker can import. The key (``key``, or the
+    statement's single-column integer primary key) is cut into ``partitions`` ranges; each is
+    one task running :func:`rowstream.sync.process` with ``concurrency``, ``batch_rows`` and
+    ``on_error``, and a checkpoint of its own in ``folder``. Returns when every partition is
+    done; raises :class:`JobError` naming the partition that failed or was lost more than
+    ``max_attempts`` times, or when no worker takes the tasks within ``unclaimed`` seconds.
+    Tasks go through ``celery_app`` when given, else to ``broker`` (a RabbitMQ or Redis URL),
+    else to ``ROWSTREAM_BROKER_URL``; on ``queue`` when given (start the workers with
+    ``-Q`` naming it), else on Celery's default queue.
+
+    Example::
+
+        report = rowstream.celery.process(
+            url, "shop.queries:READY_INVOICES", "shop.billing:send_batch",
+            folder="/shared/runs/invoices",
+        )
+    """
+    if partitions < 1 or max_attempts < 1 or lease <= 0 or unclaimed <= 0:
+        raise ConfigurationError(
+            "partitions and max_attempts must be at least 1, lease and unclaimed positive"
+        )
+    from ._source import mask_url, resolve_url
+
+    # Wrong arguments fail here, in the caller, before anything is written or sent.
+    resolve_url(source)
+    load(handler, "handler")
+    _statement(statement)
+    ledger = Ledger(folder, lease=lease)
+    report = DistributedReport(resumed=resume)
+    job = ledger.create(
+        {
+            "kind": "process",
+            "id": uuid.uuid4().hex,
+            "source": mask_url(source),
+            "statement": statement,
+            "handler": handler,
+            "key": key,
+            "concurrency": concurrency,
+            "batch_rows": batch_rows,
+            "on_error": on_error,
+            "lease": lease,
+            "partitions": {},
+        },
+        resume=resume,
+    )
+    if not job["partitions"]:
+        ranges = _plan(source, _statement(statement), key, partitions)
+        job["partitions"] = {f"p{i:05d}": bounds for i, bounds in enumerate(ranges)}
+        from ._ledger import write_json
+
+        write_json(ledger.root / "job.json", job)
+    if celery_app is None and broker is not None:
+        celery_app = make_app(broker)
+    rules = Rules(lease, max_attempts, unclaimed)
+    _follow(ledger, job, source, rules, report, celery_app or app, queue)
+    for part in job["partitions"]:
+        result = ledger.result(part) or {}
+        report.rows += int(result.get("rows", 0))
+        report.failed_rows += int(result.get("failed_rows", 0))
+    report.partitions = len(job["partitions"])
+    report.finished = time.perf_counter()
+    return report
+
+
+def _follow(
+    ledger: Ledger,
+    job: dict[str, Any],
+    url: str,
+    rules: Rules,
+    report: DistributedReport,
+    sender: Celery,
+    queue: str | None,
+) -> None:
+    """Send partitions and watch the ledger until every one is done (or the job fails)."""
+    from ._source import mask_url
+
+    parts = list(job["partitions"])
+    started = time.monotonic()
+    claimed_any = False
+    while True:
+        now = time.monotonic()
+        views = [ledger.view(part, now) for part in parts]
+        if all(view.done for view in views):
+            return
+        claimed_any = claimed_any or any(v.done or v.beat is not None for v in views)
+        if not claimed_any and now - started > rules.unclaimed:
+            raise JobError(
+                f"no Celery worker took rowstream's tasks within {rules.unclaimed:g} s: start "
+                "workers (celery -A rowstream.celery worker, or include=['rowstream.celery'] "
+                "in your app) on the same broker",
+                folder=str(ledger.root),
+            )
+        for action in decide(now, views, rules):
+            if isinstance(action, Fail):
+                raise JobError(
+                    f"partition {action.part} failed: {action.why}",
+                    partition=action.part,
+                    folder=str(ledger.root),
+                )
+            assert isinstance(action, Send)
+            ledger.sent(action.part, action.attempt)
+            report.attempts += 1
+            sender.send_task(
+                TASK_NAME,
+                args=[str(ledger.root), action.part, action.attempt, url],
+                argsrepr=repr([str(ledger.root), action.part, action.attempt, mask_url(url)]),
+                queue=queue,
+            )
+        time.sleep(POLL_INTERVAL)

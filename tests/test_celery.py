@@ -1,0 +1,346 @@
+"""rowstream.celery on real brokers (RabbitMQ and Redis) with real ``celery`` worker processes.
+
+Every row of the invoices table must be handled at least once, whatever is killed: a worker's
+pool process in the middle of a partition, a whole worker (then restarted), the coordinator
+(then resumed). A kill repeats at most the batches of the partition it hit.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rowstream
+import rowstream.celery
+from rowstream.celery import JobError
+from tests import celery_handlers
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = 20_000
+PARTITIONS = 8
+WORKER_START = 90.0
+JOB_TIMEOUT = 240.0
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _fill(url: str, rows: int) -> None:
+    engine = rowstream.sync.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            celery_handlers.metadata.drop_all(conn)
+            celery_handlers.metadata.create_all(conn)
+            conn.execute(
+                celery_handlers.invoices.insert(),
+                [{"id": i, "amount_cents": i * 7} for i in range(1, rows + 1)],
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def invoices_url(pg_url: str) -> str:
+    _fill(pg_url, ROWS)
+    return pg_url
+
+
+class Workers:
+    """Real ``celery -A rowstream.celery worker`` processes on one private queue."""
+
+    def __init__(self, broker: str, tmp: Path, *, pool: str, sleep: float) -> None:
+        self.broker = broker
+        self.queue = f"rowstream-test-{uuid.uuid4().hex[:8]}"
+        self.records = tmp / "records"
+        self.records.mkdir()
+        self.logs = tmp / "logs"
+        self.logs.mkdir()
+        self.pool = pool
+        self.sleep = sleep
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        n = len(self.procs)
+        log = self.logs / f"worker{n}.log"
+        env = dict(
+            os.environ,
+            ROWSTREAM_BROKER_URL=self.broker,
+            ROWSTREAM_TEST_RECORD_DIR=str(self.records),
+            ROWSTREAM_TEST_HANDLER_SLEEP=str(self.sleep),
+            PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        )
+        argv = [sys.executable, "-m", "celery", "-A", "rowstream.celery", "worker"]
+        argv += ["-Q", self.queue, "--pool", self.pool, "--concurrency", "1"]
+        argv += ["-n", f"w{n}-{self.queue}@localhost", "--loglevel", "INFO"]
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        deadline = time.monotonic() + WORKER_START
+        while b" ready." not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the whole worker: its main process and its pool processes."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.kill(proc)
+
+    def handled(self) -> collections.Counter[int]:
+        counts: collections.Counter[int] = collections.Counter()
+        for path in self.records.glob("*.ids"):
+            counts.update(int(line) for line in path.read_text().split())
+        return counts
+
+
+@pytest.fixture(params=["rabbitmq", "redis"])
+def workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workers]:
+    broker: str = request.getfixturevalue(
+        "amqp_url" if request.param == "rabbitmq" else "redis_url"
+    )
+    crew = Workers(broker, tmp_path, pool="prefork", sleep=0.0)
+    try:
+        yield crew
+    finally:
+        crew.stop()
+
+
+def _run(
+    url: str, crew: Workers, folder: Path, **options: Any
+) -> rowstream.celery.DistributedReport:
+    defaults: dict[str, Any] = {
+        "folder": folder,
+        "partitions": PARTITIONS,
+        "batch_rows": 250,
+        "broker": crew.broker,
+        "queue": crew.queue,
+        "lease": 3.0,
+        "unclaimed": 30.0,
+    }
+    defaults.update(options)
+    return rowstream.celery.process(
+        url, "tests.celery_handlers:INVOICES", "tests.celery_handlers:record", **defaults
+    )
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["report"] = fn()
+        except BaseException as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _wait(what: str, condition: Callable[[], bool], timeout: float = JOB_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _part_of(folder: Path, row_id: int) -> str:
+    job = rowstream._ledger.read_json(folder / "job.json")
+    assert job is not None
+    for part, (low, high) in job["partitions"].items():
+        if (low is None or row_id >= low) and (high is None or row_id < high):
+            return str(part)
+    raise AssertionError(f"id {row_id} is in no partition")
+
+
+def test_every_row_is_handled_once_by_two_workers(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    workers.start()
+    workers.start()
+    report = _run(invoices_url, workers, tmp_path / "job")
+    assert report.rows == ROWS and report.partitions == PARTITIONS
+    handled = workers.handled()
+    assert set(handled) == set(range(1, ROWS + 1))
+    assert max(handled.values()) == 1
+    # Both workers took part: the partitions were spread, not run by one.
+    assert len({p.name.split("-")[0] for p in workers.records.glob("*.ids")}) == 2
+
+
+def _busy_lease(folder: Path) -> tuple[str, int] | None:
+    """A partition being worked on (beating, not done) and the pid of its pool process."""
+    for lease in sorted((folder / "parts").glob("*.lease")):
+        part = lease.name.split(".")[0]
+        if (folder / "parts" / f"{part}.done.json").exists():
+            continue
+        doc = rowstream._ledger.read_json(lease)
+        if doc and doc["beat"] >= 1 and any((folder / "parts").glob(f"{part}.checkpoint.json")):
+            return part, int(doc["pid"])
+    return None
+
+
+def test_a_pool_process_killed_mid_partition_repeats_only_that_partition(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    workers.sleep = 0.02
+    workers.start()
+    workers.start()
+    folder = tmp_path / "job"
+    thread, out = _in_thread(lambda: _run(invoices_url, workers, folder))
+    _wait("a partition in the middle", lambda: _busy_lease(folder) is not None)
+    busy = _busy_lease(folder)
+    assert busy is not None
+    part, pid = busy
+    os.kill(pid, signal.SIGKILL)
+    thread.join(JOB_TIMEOUT)
+    assert not thread.is_alive()
+    assert "error" not in out, out.get("error")
+    handled = workers.handled()
+    assert set(handled) == set(range(1, ROWS + 1))
+    repeated = {row_id for row_id, n in handled.items() if n > 1}
+    assert {_part_of(folder, row_id) for row_id in repeated} <= {part}
+    assert out["report"].attempts >= PARTITIONS + 1
+
+
+def test_a_killed_worker_is_replaced_and_the_job_completes(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    workers.sleep = 0.02
+    first = workers.start()
+    folder = tmp_path / "job"
+    thread, out = _in_thread(lambda: _run(invoices_url, workers, folder))
+    _wait("a partition in the middle", lambda: _busy_lease(folder) is not None)
+    workers.kill(first)
+    workers.start()
+    thread.join(JOB_TIMEOUT)
+    assert not thread.is_alive()
+    assert "error" not in out, out.get("error")
+    assert set(workers.handled()) == set(range(1, ROWS + 1))
+
+
+def test_the_coordinator_killed_then_resumed_skips_finished_partitions(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    workers.sleep = 0.01
+    workers.start()
+    workers.start()
+    folder = tmp_path / "job"
+    code = (
+        "import rowstream.celery, sys; rowstream.celery.process("
+        f"{invoices_url!r}, 'tests.celery_handlers:INVOICES', 'tests.celery_handlers:record', "
+        f"folder={str(folder)!r}, partitions={PARTITIONS}, batch_rows=250, "
+        f"broker={workers.broker!r}, queue={workers.queue!r}, lease=3.0)"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    coordinator = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
+    try:
+        _wait("two partitions done", lambda: len(list(folder.glob("parts/*.done.json"))) >= 2)
+    finally:
+        coordinator.kill()
+        coordinator.wait(timeout=30)
+    done_before = {p.name.split(".")[0] for p in (folder / "parts").glob("*.done.json")}
+    handled_before = workers.handled()
+    report = _run(invoices_url, workers, folder, resume=True)
+    assert report.resumed and report.rows == ROWS
+    handled = workers.handled()
+    assert set(handled) == set(range(1, ROWS + 1))
+    for row_id, n in handled.items():
+        if _part_of(folder, row_id) in done_before:
+            assert n == handled_before[row_id]  # not handled again after the resume
+
+
+def test_the_threads_pool_runs_partitions_too(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    workers.pool = "threads"
+    workers.start()
+    workers.start()
+    report = _run(invoices_url, workers, tmp_path / "job")
+    assert report.rows == ROWS
+    assert set(workers.handled()) == set(range(1, ROWS + 1))
+
+
+def test_a_handler_error_fails_the_job_naming_the_partition(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    workers.start()
+    with pytest.raises(
+        JobError, match=r"partition p\d+ failed: attempt 1 failed: ValueError: invoice 4242"
+    ):
+        rowstream.celery.process(
+            invoices_url,
+            "tests.celery_handlers:INVOICES",
+            "tests.celery_handlers:fail_on_4242",
+            folder=tmp_path / "job",
+            partitions=PARTITIONS,
+            broker=workers.broker,
+            queue=workers.queue,
+            lease=3.0,
+        )
+
+
+def test_without_workers_the_job_fails_in_bounded_time(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(JobError, match="no Celery worker took rowstream's tasks within 2 s"):
+        _run(invoices_url, workers, tmp_path / "job", unclaimed=2.0)
+    assert time.monotonic() - started < 30
+
+
+def test_bad_arguments_fail_before_anything_is_sent(invoices_url: str, tmp_path: Path) -> None:
+    with pytest.raises(rowstream.ConfigurationError, match="cannot import the handler"):
+        rowstream.celery.process(
+            invoices_url,
+            "tests.celery_handlers:INVOICES",
+            "tests.celery_handlers:nope",
+            folder=tmp_path / "job",
+            broker="amqp://guest:guest@127.0.0.1:1//",
+        )
+    assert not (tmp_path / "job" / "parts").exists() or not any(
+        (tmp_path / "job" / "parts").iterdir()
+    )
+
+
+def test_no_part_of_the_password_reaches_logs_or_the_ledger(
+    pg_tls_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    from tests.plugins.servers import TLS_PASSWORD
+
+    url = pg_tls_url.replace("ssl=require", "sslmode=require")  # libpq's spelling (psycopg)
+    _fill(url, 2_000)
+    workers.start()
+    report = _run(url, workers, tmp_path / "job", partitions=2)
+    assert report.rows == 2_000
+    written = [*workers.logs.iterdir(), *(tmp_path / "job").rglob("*")]
+    texts = [path.read_text(errors="replace") for path in written if path.is_file()]
+    assert texts and "run_partition" in "".join(texts)
+    for secret in (TLS_PASSWORD, "s3cret", "quoted"):
+        assert not any(secret in text for text in texts)
