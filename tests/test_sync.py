@@ -342,3 +342,11 @@ def test_a_handler_calling_sys_exit_stops_even_a_collecting_run(engine: sa.Engin
             engine, sa.select(proc_items), handler, batch_rows=100, on_error="collect"
         )
     assert engine.pool.checkedout() == 0
+
+
+def test_asyncpg_ssl_spelling_becomes_libpq_sslmode_on_the_sync_face() -> None:
+    # One URL serves both faces: asyncpg's ?ssl=require is psycopg's ?sslmode=require.
+    url = rowstream.sync.resolve_url("postgresql://app@db/shop?ssl=require")
+    assert url.drivername == "postgresql+psycopg" and dict(url.query) == {"sslmode": "require"}
+    kept = rowstream.sync.resolve_url("postgresql://app@db/shop?sslmode=verify-full")
+    assert dict(kept.query) == {"sslmode": "verify-full"}

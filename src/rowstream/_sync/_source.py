@@ -55,6 +55,11 @@ def resolve_url(url: str | URL) -> URL:
     parsed, backend, driver = split_url(url)
     if not driver or driver in _ASYNC_DRIVERS:
         driver = SYNC_DRIVERS[backend]
+    query = dict(parsed.query)
+    if driver == "psycopg" and "ssl" in query and "sslmode" not in query:
+        # asyncpg spells libpq's sslmode "ssl" (?ssl=require): one URL serves both faces.
+        query["sslmode"] = query.pop("ssl")
+        parsed = parsed.set(query=query)
     return parsed.set(drivername=f"{backend}+{driver}")
 
 
