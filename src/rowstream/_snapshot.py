@@ -356,6 +356,26 @@ class Snapshot:
         )
 
 
+async def join_exported(engine: AsyncEngine, info: SnapshotInfo) -> AsyncConnection:
+    """A connection at a snapshot another process holds (a distributed export's coordinator),
+    verified against the point it recorded; :class:`SnapshotError` when it cannot be joined
+    (the coordinator is gone), so the caller fails at once instead of reading another point."""
+    if info.dialect != "postgresql" or info.id is None:
+        raise SnapshotError(
+            "only PostgreSQL's exported snapshots can be joined from another process"
+        )
+    holder = Snapshot(engine, sessions=1)
+    holder.info = info
+    try:
+        async with asyncio.timeout(SETUP_TIMEOUT):
+            return await holder._import_pg(info.id)
+    except TimeoutError:
+        raise SnapshotError(
+            f"joining snapshot {info.id} on {mask_url(engine.url)} took over "
+            f"{SETUP_TIMEOUT:.0f} s: the server did not answer; try again"
+        ) from None
+
+
 async def _connect(engine: AsyncEngine) -> AsyncConnection:
     try:
         return await engine.connect()

@@ -34,12 +34,14 @@ monitors); keep passwords out of it (``~/.pgpass``, ``PGPASSWORD``) when the bro
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,8 +59,9 @@ from ._ledger import (
     Send,
     decide,
 )
+from ._watchdog import DEFAULT_READ_TIMEOUT
 
-__all__ = ["DistributedReport", "JobError", "app", "make_app", "process"]
+__all__ = ["DistributedReport", "JobError", "app", "export", "make_app", "process"]
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_PARTITIONS = 16
@@ -204,7 +207,10 @@ def run_partition(folder: str, part: str, attempt: int, url: str) -> str:
     if claim is None:
         return "skipped"
     try:
-        result = _run_process_part(ledger, job, part, url)
+        if job["kind"] == "export":
+            result = asyncio.run(_export_part(ledger, job, part, url))
+        else:
+            result = _run_process_part(ledger, job, part, url)
     except BaseException as exc:
         claim.failed(exc)
         raise
@@ -364,16 +370,24 @@ def _follow(
     report: DistributedReport,
     sender: Celery,
     queue: str | None,
+    on_done: Callable[[str], None] | None = None,
 ) -> None:
-    """Send partitions and watch the ledger until every one is done (or the job fails)."""
+    """Send partitions and watch the ledger until every one is done (or the job fails);
+    ``on_done(part)`` runs once for each partition as it is seen done."""
     from ._source import mask_url
 
     parts = list(job["partitions"])
     started = time.monotonic()
     claimed_any = False
+    seen: set[str] = set()
     while True:
         now = time.monotonic()
         views = [ledger.view(part, now) for part in parts]
+        for view in views:
+            if view.done and view.part not in seen:
+                seen.add(view.part)
+                if on_done is not None:
+                    on_done(view.part)
         if all(view.done for view in views):
             return
         claimed_any = claimed_any or any(v.done or v.beat is not None for v in views)
@@ -401,3 +415,313 @@ def _follow(
                 queue=queue,
             )
         time.sleep(POLL_INTERVAL)
+
+
+# -- a partitioned export over workers ---------------------------------------------------------
+
+LEDGER_DIR = "_rowstream_ledger"
+
+
+async def _export_part(ledger: Ledger, job: dict[str, Any], part: str, url: str) -> dict[str, Any]:
+    """Write one part at the coordinator's snapshot into the ledger's folder (the coordinator
+    moves it into the dataset once it accepts the result)."""
+    from ._dataset import PartRecord, sha256_of
+    from ._jobs import write_part
+    from ._snapshot import SnapshotInfo, join_exported
+    from ._source import create_engine
+    from ._strategy import shielded
+
+    info = SnapshotInfo(**job["snapshot"])
+    spec = job["partitions"][part]
+    record = PartRecord(spec["id"], spec["file"], spec["bounds"])
+    path = ledger.root / record.file
+    engine = create_engine(url, pool_size=1, max_overflow=2)
+    try:
+        # Fails at once, saying so, when the coordinator no longer holds the snapshot.
+        conn = await join_exported(engine, info)
+        try:
+            rows, size = await write_part(
+                conn,
+                job["table"],
+                record.partition(),
+                path,
+                format=job["format"],
+                compression=job["compression"],
+                where=job["where"],
+                columns=job["columns"],
+                read_timeout=job["read_timeout"],
+                options={},
+                snapshot=info,
+            )
+        finally:
+            await shielded(conn.close())
+    finally:
+        await shielded(engine.dispose())
+    return {"rows": rows, "bytes": size, "sha256": await asyncio.to_thread(sha256_of, path)}
+
+
+def export(
+    source: str,
+    table: str,
+    folder: str | os.PathLike[str],
+    *,
+    format: str = "parquet",
+    compression: str | None = None,
+    where: str | None = None,
+    columns: list[str] | None = None,
+    partition_by: str | None = None,
+    jobs: int = 4,
+    resume: bool = False,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    lease: float = DEFAULT_LEASE,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    unclaimed: float = DEFAULT_UNCLAIMED,
+    broker: str | None = None,
+    queue: str | None = None,
+    celery_app: Celery | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Export ``table`` into the dataset ``folder`` with its partitions written by Celery workers.
+
+    The same dataset and manifest as ``rowstream export --jobs N -o DIR/``: the partitions are
+    planned for ``jobs`` workers (several partitions each), this process holds one PostgreSQL
+    snapshot (``pg_export_snapshot()``) until every part is written, and each task joins it
+    and verifies the point in time before reading, so the parts are one consistent copy. A
+    task that can no longer join (this process died) fails at once, saying so. Workers write
+    each part into the ledger's folder and this process moves it into the dataset, so a late
+    worker of an earlier run can never overwrite a part. ``resume=True`` after this process
+    died keeps the finished parts (and adopts those written since the last manifest) and reads
+    the others at a new snapshot; the manifest and the report then say the dataset comes from
+    two points in time. Returns the local export's report (``rowstream._jobs.JobReport``).
+
+    Example::
+
+        report = rowstream.celery.export(
+            "postgresql://app@db/shop", "orders", "/shared/exports/orders", jobs=8
+        )
+        print(report.summary())
+    """
+    if lease <= 0 or max_attempts < 1 or unclaimed <= 0 or jobs < 1:
+        raise ConfigurationError(
+            "jobs and max_attempts must be at least 1, lease and unclaimed positive"
+        )
+    sender = celery_app or (make_app(broker) if broker is not None else app)
+    rules = Rules(lease, max_attempts, unclaimed)
+    return asyncio.run(
+        _export(
+            source,
+            table,
+            Path(folder),
+            format=format,
+            compression=compression,
+            where=where,
+            columns=columns,
+            partition_by=partition_by,
+            jobs=jobs,
+            resume=resume,
+            read_timeout=read_timeout,
+            rules=rules,
+            sender=sender,
+            queue=queue,
+            progress=progress,
+        )
+    )
+
+
+async def _export(
+    source: str,
+    table: str,
+    folder: Path,
+    *,
+    format: str,
+    compression: str | None,
+    where: str | None,
+    columns: list[str] | None,
+    partition_by: str | None,
+    jobs: int,
+    resume: bool,
+    read_timeout: float | None,
+    rules: Rules,
+    sender: Celery,
+    queue: str | None,
+    progress: Callable[[str], None] | None,
+) -> Any:
+    from ._dataset import (
+        Manifest,
+        PartRecord,
+        check_same_export,
+        finished_parts,
+        now,
+        part_name,
+        point_in_time_warning,
+        prepare_directory,
+        write_manifest,
+    )
+    from ._guard import check_where
+    from ._jobs import JobReport, PartReport, _check_not_rewritten, _plan, _statement_text
+    from ._partition import DEFAULT_MIN_PARTITION_BYTES, DEFAULT_PARTITIONS_PER_JOB
+    from ._progress import peak_memory_mb
+    from ._snapshot import Snapshot
+    from ._source import create_engine, mask_url, split_url
+    from ._strategy import shielded
+
+    started = time.perf_counter()
+    dialect = split_url(source)[1]
+    if dialect != "postgresql":
+        raise ConfigurationError(
+            "a Celery export needs one snapshot that workers on other machines can join, which "
+            f"PostgreSQL exports and {dialect} cannot: on {dialect}, use rowstream export "
+            "--jobs N on one machine"
+        )
+    part_name(0, format, compression)  # an unknown format is refused before anything is made
+    if where is not None:
+        check_where(where, dialect)
+    manifest = prepare_directory(folder, resume=resume)
+    engine = create_engine(source, pool_size=2, max_overflow=2)
+    try:
+        database = mask_url(engine.url)
+        statement = _statement_text(engine, table, where, columns)
+        if manifest is None:
+            plan = await _plan(
+                engine,
+                table,
+                jobs,
+                partition_by,
+                DEFAULT_PARTITIONS_PER_JOB,
+                DEFAULT_MIN_PARTITION_BYTES,
+            )
+            manifest = Manifest(
+                database=database,
+                table=table,
+                statement=statement,
+                format=format,
+                compression=compression,
+                plan={
+                    "method": plan.method,
+                    "column": plan.column,
+                    "note": plan.note,
+                    "filenode": plan.filenode,
+                },
+                parts=[
+                    PartRecord(p.id, part_name(p.id, format, compression), p.bounds())
+                    for p in plan.partitions
+                ],
+            )
+        else:
+            check_same_export(manifest, database=database, statement=statement, fmt=format)
+            await _check_not_rewritten(engine, table, manifest)
+            compression = manifest.compression
+            _adopt(folder, manifest)
+        done = finished_parts(folder, manifest)
+        for record in manifest.parts:
+            if record.id not in done and record.state == "done":
+                record.state = "pending"  # its file is gone or not whole: read it again
+        kept = [
+            PartReport(r.id, r.file, r.rows or 0, r.bytes or 0, 0.0, r.sha256 or "", True)
+            for r in manifest.parts
+            if r.id in done
+        ]
+        pending = {f"p{r.id:05d}": r for r in manifest.parts if r.id not in done}
+        earlier = manifest.snapshots[-1].get("id") if manifest.snapshots else None
+        written: list[PartReport] = []
+        async with Snapshot(engine, sessions=1, existing=earlier) as snap:
+            if not snap.reused:
+                manifest.snapshots.append(snap.info.as_dict())
+            index = len(manifest.snapshots) - 1
+            write_manifest(folder, manifest)
+            ledger = Ledger(folder / LEDGER_DIR / f"s{index}", lease=rules.lease)
+            job = ledger.create(
+                {
+                    "kind": "export",
+                    "table": table,
+                    "where": where,
+                    "columns": columns,
+                    "format": format,
+                    "compression": compression,
+                    "read_timeout": read_timeout,
+                    "lease": rules.lease,
+                    "snapshot": snap.info.as_dict(),
+                    "partitions": {
+                        key: {"id": r.id, "file": r.file, "bounds": r.bounds}
+                        for key, r in pending.items()
+                    },
+                },
+                resume=(folder / LEDGER_DIR / f"s{index}" / "job.json").exists(),
+            )
+
+            def accept(part: str) -> None:
+                # This process alone moves parts into the dataset and writes the manifest.
+                record = pending[part]
+                result = ledger.result(part) or {}
+                os.replace(ledger.root / record.file, folder / record.file)
+                record.state, record.snapshot = "done", index
+                record.rows, record.bytes = int(result["rows"]), int(result["bytes"])
+                record.sha256, record.finished_at = str(result["sha256"]), now()
+                write_manifest(folder, manifest)
+                written.append(
+                    PartReport(
+                        record.id,
+                        record.file,
+                        record.rows,
+                        record.bytes,
+                        0.0,
+                        record.sha256,
+                        False,
+                        int(result.get("attempt", 1)) - 1,
+                    )
+                )
+                if progress is not None:
+                    progress(
+                        f"{len(kept) + len(written)}/{len(manifest.parts)} parts, "
+                        f"{sum(p.rows for p in (*kept, *written)):,} rows"
+                    )
+
+            report = DistributedReport()
+            await asyncio.to_thread(
+                _follow, ledger, job, source, rules, report, sender, queue, accept
+            )
+            info = snap.info
+        manifest.state = "complete"
+        write_manifest(folder, manifest)
+    finally:
+        await shielded(engine.dispose())
+    warning = point_in_time_warning(manifest)
+    parts = tuple(sorted([*kept, *written], key=lambda p: p.id))
+    return JobReport(
+        directory=str(folder),
+        format=manifest.format,
+        rows=sum(p.rows for p in parts),
+        bytes=sum(p.bytes for p in parts),
+        seconds=time.perf_counter() - started,
+        jobs=jobs,
+        plan=str(manifest.plan.get("method")),
+        parts=parts,
+        snapshot=info,
+        exact=warning is None,
+        warning=warning,
+        peak_memory_mb=peak_memory_mb(),
+    )
+
+
+def _adopt(folder: Path, manifest: Any) -> None:
+    """On resume: parts that workers finished after the last manifest write (the coordinator
+    died in between) are moved into place and recorded, at the snapshot they were read at."""
+    from ._ledger import read_json
+
+    by_id = {r.id: r for r in manifest.parts}
+    for done in sorted((folder / LEDGER_DIR).glob("s*/parts/p*.done.json")):
+        index = int(done.parent.parent.name[1:])
+        record = by_id.get(int(done.name[1:].split(".")[0]))
+        result = read_json(done)
+        if record is None or result is None or record.state == "done":
+            continue
+        staged = done.parent.parent / record.file
+        try:
+            size = staged.stat().st_size
+        except FileNotFoundError:
+            continue
+        if size != int(result["bytes"]):
+            continue
+        os.replace(staged, folder / record.file)
+        record.state, record.snapshot = "done", index
+        record.rows, record.bytes, record.sha256 = int(result["rows"]), size, result["sha256"]
