@@ -74,7 +74,7 @@ async def test_mariadb_csv(my_table: str, tmp_path: Path) -> None:
     out = tmp_path / "my.csv"
     report = await rowstream.export(my_table, MY_TABLE, out)
     assert out.read_text(encoding="utf-8") == MY_CSV
-    assert report.rows == 3 and report.strategy == "stream"
+    assert report.rows == 3 and report.method == "stream"
 
 
 async def test_mariadb_jsonl(my_table: str, tmp_path: Path) -> None:
