@@ -2,18 +2,21 @@
 
 The oracles are the server's own renderings: ``COPY ... TO STDOUT WITH CSV HEADER`` (CSV),
 ``to_jsonb()`` (JSONL) and the Arrow types of the issue (Parquet). Both strategies (COPY and
-the generic stream) must write the same thing.
+the generic stream, ``method="copy"`` and ``"stream"``) must write the same thing, to a file
+or to any writable stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pyarrow as pa
@@ -91,9 +94,7 @@ async def _oracle_copy(url: str, query: str) -> bytes:
 
 
 @pytest.mark.parametrize("method", METHODS)
-async def test_csv_is_byte_identical_to_copy(
-    types_table: str, tmp_path: Path, method: str
-) -> None:
+async def test_csv_is_byte_identical_to_copy(types_table: str, tmp_path: Path, method: str) -> None:
     out = tmp_path / "types.csv"
     report = await rowstream.export(types_table, sa.text(QUERY), out, method=method)  # type: ignore[arg-type]
     expected = await _oracle_copy(types_table, QUERY)
@@ -397,3 +398,54 @@ async def test_connection_lost_in_the_middle(lost_table: str, tmp_path: Path, na
     with pytest.raises(rowstream.ConnectionLostError, match="run the export again"):
         await task
     assert _largest(tmp_path) == -1
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+async def test_into_a_stream_is_the_file(
+    types_table: str, tmp_path: Path, method: str, fmt: str
+) -> None:
+    target = tmp_path / f"types.{fmt}"
+    await rowstream.export(types_table, sa.text(QUERY), target, method=method)  # type: ignore[arg-type]
+    buffer = io.BytesIO()
+    report = await rowstream.export(
+        types_table,
+        sa.text(QUERY),
+        buffer,
+        format=fmt,  # type: ignore[arg-type]
+        method=method,  # type: ignore[arg-type]
+    )
+    assert buffer.getvalue() == target.read_bytes()
+    assert report.bytes == len(buffer.getvalue()) and report.rows == 4
+
+
+class _Refusing(io.RawIOBase):
+    """A stream whose writes fail after ``allowed`` bytes (a client that went away)."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.written + len(data) > self.allowed:
+            raise BrokenPipeError("peer went away")
+        self.written += len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+async def test_a_stream_that_fails_midway(pg_url: str, method: str, fmt: str) -> None:
+    # The failure comes from inside asyncpg's COPY callback, ADBC's writer thread or the
+    # stream loop: one SinkError naming the stream, and the connection is not left busy.
+    query = sa.text("SELECT i, md5(i::text) AS pad FROM generate_series(1, 300000) i")
+    out = _Refusing(allowed=64 * 1024)
+    with pytest.raises(rowstream.SinkError, match=r"cannot write to <_Refusing>.*peer went away"):
+        await rowstream.export(pg_url, query, out, format=fmt, method=method)  # type: ignore[arg-type]
+    assert 0 < out.written <= 64 * 1024
+    buffer = io.BytesIO()
+    await rowstream.export(pg_url, sa.text("SELECT 1 AS x"), buffer, method=method)  # type: ignore[arg-type]
+    assert buffer.getvalue() == b"x\n1\n"
