@@ -36,6 +36,8 @@ from ._sinks._format import format_for_path
 from ._sinks._options import FORMATS, Format
 from ._sinks._output import Target, check_target, is_stream, open_output, target_name
 from ._sizing import DEFAULT_BATCH_BYTES
+from ._source import resolve_source
+from ._statement import check_sqlite_file
 from ._strategy import shielded
 from ._values import DEFAULT_ZERO_DATES, ZeroDates
 from ._watchdog import DEFAULT_READ_TIMEOUT
@@ -144,9 +146,6 @@ async def export(
         buffer = io.BytesIO()
         await rowstream.export("sqlite:///shop.db", "orders", buffer, format="parquet")
     """
-    from ._source import resolve_source
-    from ._statement import check_sqlite_file
-
     started = time.perf_counter()
     fmt, compression = format_for_path(None if is_stream(path) else str(path), format, compression)
     options = ExportOptions(

@@ -24,6 +24,7 @@ imports only what its own path needs (ADBC and pyarrow load for Parquet only).
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .._sinks import Sinks
     from .._source import ResolvedSource
 
-__all__ = ["Progress", "Reader", "pick_reader"]
+__all__ = ["Progress", "Reader", "pick_reader", "preload"]
 
 
 class Progress(Protocol):
@@ -72,3 +73,20 @@ def pick_reader(plan: ExportPlan, resolved: ResolvedSource) -> Reader:
     from ._pgcopy import PgCopyReader
 
     return PgCopyReader(plan, resolved)
+
+
+def preload(backend: str, format: str) -> None:
+    """Import now the modules an export from ``backend`` (a URL's, ``"postgresql"``...) to
+    ``format`` will read with, as :func:`pick_reader` would on the default method.
+
+    For the CLI, which imports while the cyclic collector is paused (``rowstream._cli.loading``);
+    the library itself imports them on first use.
+    """
+    if backend != "postgresql":
+        modules = ["rowstream._stream", "rowstream._readers._rows"]
+    elif format == "parquet":
+        modules = ["rowstream._pgarrow", "rowstream._readers._pgarrow"]
+    else:
+        modules = ["rowstream._readers._pgcopy"]
+    for name in modules:
+        importlib.import_module(name)
