@@ -48,7 +48,7 @@ class PgArrowReader:
 
         engine, options = self._engine, self._plan.options
         async with pg_session(engine, options.read_timeout) as (apg, _arrived):
-            columns, estimate = await probe(apg, self._sql)
+            columns, estimate = await probe(apg, self._sql, estimate=progress.enabled)
         # The rows come over a connection of ADBC's: the probe's connection is back in the
         # pool by then, so a pool of one cannot deadlock.
         progress.set_estimate(estimate)

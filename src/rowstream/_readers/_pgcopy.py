@@ -34,10 +34,13 @@ class PgCopyReader:
     async def read(self, sinks: Sinks, progress: Progress) -> int:
         sql = self._sql
         async with pg_session(self._engine, self._plan.options.read_timeout) as (apg, arrived):
-            columns, estimate = await probe(apg, sql)
+            counting = progress.enabled  # counting lines costs a pass over the data
+            # CSV's header comes from COPY: its columns need no description.
+            columns, estimate = await probe(
+                apg, sql, describe=self._plan.format != "csv", estimate=counting
+            )
             progress.set_estimate(estimate)
             sink = sinks.encoded([c.name for c in columns])
-            counting = progress.enabled  # counting lines costs a pass over the data
 
             async def write(chunk: bytes) -> None:
                 arrived()

@@ -77,8 +77,9 @@ async def pg_session(
 
 
 async def pg_columns(
-    engine: AsyncEngine, sql: str, read_timeout: float | None
+    engine: AsyncEngine, sql: str, read_timeout: float | None, *, estimate: bool = True
 ) -> tuple[list[PgColumn], int | None]:
-    """The columns of ``sql`` as the catalog describes them, and the planner's row estimate."""
+    """The columns of ``sql`` as the catalog describes them, and the planner's row estimate
+    (None unless ``estimate``)."""
     async with pg_session(engine, read_timeout) as (apg, _arrived):
-        return await probe(apg, sql)
+        return await probe(apg, sql, estimate=estimate)

@@ -114,7 +114,9 @@ class PgStreamReader:
 
     async def read(self, sinks: Sinks, progress: Progress) -> int:
         plan, sql = self._plan, self._sql
-        columns, estimate = await pg_columns(self._engine, sql, plan.options.read_timeout)
+        columns, estimate = await pg_columns(
+            self._engine, sql, plan.options.read_timeout, estimate=progress.enabled
+        )
         progress.set_estimate(estimate)
         names = [c.name for c in columns]
         if plan.format == "parquet":
@@ -160,7 +162,8 @@ class RowsReader:
 
     async def read(self, sinks: Sinks, progress: Progress) -> int:
         plan = self._plan
-        progress.set_estimate(await _mysql_estimate(self._resolved, plan.statement))
+        if progress.enabled:  # only a progress bar shows the estimate
+            progress.set_estimate(await _mysql_estimate(self._resolved, plan.statement))
         typed = plan.arrow or []
 
         def open_rows(keys: list[str]) -> Any:
