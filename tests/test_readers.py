@@ -3,14 +3,22 @@ asks the server to render; no database: nothing connects until ``read``."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 
+import rowstream
 from rowstream._export_plan import ExportOptions, ExportPlan
 from rowstream._pgcopy import PgColumn
 from rowstream._readers import pick_reader
 from rowstream._readers._rows import pg_text
 from rowstream._source import resolve_source
+
+_ENV = {**os.environ, "PYTHONPATH": str(Path(rowstream.__file__).resolve().parents[1])}
 
 
 @pytest.mark.parametrize(
@@ -72,3 +80,18 @@ def test_pg_text_renders_as_copy_and_to_jsonb(typname: str, fmt: str, sql: str) 
 def test_pg_text_timestamptz_is_utc_whatever_the_session() -> None:
     sql = pg_text(PgColumn("c", "timestamptz", -1, None), "csv")
     assert "AT TIME ZONE 'UTC'" in sql and "isfinite" in sql and "+00 BC" in sql
+
+
+def test_readers_know_no_encoder() -> None:
+    # A reader hands Arrow batches to whatever sink it is given: importing the ADBC reader
+    # loads no Parquet encoder, and the CSV path neither pyarrow nor ADBC.
+    code = (
+        "import sys, rowstream._pgarrow, rowstream._readers._pgarrow\n"
+        "assert 'rowstream._sinks._parquet' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=_ENV)
+    code = (
+        "import sys, rowstream._export, rowstream._readers._pgcopy, rowstream._readers._rows\n"
+        "assert not {'pyarrow', 'adbc_driver_manager'} & set(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=_ENV)

@@ -2,6 +2,7 @@
 
 rowstream export postgresql://app@db/shop --table sales.orders -o orders.parquet
 rowstream export mysql://root@db/shop --query "SELECT id, total FROM orders" -o - --format jsonl
+rowstream export postgresql://app@db/shop --table orders -o - --format parquet > orders.parquet
 """
 
 # This docstring is the command's --help description: plain text, no markup. The parser needs
@@ -32,7 +33,11 @@ def register(subparsers: Any) -> None:
     what.add_argument("--table", metavar="NAME", help="table to export: table or schema.table")
     what.add_argument("--query", metavar="SQL", help="a SELECT to export")
     parser.add_argument(
-        "-o", "--output", required=True, metavar="PATH", help="output file, or - for stdout"
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="output file, or - for stdout (any format, Parquet too)",
     )
     parser.add_argument(
         "--format",
