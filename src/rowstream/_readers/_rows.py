@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -36,15 +37,19 @@ if TYPE_CHECKING:
 
 __all__ = ["PgStreamReader", "RowsReader", "pg_text"]
 
+Rows = Sequence[Sequence[Any]]
+#: Given the stream's column names, the function each batch of rows goes to.
+OpenWrite = Callable[[list[str]], Callable[[Rows], None]]
+
 
 async def _stream_rows(
     plan: ExportPlan,
     resolved: ResolvedSource,
     statement: Statement,
-    open_sink: Any,
+    open_write: OpenWrite,
     progress: Progress,
 ) -> int:
-    """Stream ``statement``; ``open_sink(names)`` gives the function each batch goes to."""
+    """Stream ``statement``; ``open_write(names)`` gives the function each batch goes to."""
     from .._stream import stream
 
     options = plan.options
@@ -56,7 +61,7 @@ async def _stream_rows(
         batch_bytes=options.batch_bytes,
         read_timeout=options.read_timeout,
     ) as rows:
-        write = open_sink(list(rows.keys()))
+        write = open_write(list(rows.keys()))
         async for batch in rows.batches():
             write(batch)
             total += len(batch)
@@ -125,21 +130,21 @@ class PgStreamReader:
             read = PgRead(columns, infinity=plan.options.infinity, nan=plan.options.nan)
             query = read.query(sql, adbc=False)
 
-            def open_batches(keys: list[str]) -> Any:
+            def open_batches(keys: list[str]) -> Callable[[Rows], None]:
                 sink = sinks.batches(read.columns)
 
-                def write(rows: Any) -> None:
+                def write(rows: Rows) -> None:
                     if rows:
                         sink.write_batch(read.rows_batch(rows))
 
                 return write
 
-            opener = open_batches
+            opener: OpenWrite = open_batches
         else:
             texts = ", ".join(pg_text(c, plan.format) for c in columns)
             query = f"SELECT {texts} FROM ({sql}) AS t"
 
-            def open_rows(keys: list[str]) -> Any:
+            def open_rows(keys: list[str]) -> Callable[[Rows], None]:
                 same = len(names) == len(keys)
                 return sinks.rows(names if same else keys, rendered=True).write_rows
 
@@ -166,7 +171,7 @@ class RowsReader:
             progress.set_estimate(await _mysql_estimate(self._resolved, plan.statement))
         typed = plan.arrow or []
 
-        def open_rows(keys: list[str]) -> Any:
+        def open_rows(keys: list[str]) -> Callable[[Rows], None]:
             names = [c.name for c in typed] if len(typed) == len(keys) else keys
             values = _values_plan(names, plan)
             sink: Sink
@@ -177,7 +182,11 @@ class RowsReader:
             if values is None or not values.active:
                 return sink.write_rows
             fix = values.apply
-            return lambda rows: sink.write_rows(fix(rows))
+
+            def write(rows: Rows) -> None:
+                sink.write_rows(fix(rows))
+
+            return write
 
         return await _stream_rows(plan, self._resolved, plan.statement, open_rows, progress)
 
