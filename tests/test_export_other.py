@@ -260,3 +260,17 @@ async def test_sqlite_stream_that_fails_midway(sqlite_url: str, fmt: str) -> Non
     with pytest.raises(rowstream.SinkError, match=r"cannot write to <_Refusing>.*peer went away"):
         await rowstream.export(sqlite_url, "many", out, format=fmt, batch_rows=100)  # type: ignore[arg-type]
     assert 0 < out.written <= 5000
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "none"])
+async def test_sqlite_parquet_codecs_stay_inside_the_file(
+    lite_table: str, tmp_path: Path, codec: str
+) -> None:
+    # Parquet's gzip is a page codec: the file itself is not gzip'd (it was, once).
+    out = tmp_path / "lite.parquet"
+    await rowstream.export(lite_table, "exp_lite", out, compression=codec)
+    metadata = pq.ParquetFile(out).metadata
+    assert metadata.num_rows == 4
+    assert metadata.row_group(0).column(0).compression == codec.upper().replace(
+        "NONE", "UNCOMPRESSED"
+    )

@@ -172,8 +172,10 @@ async def export(
             options=options,
         )
         reader = pick_reader(plan, resolved)
+        # gzip around text; Parquet compresses inside the file (its "gzip" is a page codec).
+        whole_file = compression if fmt != "parquet" else None
         try:
-            with ExportProgress(enabled=progress) as bar, open_output(path, compression) as out:
+            with ExportProgress(enabled=progress) as bar, open_output(path, whole_file) as out:
                 rows = await run(reader, Sinks(fmt, out.out, compression), _Meter(bar, out))
         finally:
             await shielded(reader.aclose())
