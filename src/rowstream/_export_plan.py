@@ -106,6 +106,8 @@ class ExportPlan:
     arrow: list[ArrowColumn] | None = None
     #: What each column's values need to be exact (rowstream._values); None: nothing known.
     kinds: list[PlanColumn] | None = None
+    #: PostgreSQL: the statement as its readers send it (checked to be one read), else "".
+    sql: str = ""
 
 
 async def plan_export(
@@ -124,7 +126,7 @@ async def plan_export(
     from sqlalchemy.sql.selectable import TextualSelect
 
     from ._coltypes import query_kinds, typed_arrow
-    from ._statement import build_statement
+    from ._statement import build_statement, render_sql
 
     chosen = choose_method(method, resolved.dialect, resolved.borrowed is not None)
     if options.text_columns and resolved.dialect == "postgresql":
@@ -135,10 +137,12 @@ async def plan_export(
     statement, arrow, kinds = await build_statement(
         resolved, table_or_statement, where, columns, format
     )
-    if resolved.dialect != "postgresql":
-        if kinds is None and isinstance(statement, (TextClause, TextualSelect)):
-            statement, kinds = await query_kinds(resolved, statement)
-        arrow = typed_arrow(
-            arrow, kinds, resolved.dialect, format, options.zero_dates, options.text_columns
-        )
+    if resolved.dialect == "postgresql":
+        sql = render_sql(resolved.engine, statement)
+        return ExportPlan(statement, format, chosen, resolved.dialect, options, sql=sql)
+    if kinds is None and isinstance(statement, (TextClause, TextualSelect)):
+        statement, kinds = await query_kinds(resolved, statement)
+    arrow = typed_arrow(
+        arrow, kinds, resolved.dialect, format, options.zero_dates, options.text_columns
+    )
     return ExportPlan(statement, format, chosen, resolved.dialect, options, arrow, kinds)

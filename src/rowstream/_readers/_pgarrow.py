@@ -36,12 +36,10 @@ class PgArrowReader:
     method = "copy"
 
     def __init__(self, plan: ExportPlan, resolved: ResolvedSource) -> None:
-        from .._statement import render_sql
-
         self._plan = plan
         self._engine = asyncpg_engine(resolved)
         self._owns_engine = self._engine is not resolved.engine
-        self._sql = render_sql(self._engine, plan.statement)
+        self._sql = plan.sql
 
     async def read(self, sinks: Sinks, progress: Progress) -> int:
         from .._pgarrow import CannotConnect, copy_to_arrow

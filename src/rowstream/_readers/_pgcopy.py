@@ -24,12 +24,10 @@ class PgCopyReader:
     method = "copy"
 
     def __init__(self, plan: ExportPlan, resolved: ResolvedSource) -> None:
-        from .._statement import render_sql
-
         self._plan = plan
         self._engine = asyncpg_engine(resolved)
         self._owns_engine = self._engine is not resolved.engine
-        self._sql = render_sql(self._engine, plan.statement)
+        self._sql = plan.sql
 
     async def read(self, sinks: Sinks, progress: Progress) -> int:
         sql = self._sql

@@ -108,14 +108,12 @@ class PgStreamReader:
     method = "stream"
 
     def __init__(self, plan: ExportPlan, resolved: ResolvedSource) -> None:
-        from .._statement import render_sql
-
         self._plan = plan
         self._resolved = resolved
         # The probe goes through asyncpg (its prepared statements describe the columns).
         self._engine = asyncpg_engine(resolved)
         self._owns_engine = self._engine is not resolved.engine
-        self._sql = render_sql(resolved.engine, plan.statement)
+        self._sql = plan.sql
 
     async def read(self, sinks: Sinks, progress: Progress) -> int:
         plan, sql = self._plan, self._sql
