@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast, runtime_checkable
 
-from .._atomic import STDOUT, AtomicFile, write_error
+from .._atomic import STDOUT, AtomicFile, check_writable, write_error
 from .._exceptions import SinkError
 
 __all__ = [
@@ -63,8 +63,6 @@ def check_target(target: Target) -> None:
     """Refuse early, before any query, a target that cannot be written."""
     if isinstance(target, (str, os.PathLike)):
         if str(target) != STDOUT:
-            from .._atomic import check_writable
-
             check_writable(Path(target))
     elif not is_stream(target):
         raise SinkError(
