@@ -3,6 +3,8 @@
     python bench/bench_export.py                 # 5M rows, every tool
     python bench/bench_export.py --sizes 1000000,5000000 --only rowstream-parquet,rowstream-csv
     python bench/bench_export.py --repeat 3      # interleaved rounds, median per variant
+    python bench/bench_export.py --sizes 500000 --only rowstream-csv --before /tmp/old/src
+                                                 # and an older tree's rowstream, same run
 
 Each variant runs in a fresh child process (peak RSS is that child's own, from ``os.wait4``;
 for psql, the largest of the wrapper and psql). Every variant reads the same rows
@@ -57,6 +59,8 @@ _NEEDS = {
     "dlt-parquet": "dlt",
 }
 PANDAS_CHUNK = 100_000
+#: Prefix of the rowstream variants run from the older tree given by --before.
+BEFORE = "before-"
 
 
 def query(rows: int) -> str:
@@ -67,8 +71,10 @@ def query(rows: int) -> str:
 # ---------------------------------------------------------------- children
 
 
-def child_rowstream(fmt: str, dsn: str, rows: int, out: Path) -> None:
+def child_rowstream(fmt: str, dsn: str, rows: int, out: Path, src: Path | None = None) -> None:
     # The command users run, in this process: `rowstream export URL --table ... -o PATH`.
+    if src is not None:
+        sys.path.insert(0, str(src))  # an older tree (--before), ahead of the installed one
     from rowstream._cli import main as cli
 
     if fmt == "parquet":
@@ -224,8 +230,10 @@ def child_psql(dsn: str, rows: int, out: Path) -> None:
     child_report(count, seconds)
 
 
-def run_variant(name: str, dsn: str, rows: int, out: Path) -> None:
-    if name.startswith("rowstream-"):
+def run_variant(name: str, dsn: str, rows: int, out: Path, before: Path | None) -> None:
+    if name.startswith(BEFORE):
+        child_rowstream(name.rsplit("-", 1)[1], dsn, rows, out, before)
+    elif name.startswith("rowstream-"):
         child_rowstream(name.split("-", 1)[1], dsn, rows, out)
     elif name == "adbc-parquet":
         child_adbc(dsn, rows, out)
@@ -258,18 +266,23 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds; each variant's median run is reported"
     )
+    parser.add_argument(
+        "--before", type=Path, help="an older src/ tree: its rowstream variants run alongside"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=ORDERS_ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_variant(args.child, args.dsn, args.rows, args.out)
+        run_variant(args.child, args.dsn, args.rows, args.out, args.before)
         return
 
     built = asyncio.run(ensure_orders(args.dsn))
     if built:
         print(f"built {ORDERS_TABLE} in {built:.0f} s", file=sys.stderr)
     names = [n for n in (args.only.split(",") if args.only else VARIANTS) if _available(n)]
+    if args.before is not None:
+        names += [BEFORE + n for n in names if n.startswith("rowstream-")]
     for rows in [int(s) for s in args.sizes.split(",")]:
         runs: dict[str, list[Result]] = {name: [] for name in names}
         with tempfile.TemporaryDirectory(prefix="bench_export_") as tmp:
@@ -277,7 +290,7 @@ def main() -> None:
             # run of each rather than every run of one.
             for _ in range(args.repeat):
                 for name in names:
-                    result = measure(name, args.dsn, rows, Path(tmp))
+                    result = measure(name, args.dsn, rows, Path(tmp), args.before)
                     if result is not None:
                         runs[name].append(result)
         results = [_median(r) for r in runs.values() if r]
@@ -285,6 +298,14 @@ def main() -> None:
         print(
             ratio_table(results, [("vs ADBC", "adbc-parquet"), ("vs psql \\copy", "psql-copy-csv")])
         )
+        by_name = {r.name: r for r in results}
+        for old in [r for r in results if r.name.startswith(BEFORE)]:
+            new = by_name.get(old.name[len(BEFORE) :])
+            if new is not None and old.rows_per_second:
+                print(
+                    f"{new.name}: this tree / --before = "
+                    f"{new.rows_per_second / old.rows_per_second:.2f}x rows/s"
+                )
 
 
 def _available(name: str) -> bool:
@@ -295,9 +316,11 @@ def _available(name: str) -> bool:
     return True
 
 
-def measure(name: str, dsn: str, rows: int, tmp: Path) -> Result | None:
+def measure(name: str, dsn: str, rows: int, tmp: Path, before: Path | None) -> Result | None:
     out = tmp / f"{name}{suffix(name)}"
     argv = [sys.executable, __file__, "--child", name, "--dsn", dsn]
+    if before is not None:
+        argv += ["--before", str(before)]
     argv += ["--rows", str(rows), "--out", str(out)]
     try:
         report, peak = run_child(argv)

@@ -3,9 +3,10 @@
 A command-line user waits for the imports on every call, so this measures what issue 11 asks:
 ``rowstream --help`` (target < 0.25 s) and a 1-row export (target < 0.45 s), against the floors
 they stand on (an empty interpreter; SQLAlchemy's own import; what an async PostgreSQL export
-cannot avoid loading). Commands run round-robin, so machine noise hits them alike; the table
-gives the median wall time and the median CPU time (user + system, from ``os.wait4``: the
-child's own, which load on a shared machine inflates less than the wall time).
+cannot avoid loading), and psql's 1-row ``\\copy`` as the peer. Commands run round-robin, so
+machine noise hits them alike; the table gives the median wall time and the median CPU time
+(user + system, from ``os.wait4``: the child's own, which load on a shared machine inflates less
+than the wall time).
 
 Source trees are byte-compiled first (a real install has its .pyc files; this environment sets
 PYTHONDONTWRITEBYTECODE, which would otherwise make every run compile rowstream anew).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -71,6 +73,15 @@ FLOORS: list[tuple[str, list[str]]] = [
 ]
 
 
+def peers(pg_url: str, work: Path) -> list[tuple[str, list[str]]]:
+    """(name, full argv) of the peer tools measured in the same run: psql's 1-row ``\\copy``."""
+    psql = shutil.which("psql")
+    if psql is None:
+        return []
+    copy = f"\\copy (SELECT 1 AS x) TO '{work / 'psql.csv'}' WITH CSV HEADER"
+    return [("peer: psql \\copy 1 row -> CSV", [psql, "-X", "-q", pg_url, "-c", copy])]
+
+
 def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall and CPU seconds of one run of ``argv``."""
     started = time.perf_counter()
@@ -101,6 +112,8 @@ def main() -> int:
         base_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         for name, argv in FLOORS:
             plan.append((name, [sys.executable, *argv], base_env))
+        for name, argv in peers(args.pg, work):
+            plan.append((name, argv, base_env))
         for label, tree in trees:
             env = {**base_env, "PYTHONPATH": str(tree)}
             for name, argv in commands(args.pg, work):

@@ -184,8 +184,8 @@ async def _export(url: str, table: str, fmt: str, strategy: str) -> dict[str, An
     suffix = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}[fmt]
     with tempfile.TemporaryDirectory(prefix="rowstream-wide-") as tmp:
         path = os.path.join(tmp, "out" + suffix)
-        report = await rowstream.export(url, table, path, strategy=strategy)  # type: ignore[arg-type]
-        return {"rows": report.rows, "bytes": report.bytes, "strategy": report.strategy}
+        report = await rowstream.export(url, table, path, method=strategy)  # type: ignore[arg-type]
+        return {"rows": report.rows, "bytes": report.bytes, "strategy": report.method}
 
 
 def child(case: str, url: str, table: str, kind: str) -> None:

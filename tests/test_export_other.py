@@ -8,12 +8,14 @@ digit of a decimal, dates in ISO 8601. The expected files below are those rules 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,7 +76,7 @@ async def test_mariadb_csv(my_table: str, tmp_path: Path) -> None:
     out = tmp_path / "my.csv"
     report = await rowstream.export(my_table, MY_TABLE, out)
     assert out.read_text(encoding="utf-8") == MY_CSV
-    assert report.rows == 3 and report.strategy == "stream"
+    assert report.rows == 3 and report.method == "stream"
 
 
 async def test_mariadb_jsonl(my_table: str, tmp_path: Path) -> None:
@@ -211,3 +213,64 @@ async def test_sqlite_unknown_table_and_column(lite_table: str, tmp_path: Path) 
 
 def _names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+async def test_sqlite_into_a_stream_is_the_file(lite_table: str, tmp_path: Path, fmt: str) -> None:
+    # Any object with write(bytes) takes every format, the same bytes as the file.
+    target = tmp_path / f"lite.{fmt}"
+    await rowstream.export(lite_table, "exp_lite", target)
+    buffer = io.BytesIO()
+    report = await rowstream.export(lite_table, "exp_lite", buffer, format=fmt)  # type: ignore[arg-type]
+    assert buffer.getvalue() == target.read_bytes()
+    assert report.rows == 4 and report.bytes == len(buffer.getvalue())
+    assert report.path == "<BytesIO>" and not buffer.closed
+
+
+class _Refusing(io.RawIOBase):
+    """A stream whose writes fail after ``allowed`` bytes (a client that went away)."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.written + len(data) > self.allowed:
+            raise ConnectionResetError("peer went away")
+        self.written += len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+async def test_sqlite_stream_that_fails_midway(sqlite_url: str, fmt: str) -> None:
+    engine = rowstream.create_engine(sqlite_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE many (id INTEGER PRIMARY KEY, note TEXT)")
+            await conn.exec_driver_sql(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
+                "INSERT INTO many SELECT i, 'note ' || i FROM n"
+            )
+    finally:
+        await engine.dispose()
+    out = _Refusing(allowed=5000)
+    with pytest.raises(rowstream.SinkError, match=r"cannot write to <_Refusing>.*peer went away"):
+        await rowstream.export(sqlite_url, "many", out, format=fmt, batch_rows=100)  # type: ignore[arg-type]
+    assert 0 < out.written <= 5000
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "none"])
+async def test_sqlite_parquet_codecs_stay_inside_the_file(
+    lite_table: str, tmp_path: Path, codec: str
+) -> None:
+    # Parquet's gzip is a page codec: the file itself is not gzip'd (it was, once).
+    out = tmp_path / "lite.parquet"
+    await rowstream.export(lite_table, "exp_lite", out, compression=codec)
+    metadata = pq.ParquetFile(out).metadata
+    assert metadata.num_rows == 4
+    assert metadata.row_group(0).column(0).compression == codec.upper().replace(
+        "NONE", "UNCOMPRESSED"
+    )

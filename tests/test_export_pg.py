@@ -2,18 +2,21 @@
 
 The oracles are the server's own renderings: ``COPY ... TO STDOUT WITH CSV HEADER`` (CSV),
 ``to_jsonb()`` (JSONL) and the Arrow types of the issue (Parquet). Both strategies (COPY and
-the generic stream) must write the same thing.
+the generic stream, ``method="copy"`` and ``"stream"``) must write the same thing, to a file
+or to any writable stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pyarrow as pa
@@ -61,7 +64,7 @@ INSERT INTO {TABLE} VALUES
  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
 """
 QUERY = f"SELECT * FROM {TABLE} ORDER BY id"
-STRATEGIES = ("copy", "stream")
+METHODS = ("copy", "stream")
 
 
 @pytest.fixture
@@ -90,23 +93,21 @@ async def _oracle_copy(url: str, query: str) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_csv_is_byte_identical_to_copy(
-    types_table: str, tmp_path: Path, strategy: str
-) -> None:
+@pytest.mark.parametrize("method", METHODS)
+async def test_csv_is_byte_identical_to_copy(types_table: str, tmp_path: Path, method: str) -> None:
     out = tmp_path / "types.csv"
-    report = await rowstream.export(types_table, sa.text(QUERY), out, strategy=strategy)  # type: ignore[arg-type]
+    report = await rowstream.export(types_table, sa.text(QUERY), out, method=method)  # type: ignore[arg-type]
     expected = await _oracle_copy(types_table, QUERY)
     assert out.read_bytes() == expected
     assert report.rows == 4
     assert report.bytes == len(expected)
-    assert report.strategy == strategy
+    assert report.method == method
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_jsonl_values_are_to_jsonb(types_table: str, tmp_path: Path, strategy: str) -> None:
+@pytest.mark.parametrize("method", METHODS)
+async def test_jsonl_values_are_to_jsonb(types_table: str, tmp_path: Path, method: str) -> None:
     out = tmp_path / "types.jsonl"
-    await rowstream.export(types_table, sa.text(QUERY), out, strategy=strategy)  # type: ignore[arg-type]
+    await rowstream.export(types_table, sa.text(QUERY), out, method=method)  # type: ignore[arg-type]
     conn = await asyncpg.connect(types_table)
     try:
         await conn.execute("SET TimeZone = 'UTC'")
@@ -134,8 +135,8 @@ async def test_jsonl_strategies_write_the_same_bytes(types_table: str, tmp_path:
     # COPY builds cheap scalars with to_json() or plain text, the stream path with to_jsonb()
     # everywhere: byte for byte the same, floats' exponents and NaN included.
     copied, streamed = tmp_path / "copy.jsonl", tmp_path / "stream.jsonl"
-    await rowstream.export(types_table, sa.text(QUERY), copied, strategy="copy")
-    await rowstream.export(types_table, sa.text(QUERY), streamed, strategy="stream")
+    await rowstream.export(types_table, sa.text(QUERY), copied, method="copy")
+    await rowstream.export(types_table, sa.text(QUERY), streamed, method="stream")
     assert copied.read_bytes() == streamed.read_bytes()
     line = copied.read_text(encoding="utf-8").splitlines()[0]
     assert '"f8": 179769313486231570000000000000000000000' in line  # to_jsonb's float
@@ -168,12 +169,12 @@ EXPECTED_ARROW = {
 }
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_parquet_types_and_values(types_table: str, tmp_path: Path, strategy: str) -> None:
+@pytest.mark.parametrize("method", METHODS)
+async def test_parquet_types_and_values(types_table: str, tmp_path: Path, method: str) -> None:
     out = tmp_path / "types.parquet"
-    report = await rowstream.export(types_table, sa.text(QUERY), out, strategy=strategy)  # type: ignore[arg-type]
+    report = await rowstream.export(types_table, sa.text(QUERY), out, method=method)  # type: ignore[arg-type]
     # "copy": binary COPY decoded by ADBC; never a silent fall-back to the cursor.
-    assert report.strategy == strategy
+    assert report.method == method
     table = pq.read_table(out)
     assert {f.name: f.type for f in table.schema} == EXPECTED_ARROW
     assert pq.ParquetFile(out).metadata.row_group(0).column(0).compression == "ZSTD"
@@ -216,7 +217,7 @@ async def test_parquet_oid_and_numeric_arrays(pg_url: str, tmp_path: Path) -> No
         "'NaN'::numeric AS n"
     )
     out = tmp_path / "cast.parquet"
-    assert (await rowstream.export(pg_url, query, out)).strategy == "copy"
+    assert (await rowstream.export(pg_url, query, out)).method == "copy"
     table = pq.read_table(out)
     assert table.schema.field("o").type == pa.int64()
     assert table.schema.field("na").type == pa.list_(pa.decimal128(6, 2))
@@ -237,10 +238,10 @@ async def test_parquet_falls_back_to_a_cursor_when_adbc_cannot_connect(
     try:
         fast, slow = tmp_path / "fallback.parquet", tmp_path / "stream.parquet"
         report = await rowstream.export(engine, sa.text(QUERY), fast)
-        assert report.strategy == "cursor" and report.rows == 4
+        assert report.method == "cursor" and report.rows == 4
     finally:
         await engine.dispose()
-    await rowstream.export(types_table, sa.text(QUERY), slow, strategy="stream")
+    await rowstream.export(types_table, sa.text(QUERY), slow, method="stream")
     assert repr(pq.read_table(fast).to_pylist()) == repr(pq.read_table(slow).to_pylist())
 
 
@@ -250,7 +251,7 @@ async def test_psycopg_sources(types_table: str, tmp_path: Path) -> None:
     url = sa.make_url(types_table).set(drivername="postgresql+psycopg")
     out = tmp_path / "psycopg.csv"
     report = await rowstream.export(url, sa.text(QUERY), out)
-    assert report.strategy == "copy"
+    assert report.method == "copy"
     assert out.read_bytes() == await _oracle_copy(types_table, QUERY)
     parquet, reference = tmp_path / "psycopg.parquet", tmp_path / "asyncpg.parquet"
     await rowstream.export(url, sa.text(QUERY), parquet)
@@ -261,7 +262,7 @@ async def test_psycopg_sources(types_table: str, tmp_path: Path) -> None:
         async with engine.connect() as conn:
             borrowed = tmp_path / "borrowed.csv"
             report = await rowstream.export(conn, sa.text(QUERY), borrowed)
-            assert report.strategy == "stream"
+            assert report.method == "stream"
             assert borrowed.read_bytes() == out.read_bytes()
     finally:
         await engine.dispose()
@@ -301,7 +302,7 @@ async def test_through_pgbouncer(types_table: str, pgbouncer_url: str, tmp_path:
     assert out.read_bytes() == await _oracle_copy(types_table, QUERY)
     # Parquet through the pooler too: ADBC's prepare, COPY and transaction on one backend.
     bounced, direct = tmp_path / "bounced.parquet", tmp_path / "direct.parquet"
-    assert (await rowstream.export(pgbouncer_url, sa.text(QUERY), bounced)).strategy == "copy"
+    assert (await rowstream.export(pgbouncer_url, sa.text(QUERY), bounced)).method == "copy"
     await rowstream.export(types_table, sa.text(QUERY), direct)
     assert repr(pq.read_table(bounced).to_pylist()) == repr(pq.read_table(direct).to_pylist())
 
@@ -320,8 +321,8 @@ async def test_parquet_many_batches_match_the_stream(pg_url: str, tmp_path: Path
         )
         fast, slow = tmp_path / "fast.parquet", tmp_path / "slow.parquet"
         query = sa.text("SELECT * FROM exp_blocks ORDER BY id")
-        assert (await rowstream.export(pg_url, query, fast)).strategy == "copy"
-        await rowstream.export(pg_url, query, slow, strategy="stream")
+        assert (await rowstream.export(pg_url, query, fast)).method == "copy"
+        await rowstream.export(pg_url, query, slow, method="stream")
         assert pq.read_table(fast).equals(pq.read_table(slow))
         assert pq.read_table(fast).column("note")[6].as_py() == 'xxxxxxx\n"7",\r\n'
         # A dictionary only where values repeat: it is wasted work on unique ones.
@@ -397,3 +398,54 @@ async def test_connection_lost_in_the_middle(lost_table: str, tmp_path: Path, na
     with pytest.raises(rowstream.ConnectionLostError, match="run the export again"):
         await task
     assert _largest(tmp_path) == -1
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+async def test_into_a_stream_is_the_file(
+    types_table: str, tmp_path: Path, method: str, fmt: str
+) -> None:
+    target = tmp_path / f"types.{fmt}"
+    await rowstream.export(types_table, sa.text(QUERY), target, method=method)  # type: ignore[arg-type]
+    buffer = io.BytesIO()
+    report = await rowstream.export(
+        types_table,
+        sa.text(QUERY),
+        buffer,
+        format=fmt,  # type: ignore[arg-type]
+        method=method,  # type: ignore[arg-type]
+    )
+    assert buffer.getvalue() == target.read_bytes()
+    assert report.bytes == len(buffer.getvalue()) and report.rows == 4
+
+
+class _Refusing(io.RawIOBase):
+    """A stream whose writes fail after ``allowed`` bytes (a client that went away)."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.written + len(data) > self.allowed:
+            raise BrokenPipeError("peer went away")
+        self.written += len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+async def test_a_stream_that_fails_midway(pg_url: str, method: str, fmt: str) -> None:
+    # The failure comes from inside asyncpg's COPY callback, ADBC's writer thread or the
+    # stream loop: one SinkError naming the stream, and the connection is not left busy.
+    query = sa.text("SELECT i, md5(i::text) AS pad FROM generate_series(1, 300000) i")
+    out = _Refusing(allowed=1024 * 1024)
+    with pytest.raises(rowstream.SinkError, match=r"cannot write to <_Refusing>.*peer went away"):
+        await rowstream.export(pg_url, query, out, format=fmt, method=method)  # type: ignore[arg-type]
+    assert out.written <= 1024 * 1024  # chunks come in 128 KB and more: maybe none fit
+    buffer = io.BytesIO()
+    await rowstream.export(pg_url, sa.text("SELECT 1 AS x"), buffer, method=method)  # type: ignore[arg-type]
+    assert buffer.getvalue() == b"x\n1\n"

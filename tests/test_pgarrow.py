@@ -72,7 +72,7 @@ async def test_queue_stays_bounded(
     )
     out = tmp_path / "bounded.parquet"
     report = await rowstream.export(pg_url, query, out)
-    assert report.strategy == "copy" and report.rows == 200_000
+    assert report.method == "copy" and report.rows == 200_000
     (pump,) = pumps
     assert 1 <= pump.high_water <= QUEUE_BATCHES
     table = pq.read_table(out)
@@ -160,8 +160,8 @@ async def test_parquet_over_tls_with_a_password(pg_tls_url: str, tmp_path: Path)
     )
     out, reference = tmp_path / "tls.parquet", tmp_path / "stream.parquet"
     report = await rowstream.export(pg_tls_url, query, out)
-    assert report.strategy == "copy" and report.rows == 50_000
-    await rowstream.export(pg_tls_url, query, reference, strategy="stream")
+    assert report.method == "copy" and report.rows == 50_000
+    await rowstream.export(pg_tls_url, query, reference, method="stream")
     assert pq.read_table(out).equals(pq.read_table(reference))
     wrong = sa.make_url(pg_tls_url).set(password="not-the-password-42")
     with pytest.raises(rowstream.SourceError) as failed:

@@ -274,7 +274,7 @@ async def test_pg_copy_and_adbc_paths_check_first(
     before = await pg_victim.snapshot()
     target = tmp_path / f"out.{fmt}"
     with pytest.raises(UnsupportedQueryError, match="not a single read"):
-        await rowstream.export(pg_victim.url, sa.text(sql), target, strategy=strategy)
+        await rowstream.export(pg_victim.url, sa.text(sql), target, method=strategy)
     assert await pg_victim.snapshot() == before
     assert not target.exists()
 
@@ -303,9 +303,7 @@ async def test_pg_export_transactions_are_read_only(
     target = tmp_path / f"out.{fmt}"
     # Every path, ADBC's included (its read fails mid-COPY), says the server refused.
     with pytest.raises(QueryError, match="the server rejected the query") as caught:
-        await rowstream.export(
-            pg_writer.url, sa.text("SELECT ro_write()"), target, strategy=strategy
-        )
+        await rowstream.export(pg_writer.url, sa.text("SELECT ro_write()"), target, method=strategy)
     assert _read_only_refusal(str(caught.value))
     assert await pg_writer.rows() == ROWS
 

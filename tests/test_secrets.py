@@ -238,7 +238,7 @@ async def test_reprs_show_no_fragment(ghost_url: str, tmp_path: Path) -> None:
         assert_no_fragment(repr(report), report.summary())
         # Parquet reads over ADBC's own connection, from a libpq string holding the password.
         parquet = await rowstream.export(ghost_url, "pg_class", tmp_path / "b.parquet")
-        assert parquet.strategy == "copy" and parquet.rows > 100
+        assert parquet.method == "copy" and parquet.rows > 100
         assert_no_fragment(repr(parquet))
     finally:
         await engine.dispose()

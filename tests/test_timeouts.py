@@ -472,4 +472,4 @@ async def test_a_slow_first_batch_of_an_adbc_export_is_waited_for(
         read_timeout=READ_TIMEOUT,
     )
     assert report.rows == 3
-    assert report.strategy == "copy"
+    assert report.method == "copy"

@@ -84,7 +84,7 @@ TABLE = "types_all"
 QUERY = f"SELECT * FROM {TABLE} ORDER BY id"
 # Columns compared as integers: days or microseconds from 1970, as the server computes them.
 TEMPORAL = {"tstz", "ts", "d", "t", "ad", "atz"}
-STRATEGIES = ("copy", "stream")
+METHODS = ("copy", "stream")
 # Columns compared with what asyncpg returns as it is; the rest with the server's text.
 AS_ASYNCPG_RETURNS = {
     "smallint", "integer", "bigint", "boolean", "real", "double precision", "numeric(10, 2)",
@@ -130,10 +130,10 @@ async def _fetch(url: str, sql: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_csv_equals_copy(types_url: str, tmp_path: Path, strategy: str) -> None:
+@pytest.mark.parametrize("method", METHODS)
+async def test_csv_equals_copy(types_url: str, tmp_path: Path, method: str) -> None:
     out = tmp_path / "all.csv"
-    await rowstream.export(types_url, sa.text(QUERY), out, strategy=strategy)  # type: ignore[arg-type]
+    await rowstream.export(types_url, sa.text(QUERY), out, method=method)  # type: ignore[arg-type]
     expected = await _oracle_copy(types_url, QUERY)
     assert out.read_bytes() == expected
     assert b"294247-01-10 04:00:54.775806+00" in expected and b"4714-11-24 BC" in expected
@@ -141,8 +141,8 @@ async def test_csv_equals_copy(types_url: str, tmp_path: Path, strategy: str) ->
 
 async def test_jsonl_equals_to_jsonb_on_both_paths(types_url: str, tmp_path: Path) -> None:
     copied, streamed = tmp_path / "copy.jsonl", tmp_path / "stream.jsonl"
-    await rowstream.export(types_url, sa.text(QUERY), copied, strategy="copy")
-    await rowstream.export(types_url, sa.text(QUERY), streamed, strategy="stream")
+    await rowstream.export(types_url, sa.text(QUERY), copied, method="copy")
+    await rowstream.export(types_url, sa.text(QUERY), streamed, method="stream")
     assert copied.read_bytes() == streamed.read_bytes()
     oracle = [r[0] for r in await _fetch(types_url, f"SELECT to_jsonb(q)::text FROM ({QUERY}) q")]
     lines = copied.read_text(encoding="utf-8").splitlines()
@@ -230,13 +230,13 @@ def _pyarrow_rows(path: Path) -> list[list[Any]]:
     return [list(row) for row in zip(*columns, strict=True)]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("method", METHODS)
 async def test_parquet_read_back_by_pyarrow_and_duckdb(
-    types_url: str, tmp_path: Path, strategy: str
+    types_url: str, tmp_path: Path, method: str
 ) -> None:
     out = tmp_path / "all.parquet"
-    report = await rowstream.export(types_url, sa.text(QUERY), out, strategy=strategy)  # type: ignore[arg-type]
-    assert report.strategy == strategy and report.rows == 4
+    report = await rowstream.export(types_url, sa.text(QUERY), out, method=method)  # type: ignore[arg-type]
+    assert report.method == method and report.rows == 4
     expected = [list(r) for r in await _fetch(types_url, _oracle_sql())]
     # repr: NaN equals itself, -0.0 differs from 0.0, Decimal keeps its digits.
     assert repr(_pyarrow_rows(out)) == repr(expected)
@@ -265,7 +265,7 @@ async def test_parquet_through_the_cursor_fallback_is_the_same(
     )
     fast, slow = tmp_path / "adbc.parquet", tmp_path / "cursor.parquet"
     try:
-        assert (await rowstream.export(engine, sa.text(QUERY), slow)).strategy == "cursor"
+        assert (await rowstream.export(engine, sa.text(QUERY), slow)).method == "cursor"
         with pytest.raises(rowstream.SinkError, match=r"'tstz'.*infinity.*--infinity"):
             await rowstream.export(engine, sa.text(f"SELECT id, tstz FROM {EDGE}"), slow)
     finally:
@@ -318,15 +318,15 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("column", "ids", "shown", "option"), REFUSED)
 async def test_parquet_refuses_what_it_cannot_hold(
-    edge_url: str, tmp_path: Path, strategy: str, column: str, ids: str, shown: str, option: str
+    edge_url: str, tmp_path: Path, method: str, column: str, ids: str, shown: str, option: str
 ) -> None:
     out = tmp_path / "edge.parquet"
     query = sa.text(f"SELECT id, {column} FROM {EDGE} WHERE id IN ({ids}, 4) ORDER BY id")
     with pytest.raises(rowstream.SinkError) as caught:
-        await rowstream.export(edge_url, query, out, strategy=strategy)  # type: ignore[arg-type]
+        await rowstream.export(edge_url, query, out, method=method)  # type: ignore[arg-type]
     message = str(caught.value)
     assert "\n" not in message
     assert f"column {column!r}" in message and shown in message and option in message
@@ -347,12 +347,12 @@ NOON = 1709208000000000  # 2024-02-29 12:00 UTC
 LEAP_DAY = 19782  # 2024-02-29
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_infinity_null_clamp_and_text(edge_url: str, tmp_path: Path, strategy: str) -> None:
+@pytest.mark.parametrize("method", METHODS)
+async def test_infinity_null_clamp_and_text(edge_url: str, tmp_path: Path, method: str) -> None:
     query = sa.text(f"SELECT id, tstz, ts, d, atz, ad FROM {EDGE} WHERE id <= 4 ORDER BY id")
     nulls, clamped, texts = (tmp_path / f"{k}.parquet" for k in ("null", "clamp", "text"))
     for path, choice in ((nulls, "null"), (clamped, "clamp"), (texts, "text")):
-        await rowstream.export(edge_url, query, path, strategy=strategy, infinity=choice)  # type: ignore[arg-type]
+        await rowstream.export(edge_url, query, path, method=method, infinity=choice)  # type: ignore[arg-type]
     assert _ints(nulls, "tstz") == [None, None, None, NOON]
     assert _ints(nulls, "d") == [None, None, LEAP_DAY, LEAP_DAY]
     assert _ints(nulls, "atz") == [[1704067200000000, None], None, [None], None]
@@ -377,12 +377,12 @@ async def test_infinity_null_clamp_and_text(edge_url: str, tmp_path: Path, strat
     assert pq.read_schema(texts).field("atz").type == pa.list_(pa.string())
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_nan_null_and_text(edge_url: str, tmp_path: Path, strategy: str) -> None:
+@pytest.mark.parametrize("method", METHODS)
+async def test_nan_null_and_text(edge_url: str, tmp_path: Path, method: str) -> None:
     query = sa.text(f"SELECT id, n, an FROM {EDGE} WHERE id <= 4 ORDER BY id")
     nulls, texts = tmp_path / "null.parquet", tmp_path / "text.parquet"
-    await rowstream.export(edge_url, query, nulls, strategy=strategy, nan="null")  # type: ignore[arg-type]
-    await rowstream.export(edge_url, query, texts, strategy=strategy, nan="text")  # type: ignore[arg-type]
+    await rowstream.export(edge_url, query, nulls, method=method, nan="null")  # type: ignore[arg-type]
+    await rowstream.export(edge_url, query, texts, method=method, nan="text")  # type: ignore[arg-type]
     table = pq.read_table(nulls)
     assert table.schema.field("n").type == pa.decimal128(38, 10)
     assert table.column("n").to_pylist() == [None, Decimal("1.5"), None, Decimal("2.5")]
@@ -403,8 +403,8 @@ async def test_csv_and_jsonl_keep_the_edge_values(edge_url: str, tmp_path: Path)
     query = sa.text(f"SELECT * FROM {EDGE} ORDER BY id")
     for suffix in ("csv", "jsonl"):
         copied, streamed = tmp_path / f"copy.{suffix}", tmp_path / f"stream.{suffix}"
-        await rowstream.export(edge_url, query, copied, strategy="copy")
-        await rowstream.export(edge_url, query, streamed, strategy="stream")
+        await rowstream.export(edge_url, query, copied, method="copy")
+        await rowstream.export(edge_url, query, streamed, method="stream")
         assert copied.read_bytes() == streamed.read_bytes()
     first = json.loads(copied.read_text().splitlines()[0])
     assert first["tstz"] == "infinity" and first["d"] == "infinity" and first["n"] == "NaN"
@@ -488,6 +488,6 @@ async def test_parquet_from_a_connection_in_another_time_zone(
             report = await rowstream.export(conn, sa.text(QUERY), ours)
     finally:
         await engine.dispose()
-    assert report.strategy == "stream"
+    assert report.method == "stream"
     await rowstream.export(types_url, sa.text(QUERY), copied)
     assert repr(_pyarrow_rows(ours)) == repr(_pyarrow_rows(copied))

@@ -213,10 +213,10 @@ READERS = {"csv": read_csv, "jsonl": read_jsonl, "parquet": read_parquet}
 
 async def export_exactly(url: str, path: Path, strategy: str) -> str:
     """Export the wide table to ``path``, check every value, return the strategy used."""
-    report = await rowstream.export(url, TABLE, path, strategy=strategy)  # type: ignore[arg-type]
+    report = await rowstream.export(url, TABLE, path, method=strategy)  # type: ignore[arg-type]
     assert report.rows == ROWS
     assert READERS[path.suffix[1:]](path) == expected_text_rows()
-    return report.strategy
+    return report.method
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
@@ -249,7 +249,7 @@ async def test_adbc_queue_holds_one_wide_batch_at_a_time(
     # Every batch (one 4 MB row) is over the bound: each waits for the one before to be written.
     monkeypatch.setattr(pgarrow, "QUEUE_BYTES", 1024 * 1024)
     report = await rowstream.export(url, TABLE, tmp_path / "wide.parquet")
-    assert report.strategy == "copy"
+    assert report.method == "copy"
     assert report.rows == ROWS
     assert [pump.high_water for pump in pumps] == [1]
     assert read_parquet(tmp_path / "wide.parquet") == expected_text_rows()

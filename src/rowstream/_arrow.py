@@ -24,6 +24,7 @@ __all__ = [
     "ArrowColumn",
     "lean_memory_pool",
     "pg_column",
+    "rows_batch",
     "rows_to_batch",
     "sqla_column",
     "use_lean_memory_pool",
@@ -236,3 +237,16 @@ def rows_to_batch(rows: Sequence[Sequence[Any]], columns: Sequence[ArrowColumn])
                 raise
             arrays.append(pa.array([_to_text(v) for v in values], type=pa.string()))
     return pa.RecordBatch.from_arrays(arrays, schema=schema_of(columns))
+
+
+def rows_batch(rows: Sequence[Sequence[Any]], columns: Sequence[ArrowColumn]) -> pa.RecordBatch:
+    """Rows as one record batch of the columns' types; a value that does not fit is refused."""
+    from ._exceptions import SinkError
+
+    try:
+        return rows_to_batch(rows, columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        raise SinkError(
+            f"cannot write these values to Parquet: {str(exc).splitlines()[0]}; "
+            "cast the column in the query (for example to text)"
+        ) from None

@@ -2,6 +2,7 @@
 
 rowstream export postgresql://app@db/shop --table sales.orders -o orders.parquet
 rowstream export mysql://root@db/shop --query "SELECT id, total FROM orders" -o - --format jsonl
+rowstream export postgresql://app@db/shop --table orders -o - --format parquet > orders.parquet
 """
 
 # This docstring is the command's --help description: plain text, no markup. The parser needs
@@ -32,7 +33,11 @@ def register(subparsers: Any) -> None:
     what.add_argument("--table", metavar="NAME", help="table to export: table or schema.table")
     what.add_argument("--query", metavar="SQL", help="a SELECT to export")
     parser.add_argument(
-        "-o", "--output", required=True, metavar="PATH", help="output file, or - for stdout"
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="output file, or - for stdout (any format, Parquet too)",
     )
     parser.add_argument(
         "--format",
@@ -88,22 +93,32 @@ def register(subparsers: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    with loading():
-        import sqlalchemy as sa
-
-        from ._export import export
-        from ._sizing import parse_size
-
     if args.query is not None and (args.where is not None or args.columns is not None):
         raise ConfigurationError(
             "--where and --columns narrow a --table: with --query, put them in the SQL"
         )
     columns = _names("--columns", args.columns)
     text_columns = _names("--text-columns", args.text_columns)
-    if args.format == "parquet" or args.output.lower().endswith((".parquet", ".pq")):
-        with loading():
+    with loading():
+        import sqlalchemy as sa
+
+        from ._export import export
+        from ._readers import preload
+        from ._sinks._format import format_for_path
+        from ._sizing import parse_size
+        from ._source import resolve_url
+
+        # What this export's reader needs, imported while the collector is paused: pyarrow
+        # and ADBC for Parquet only, rowstream.stream only off PostgreSQL's COPY.
+        fmt, _compression = format_for_path(args.output, args.format, args.compression)
+        url = resolve_url(args.url)
+        preload(url.get_backend_name(), fmt)
+        # The dialect and its driver (asyncpg, aiomysql...), which creating the engine imports.
+        url.get_dialect().import_dbapi()
+        if fmt == "parquet":
             from ._arrow import use_lean_memory_pool
 
+    if fmt == "parquet":
         # Parquet writers allocate from pyarrow's default pool; in our own process it can be
         # the leaner one (see rowstream._arrow.lean_memory_pool).
         use_lean_memory_pool()

@@ -1,8 +1,9 @@
-"""PostgreSQL to Arrow: binary COPY decoded by ADBC's PostgreSQL driver, for Parquet.
+"""PostgreSQL to Arrow: binary COPY decoded by ADBC's PostgreSQL driver (the Parquet reader's I/O).
 
 Data path: libpq connection (ADBC) -> ``COPY (query) TO STDOUT (FORMAT binary)``, decoded
 into record batches in C (reader thread) -> cast to the export's Arrow types -> a queue of
-a few batches -> Parquet encoder (writer thread) -> file.
+a few batches -> ``write(batch)`` (writer thread; the export's Parquet encoder, which this
+module does not know: :mod:`rowstream._readers._pgarrow` hands it over).
 
 Why ADBC: the server sends binary COPY about twice as fast as CSV (ERRATA 10: 1.61M against
 852k rows/s), and the driver decodes it without a Python object per value. Decoding and
@@ -31,13 +32,12 @@ from sqlalchemy.engine import URL
 from ._exceptions import ConnectionLostError, QueryError, RowstreamError, SinkError
 from ._pgcopy import SETTINGS
 from ._pgtypes import PgRead
-from ._sinks._parquet import ParquetSink
 from ._source import APPLICATION_NAME
 from ._strategy import shielded
 from ._translate import scrub, translate
 from ._watchdog import LIBPQ_KEEPALIVE, Watchdog
 
-__all__ = ["CannotConnect", "copy_to_parquet", "libpq_conninfo"]
+__all__ = ["CannotConnect", "copy_to_arrow", "libpq_conninfo"]
 
 T = TypeVar("T")
 
@@ -313,13 +313,13 @@ class _Pump:
         session: _Session,
         reader: pa.RecordBatchReader,
         read: PgRead,
-        sink: ParquetSink,
+        write: Callable[[pa.RecordBatch], object],
         on_rows: Callable[[int], object],
     ) -> None:
         self._session = session
         self._reader = reader
         self._convert = read.convert
-        self._sink = sink
+        self._write = write
         self._on_rows = on_rows
         self._queue = _BatchQueue(QUEUE_BATCHES, QUEUE_BYTES)
         self._stop = threading.Event()
@@ -370,7 +370,7 @@ class _Pump:
         while (batch := self._queue.get()) is not None:
             try:
                 if not self._stop.is_set():
-                    self._sink.write_batch(batch)
+                    self._write(batch)
                     self.rows += batch.num_rows
                     self._on_rows(batch.num_rows)
             except BaseException as exc:
@@ -405,15 +405,16 @@ class _Pump:
             await shielded(asyncio.to_thread(join))
 
 
-async def copy_to_parquet(
+async def copy_to_arrow(
     url: URL,
     sql: str,
     read: PgRead,
-    sink: ParquetSink,
+    write: Callable[[pa.RecordBatch], object],
     on_rows: Callable[[int], None],
     watchdog: Watchdog,
 ) -> int:
-    """Export ``sql`` into ``sink`` through ADBC; returns the number of rows.
+    """Read ``sql`` through ADBC, each record batch into ``write`` (called on a thread of its
+    own, one batch at a time); returns the number of rows.
 
     ``read`` says how each column is read and checked (:mod:`rowstream._pgtypes`).
     ``watchdog`` bounds the waits on the server (:mod:`rowstream._watchdog`): each batch pushes
@@ -444,7 +445,7 @@ async def copy_to_parquet(
                 session,
                 reader,
                 read,
-                sink,
+                write,
                 lambda n: loop.call_soon_threadsafe(rows_written, n),
             )
             await pump.run()

@@ -115,41 +115,48 @@ ORDER BY a.attnum
 """
 
 
-async def probe(apg: Any, sql: str) -> tuple[list[PgColumn], int | None]:
+async def probe(
+    apg: Any, sql: str, *, describe: bool = True, estimate: bool = True
+) -> tuple[list[PgColumn], int | None]:
     """Check ``sql`` (one statement), and return its columns and the planner's row estimate.
 
     Column types come from a temporary view (the catalog keeps ``numeric(p, s)``, which the
     wire protocol's description does not expose); where views cannot be created (a standby),
-    from the prepared statement, with numerics read as text.
+    from the prepared statement, with numerics read as text. ``describe=False`` skips the
+    view (CSV's COPY writes its own header and needs no types: no columns are returned),
+    ``estimate=False`` the EXPLAIN (only a progress bar shows it): a small export is then
+    two round trips shorter, and creates no temporary schema on the server.
     """
     statement = await apg.prepare(sql)
     columns: list[PgColumn] = []
-    try:
-        async with apg.transaction():  # a savepoint: the view is gone afterwards
-            await apg.fetch("CREATE TEMP VIEW rowstream_probe AS " + sql)
-            rows = await apg.fetch(_PROBE_CATALOG, "pg_temp.rowstream_probe")
-            columns = [PgColumn(r[0], r[1], r[2], r[3]) for r in rows]
-            raise _Rollback
-    except _Rollback:
-        pass
-    except Exception:
-        columns = []
-    if not columns:
-        for attribute in statement.get_attributes():
-            kind = attribute.type.kind
-            element = None
-            if kind == "array":
-                element = attribute.type.name.lstrip("_")
-            columns.append(PgColumn(attribute.name, attribute.type.name, -1, element))
-    estimate: int | None = None
-    with contextlib.suppress(Exception):
-        plan = await apg.fetchval("EXPLAIN (FORMAT JSON) " + sql)
-        if isinstance(plan, str):  # SQLAlchemy's engines decode json, a bare asyncpg does not
-            plan = json.loads(plan)
-        estimate = int(plan[0]["Plan"]["Plan Rows"])
+    if describe:
+        try:
+            async with apg.transaction():  # a savepoint: the view is gone afterwards
+                await apg.fetch("CREATE TEMP VIEW rowstream_probe AS " + sql)
+                rows = await apg.fetch(_PROBE_CATALOG, "pg_temp.rowstream_probe")
+                columns = [PgColumn(r[0], r[1], r[2], r[3]) for r in rows]
+                raise _Rollback
+        except _Rollback:
+            pass
+        except Exception:
+            columns = []
+        if not columns:
+            for attribute in statement.get_attributes():
+                kind = attribute.type.kind
+                element = None
+                if kind == "array":
+                    element = attribute.type.name.lstrip("_")
+                columns.append(PgColumn(attribute.name, attribute.type.name, -1, element))
+    planned: int | None = None
+    if estimate:
+        with contextlib.suppress(Exception):
+            plan = await apg.fetchval("EXPLAIN (FORMAT JSON) " + sql)
+            if isinstance(plan, str):  # SQLAlchemy's engines decode json, a bare asyncpg does not
+                plan = json.loads(plan)
+            planned = int(plan[0]["Plan"]["Plan Rows"])
     # Nothing below writes: make that a guarantee for the statements that follow.
     await apg.execute("SET TRANSACTION READ ONLY")
-    return columns, estimate
+    return columns, planned
 
 
 class _Rollback(Exception):

@@ -42,11 +42,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ._arrow import ArrowColumn, schema_of
+from ._arrow import ArrowColumn, rows_batch, schema_of
 from ._exceptions import SinkError
 from ._pgcopy import quote_ident
 from ._sinks._options import check_edge_values
-from ._sinks._parquet import rows_batch
 
 if TYPE_CHECKING:
     from ._pgcopy import PgColumn

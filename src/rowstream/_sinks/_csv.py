@@ -79,7 +79,11 @@ class CsvSink:
         self._out.write((",".join(fields) + "\n").encode())
 
     def write_bytes(self, data: bytes) -> None:
+        """CSV already encoded (PostgreSQL's COPY wrote it, header included)."""
         self._out.write(data)
 
     def finish(self) -> None:
         self._out.flush()
+
+    def abort(self) -> None:
+        """Nothing to undo: the destination discards what was written."""

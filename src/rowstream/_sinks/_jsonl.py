@@ -51,7 +51,32 @@ class JsonlSink:
             self._out.write(b'"')
 
     def write_bytes(self, data: bytes) -> None:
+        """Lines already encoded (PostgreSQL's COPY built them)."""
         self._out.write(data)
 
     def finish(self) -> None:
         self._out.flush()
+
+    def abort(self) -> None:
+        """Nothing to undo: the destination discards what was written."""
+
+
+class RenderedJsonlSink(JsonlSink):
+    """JSON Lines from values the server already rendered as JSON text (``to_jsonb()::text``):
+    each value is written as it is, ``None`` as ``null``."""
+
+    def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        if len(rows) == 1:
+            self._write_alone(rows[0])
+            return
+        keys = self._keys
+        lines = [
+            "{"
+            + ", ".join(k + ("null" if v is None else v) for k, v in zip(keys, row, strict=True))
+            + "}\n"
+            for row in rows
+        ]
+        self._out.write("".join(lines).encode())
+
+    def _write_value(self, value: Any) -> None:
+        self._out.write(b"null" if value is None else value.encode())

@@ -14,9 +14,10 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .._arrow import ArrowColumn, infer_columns, rows_to_batch, schema_of
-from .._exceptions import SinkError
+from .._arrow import ArrowColumn, infer_columns, rows_batch, schema_of
 from ._options import DEFAULT_COMPRESSION, check_compression
+
+__all__ = ["ParquetSink", "rows_batch"]
 
 # DuckDB's default row group (122,880 rows), and at most 32 MiB of Arrow data for wide rows:
 # large enough for readers to skip and scan well, small enough to keep memory flat.
@@ -123,17 +124,6 @@ def _count_distinct(values: pa.ChunkedArray) -> int:
         plain = {32: pa.int32(), 64: pa.int64()}.get(width) or pa.binary(width // 8)
         values = pa.chunked_array([chunk.view(plain) for chunk in values.chunks], plain)
     return len(set(values.to_pylist()))
-
-
-def rows_batch(rows: Sequence[Sequence[Any]], columns: Sequence[ArrowColumn]) -> pa.RecordBatch:
-    """Rows as one record batch of the columns' types; a value that does not fit is refused."""
-    try:
-        return rows_to_batch(rows, columns)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-        raise SinkError(
-            f"cannot write these values to Parquet: {str(exc).splitlines()[0]}; "
-            "cast the column in the query (for example to text)"
-        ) from None
 
 
 class ParquetSink:

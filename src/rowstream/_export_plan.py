@@ -1,0 +1,148 @@
+"""The export plan: what to read, how (``method``), into which format; decided before any row.
+
+source -> statement -> **plan** -> reader -> pipeline -> sink -> report
+
+The choice between PostgreSQL's COPY and :func:`rowstream.stream` is :attr:`ExportPlan.method`,
+made once by :func:`choose_method` (I/O-free); the reader is then picked from the plan alone
+(:func:`rowstream._readers.pick_reader`). A plan for a partition (a key range on a given
+connection and snapshot) would be one more field here and one more reader, not a branch in
+``export``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ._exceptions import ConfigurationError
+from ._sinks._options import Format, check_edge_values
+from ._sizing import DEFAULT_BATCH_BYTES
+from ._values import DEFAULT_ZERO_DATES, PlanColumn, ZeroDates, check_zero_dates
+from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
+
+if TYPE_CHECKING:
+    from ._arrow import ArrowColumn
+    from ._source import ResolvedSource
+    from ._statement import Statement, TableOrStatement
+
+__all__ = [
+    "METHODS",
+    "ExportMethod",
+    "ExportOptions",
+    "ExportPlan",
+    "Method",
+    "check_method",
+    "choose_method",
+    "plan_export",
+]
+
+#: What a caller asks for: ``auto`` lets :func:`choose_method` decide.
+ExportMethod = Literal["auto", "copy", "stream"]
+#: What a plan holds: the server renders the rows (``COPY``), or rowstream streams them.
+Method = Literal["copy", "stream"]
+METHODS: tuple[ExportMethod, ...] = ("auto", "copy", "stream")
+InfinityChoice = Literal["error", "null", "clamp", "text"]
+NanChoice = Literal["error", "null", "text"]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How rows are read and which values may be changed on the way; validated once."""
+
+    batch_rows: int | None = None
+    batch_bytes: int | None = DEFAULT_BATCH_BYTES
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT
+    infinity: str = "error"
+    nan: str = "error"
+    zero_dates: ZeroDates = DEFAULT_ZERO_DATES
+    text_columns: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.batch_rows is not None and self.batch_rows < 1:
+            raise ConfigurationError(f"batch_rows must be at least 1, not {self.batch_rows}")
+        if self.batch_bytes is not None and self.batch_bytes < 1:
+            raise ConfigurationError(f"batch_bytes must be positive, not {self.batch_bytes}")
+        check_edge_values(self.infinity, self.nan)
+        object.__setattr__(self, "zero_dates", check_zero_dates(self.zero_dates))
+        object.__setattr__(self, "read_timeout", check_read_timeout(self.read_timeout))
+
+
+def check_method(requested: str) -> None:
+    """Refuse an unknown method before anything connects."""
+    if requested not in METHODS:
+        raise ConfigurationError(
+            f"unknown export method {requested!r}: choose one of {', '.join(METHODS)}"
+        )
+
+
+def choose_method(requested: str, dialect: str, borrowed: bool) -> Method:
+    """COPY on PostgreSQL when rowstream opens the connection, else the stream.
+
+    >>> choose_method("auto", "postgresql", borrowed=False)
+    'copy'
+    >>> choose_method("auto", "sqlite", borrowed=False)
+    'stream'
+    """
+    check_method(requested)
+    can_copy = dialect == "postgresql" and not borrowed
+    if requested == "copy" and not can_copy:
+        raise ConfigurationError(
+            "method='copy' needs PostgreSQL and a URL or engine (not a connection)"
+        )
+    return "copy" if can_copy and requested != "stream" else "stream"
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Everything a reader needs to know, and nothing about the output but its format."""
+
+    statement: Statement
+    format: Format
+    method: Method
+    dialect: str
+    options: ExportOptions
+    #: The Parquet type of each column, when the statement's types give them (MariaDB, SQLite).
+    arrow: list[ArrowColumn] | None = None
+    #: What each column's values need to be exact (rowstream._values); None: nothing known.
+    kinds: list[PlanColumn] | None = None
+    #: PostgreSQL: the statement as its readers send it (checked to be one read), else "".
+    sql: str = ""
+
+
+async def plan_export(
+    resolved: ResolvedSource,
+    table_or_statement: TableOrStatement,
+    *,
+    format: Format,
+    method: str,
+    where: str | None,
+    columns: Sequence[str] | None,
+    options: ExportOptions,
+) -> ExportPlan:
+    """The plan for exporting ``table_or_statement`` from ``resolved`` (reflects a MariaDB or
+    SQLite table, or probes a text query's types, for Parquet)."""
+    from sqlalchemy.sql.elements import TextClause
+    from sqlalchemy.sql.selectable import TextualSelect
+
+    from ._coltypes import query_kinds, typed_arrow
+    from ._statement import build_statement, render_sql
+
+    chosen = choose_method(method, resolved.dialect, resolved.borrowed is not None)
+    if options.text_columns and resolved.dialect == "postgresql":
+        raise ConfigurationError(
+            "text_columns (--text-columns) is for MariaDB and SQLite: on PostgreSQL, cast "
+            "the column to text in the query (col::text)"
+        )
+    statement, arrow, kinds = await build_statement(
+        resolved, table_or_statement, where, columns, format
+    )
+    if resolved.dialect == "postgresql":
+        sql = render_sql(resolved.engine, statement)
+        return ExportPlan(statement, format, chosen, resolved.dialect, options, sql=sql)
+    if kinds is None and isinstance(statement, (TextClause, TextualSelect)):
+        statement, kinds = await query_kinds(resolved, statement)
+    arrow = typed_arrow(
+        arrow, kinds, resolved.dialect, format, options.zero_dates, options.text_columns
+    )
+    return ExportPlan(statement, format, chosen, resolved.dialect, options, arrow, kinds)

@@ -1,0 +1,85 @@
+"""An asyncpg connection in rowstream's COPY transaction, every wait on it bounded.
+
+Shared by the PostgreSQL readers (COPY text, the cursor behind Parquet when ADBC cannot
+connect, the column probe before a stream): they use asyncpg's own API
+(``copy_from_query``, prepared statements' attributes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .._exceptions import RowstreamError
+from .._pgcopy import PgColumn, pg_transaction, probe
+from .._source import ResolvedSource, create_engine, mask_url
+from .._strategy import shielded
+from .._translate import raise_translated
+from .._watchdog import Watchdog
+
+__all__ = ["asyncpg_engine", "pg_columns", "pg_session"]
+
+
+def asyncpg_engine(resolved: ResolvedSource) -> AsyncEngine:
+    """The engine PostgreSQL's COPY and catalog probe go through: asyncpg's.
+
+    A source on another driver (``postgresql+psycopg://``) gets a private asyncpg engine on the
+    same URL for them (the caller disposes of it), while a stream's rows still come through
+    the source.
+    """
+    engine = resolved.engine
+    if resolved.dialect != "postgresql" or engine.dialect.driver == "asyncpg":
+        return engine
+    return create_engine(engine.url.set(drivername="postgresql+asyncpg"), pool_size=1)
+
+
+async def _connect(engine: AsyncEngine) -> AsyncConnection:
+    try:
+        return await engine.connect()
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, connecting=True)
+
+
+async def _close(conn: AsyncConnection) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def pg_session(
+    engine: AsyncEngine, read_timeout: float | None
+) -> AsyncIterator[tuple[Any, Callable[[], None]]]:
+    """An asyncpg connection in rowstream's COPY transaction (see :func:`pg_transaction`),
+    and the function to call whenever data arrives on it.
+
+    Every wait on the connection (the probe, the COPY, a cursor's fetch) is bounded: with no
+    data for ``read_timeout`` seconds, and the server not busy with the query, the network
+    counts as silent and the connection is abandoned (a ConnectionLostError; see
+    :mod:`rowstream._watchdog`). A COPY is one long wait, so its data calls ``arrived()``.
+    """
+    conn: AsyncConnection | None = None
+    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
+    try:
+        async with dog.watch(lambda: conn) as watch:
+            conn = await _connect(engine)
+            async with pg_transaction(conn) as apg:
+                yield apg, watch.kick
+    except RowstreamError:
+        raise
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, resumable=False)
+    finally:
+        if conn is not None:
+            await shielded(_close(conn))
+
+
+async def pg_columns(
+    engine: AsyncEngine, sql: str, read_timeout: float | None, *, estimate: bool = True
+) -> tuple[list[PgColumn], int | None]:
+    """The columns of ``sql`` as the catalog describes them, and the planner's row estimate
+    (None unless ``estimate``)."""
+    async with pg_session(engine, read_timeout) as (apg, _arrived):
+        return await probe(apg, sql, estimate=estimate)
