@@ -16,7 +16,7 @@ Databases and tables (built once, reused when present):
 Cases: ``stream-cursor`` and ``stream-keyset`` (``async for batch in rows.batches()``),
 ``sync-stream`` (``rowstream.sync``), ``export-csv``, ``export-jsonl``, ``export-parquet``
 (PostgreSQL: COPY and ADBC; the others: the stream export), and on PostgreSQL also
-``export-stream-*`` (the stream export, ``strategy="stream"``).
+``export-stream-*`` (the stream export, ``method="stream"``).
 
     python bench/bench_wide_rows.py                       # every database and case
     python bench/bench_wide_rows.py --only pg --mb 20     # PostgreSQL, 20 MB rows

@@ -228,7 +228,7 @@ async def write_part(
         compression=compression,
         where=condition,
         columns=columns,
-        strategy="stream",
+        method="stream",
         read_timeout=read_timeout,
         **options,
     )
@@ -374,7 +374,11 @@ async def _adbc_parquet_part(
                 sink.begin([c.name for c in read.columns])
                 reader = await session.call(session.query, read.query(sql, adbc=True))
                 pump = _Pump(
-                    session, reader, read, sink, lambda n: loop.call_soon_threadsafe(watch.kick)
+                    session,
+                    reader,
+                    read,
+                    sink.write_batch,
+                    lambda n: loop.call_soon_threadsafe(watch.kick),
                 )
                 try:
                     await pump.run()

@@ -27,7 +27,7 @@ batch, and a maximum for timestamps (wrapped values are all below PostgreSQL's f
 cast as before and scanned only when the cast fails; an array column adds one mostly-NULL
 text column (``array_ndims``/``array_lower`` on the server).
 
-The rows paths (a cursor when ADBC cannot connect, ``strategy="stream"``) read temporal
+The rows paths (a cursor when ADBC cannot connect, ``method="stream"``) read temporal
 columns as the same integers ADBC produces (computed by the server), so one converter and one
 set of messages serve every path, and asyncpg never has to build a ``date`` for a BC value.
 """
