@@ -1,0 +1,378 @@
+"""The one adapter between :mod:`rowstream.web` and the export's readers and sinks.
+
+A web download must hold the same bytes as ``rowstream export`` of the same rows, so it is
+built from the export's own pieces (the statement, PostgreSQL's server-side rendering, the
+MariaDB/SQLite value plans, the sinks) and differs only in two ways: the rows come through
+:func:`rowstream.stream` with keyset pages whenever the statement has a key (a slow client
+then never holds a transaction open: each page is its own short transaction, and nothing is
+open while the bytes wait on the network), and the sink writes into a buffer that is handed
+out after each batch, so memory is one batch whatever the client's speed.
+
+Everything this module takes from :mod:`rowstream._export` is imported here and nowhere else
+in the web code: when the export is split into readers and sinks, only these imports move.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import sqlalchemy as sa
+from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.sql.selectable import Select
+
+from ._coltypes import query_kinds, typed_arrow
+from ._exceptions import ConfigurationError, StreamKeyError
+from ._export import (
+    TableOrStatement,
+    _asyncpg_engine,
+    _check_sqlite_file,
+    _CheckedParquet,
+    _Counter,
+    _Job,
+    _parquet_sink,
+    _pg_columns,
+    _pg_text,
+    _plan,
+    _RawJsonl,
+    _sql,
+    _statement,
+)
+from ._keys import _reflect_table
+from ._pgcopy import PgColumn, quote_ident
+from ._progress import ExportProgress
+from ._sinks import CsvSink, JsonlSink, Sink, check_compression
+from ._sinks._options import FORMATS, Format, check_edge_values
+from ._source import ResolvedSource, Source, resolve_source
+from ._strategy import shielded
+from ._stream import RowStream, stream
+from ._values import ZeroDates, check_zero_dates
+
+if TYPE_CHECKING:
+    from ._arrow import ArrowColumn
+
+__all__ = ["Rendered", "open_rendered"]
+
+
+class _Buffer:
+    """A write-only binary file whose contents are taken out after each batch."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.closed = False
+        self._size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._parts.append(bytes(data))
+        self._size += len(data)
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self._size
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        # pyarrow and gzip close their file at the end; the buffer's last bytes are still due.
+        pass
+
+
+class Rendered:
+    """An open stream of rows rendered as ``rowstream export`` renders them.
+
+    ``chunks()`` yields the file's bytes a batch at a time; ``aclose()`` closes the stream
+    (cursor, transaction, connection) and is safe to call on every path, twice.
+    """
+
+    def __init__(
+        self,
+        resolved: ResolvedSource,
+        rows: RowStream,
+        sink: Sink,
+        buffer: _Buffer,
+        zipped: gzip.GzipFile | None,
+        width: int | None,
+        fix: Any,
+    ) -> None:
+        self._resolved = resolved
+        self._rows = rows
+        self._sink = sink
+        self._buffer = buffer
+        self._zipped = zipped
+        self._width = width
+        self._fix = fix
+        self.strategy = rows.stats.strategy
+        self.rows = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes: the header first, then one piece per batch, then the end."""
+        buffer, sink, width, fix = self._buffer, self._sink, self._width, self._fix
+        head = buffer.take()
+        if head:
+            yield head
+        async for batch in self._rows.batches():
+            self.rows += len(batch)
+            # Keyset pages on PostgreSQL carry the raw key after the rendered columns.
+            rows: Sequence[Sequence[Any]] = (
+                [row[:width] for row in batch] if width is not None else batch
+            )
+            sink.write_rows(fix(rows) if fix is not None else rows)
+            del batch, rows
+            data = buffer.take()
+            if data:
+                yield data
+        sink.finish()
+        if self._zipped is not None:
+            self._zipped.close()
+        tail = buffer.take()
+        if tail:
+            yield tail
+
+    async def aclose(self) -> None:
+        abort = getattr(self._sink, "abort", None)
+        if abort is not None:
+            abort()
+        await shielded(self._rows.aclose())
+        await shielded(self._resolved.aclose())
+
+
+async def open_rendered(
+    source: Source,
+    table_or_statement: TableOrStatement,
+    fmt: Format,
+    *,
+    gzip_level: int | None = None,
+    where: str | None = None,
+    columns: Sequence[str] | None = None,
+    batch_rows: int | None = None,
+    batch_bytes: int | None = None,
+    compression: str = "zstd",
+    zero_dates: ZeroDates = "refuse",
+    text_columns: Sequence[str] | None = None,
+    read_timeout: float | None = None,
+    infinity: str = "error",
+    nan: str = "error",
+) -> Rendered:
+    """Open the stream and write the file's header into its buffer; raise before any byte.
+
+    ``gzip_level`` gzips CSV and JSONL (None: plain). Nothing is sent by this function, so
+    every error here (bad statement, unreachable database, unusable option) comes before the
+    HTTP response starts.
+    """
+    if fmt not in FORMATS:
+        raise ConfigurationError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    check_edge_values(infinity, nan)
+    if fmt == "parquet":
+        check_compression(compression)
+    _check_sqlite_file(source)
+    zero_dates = check_zero_dates(zero_dates)
+    as_text = frozenset(text_columns or ())
+    resolved = resolve_source(source)
+    pg_engine = _asyncpg_engine(resolved)
+    buffer = _Buffer()
+    out: BinaryIO = buffer  # type: ignore[assignment]
+    zipped: gzip.GzipFile | None = None
+    if gzip_level is not None and fmt != "parquet":
+        # mtime=0, as the export writes .gz: the same rows give the same bytes.
+        zipped = gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=gzip_level)
+        out = zipped  # type: ignore[assignment]
+    job = _Job(
+        fmt,
+        compression if fmt == "parquet" else None,
+        batch_rows,
+        batch_bytes,
+        ExportProgress(enabled=False),
+        out,
+        _Counter(out),
+        infinity,
+        nan,
+    )
+    job.zero_dates, job.text_columns, job.read_timeout = zero_dates, as_text, read_timeout
+    try:
+        if as_text and resolved.dialect == "postgresql":
+            raise ConfigurationError(
+                "text_columns is for MariaDB and SQLite: on PostgreSQL, cast the column to "
+                "text in the query (col::text)"
+            )
+        statement, arrow, kinds = await _statement(
+            resolved, table_or_statement, where, columns, fmt
+        )
+        job.kinds = kinds
+        if resolved.dialect == "postgresql":
+            return await _open_pg(resolved, pg_engine, statement, job, buffer, zipped)
+        if kinds is None and not isinstance(statement, Select):
+            statement, kinds = await query_kinds(resolved, statement)
+            job.kinds = kinds
+        arrow = typed_arrow(arrow, kinds, resolved.dialect, fmt, zero_dates, as_text)
+        sink: Sink = CsvSink(out) if fmt == "csv" else JsonlSink(out)
+        paged = await _pageable(resolved, statement)
+        names = [c.name for c in arrow or []] or [c.name for c in kinds or []]
+        if isinstance(paged, Select) and not names and isinstance(statement, Select):
+            names = list(statement.selected_columns.keys())
+        return await _open(
+            resolved, statement, paged, names, arrow or [], sink, job, buffer, zipped
+        )
+    except BaseException:
+        await shielded(resolved.aclose())
+        raise
+    finally:
+        if pg_engine is not resolved.engine:
+            await shielded(pg_engine.dispose())
+
+
+async def _open_pg(
+    resolved: ResolvedSource,
+    pg_engine: Any,
+    statement: Any,
+    job: _Job,
+    buffer: _Buffer,
+    zipped: gzip.GzipFile | None,
+) -> Rendered:
+    """PostgreSQL renders each value itself, as in the export's stream path."""
+    engine = resolved.engine
+    sql = _sql(engine, statement)
+    pg, _estimate = await _pg_columns(pg_engine, sql, job.read_timeout)
+    names = [c.name for c in pg]
+    sink: Sink
+    if job.format == "parquet":
+        from ._pgtypes import PgRead
+        from ._sinks._parquet import ParquetSink
+
+        read = PgRead(pg, infinity=job.infinity, nan=job.nan)
+        text = sa.text(read.query(sql, adbc=False))
+        sink = _CheckedParquet(
+            ParquetSink(job.out, read.columns, compression=job.compression or "zstd"), read
+        )
+        return await _open(resolved, text, None, names, [], sink, job, buffer, zipped)
+    sink = CsvSink(job.out) if job.format == "csv" else _RawJsonl(job.out)
+    text = sa.text(f"SELECT {', '.join(_pg_text(c, job.format) for c in pg)} FROM ({sql}) AS t")
+    paged = await _pg_pageable(resolved, statement, pg, job.format)
+    return await _open(resolved, text, paged, names, [], sink, job, buffer, zipped)
+
+
+async def _key_of(resolved: ResolvedSource, statement: Any) -> list[Any] | None:
+    """The primary key columns of the one table a statement reads plainly (no join, no
+    grouping), or None: then there is no key to page by and the stream reads as the export's."""
+    if not isinstance(statement, Select) or statement._group_by_clauses or statement._distinct:
+        return None
+    froms = statement.get_final_froms()
+    if len(froms) != 1 or not isinstance(froms[0], sa.TableClause):
+        return None
+    table = froms[0]
+    catalog = await _reflect_table(resolved, table)
+    if catalog is None or not catalog.primary_key:
+        return None
+    if isinstance(table, sa.Table):
+        return [table.c[n] for n in catalog.primary_key]
+    keyed = sa.table(table.name, *(sa.column(n) for n in catalog.primary_key), schema=table.schema)
+    return [keyed.c[n] for n in catalog.primary_key]
+
+
+async def _pageable(resolved: ResolvedSource, statement: Any) -> Select[Any] | None:
+    """MariaDB/SQLite: the statement with its raw key after its columns (the export reads each
+    column without SQLAlchemy's processing, so the key is not among them as such)."""
+    key = await _key_of(resolved, statement)
+    if key is None:
+        return None
+    paged: Select[Any] = statement.add_columns(*key)
+    return paged
+
+
+async def _pg_pageable(
+    resolved: ResolvedSource, statement: Any, pg: list[PgColumn], fmt: Format
+) -> Select[Any] | None:
+    """The rendered columns as a select() of the table itself, with its key after them, so
+    that it can be read by keyset pages; None when the statement is not one table's plain
+    columns (an expression, a label: then the export's derived table is read)."""
+    if not isinstance(statement, Select):
+        return None
+    table = next(iter(statement.get_final_froms()), None)
+    for column in statement.selected_columns:
+        star = isinstance(column, ColumnClause) and column.is_literal and column.name == "*"
+        own = isinstance(column, ColumnClause) and getattr(column, "table", None) is table
+        if not (star or (own and column.key == column.name)):
+            return None
+    key = await _key_of(resolved, statement)
+    if key is None or table is None:
+        return None
+    qualified = resolved.engine.dialect.identifier_preparer.format_table(table)
+    exprs: list[Any] = []
+    for i, col in enumerate(pg):
+        # _pg_text reads the column of the derived table "t"; here it is the table's own.
+        ref = f"t.{quote_ident(col.name)}"
+        own_ref = f"{qualified}.{quote_ident(col.name)}"
+        exprs.append(sa.literal_column(_pg_text(col, fmt).replace(ref, own_ref)).label(f"c{i}"))
+    paged = sa.select(*exprs, *key).select_from(key[0].table)
+    if statement.whereclause is not None:
+        paged = paged.where(statement.whereclause)
+    return paged
+
+
+async def _open(
+    resolved: ResolvedSource,
+    statement: Any,
+    paged: Select[Any] | None,
+    names: list[str],
+    arrow: list[ArrowColumn],
+    sink: Sink,
+    job: _Job,
+    buffer: _Buffer,
+    zipped: gzip.GzipFile | None,
+) -> Rendered:
+    """Open the stream by keyset pages when a key allows it, else as the export reads."""
+    source: Any = resolved.borrowed or resolved.engine
+    width: int | None = None
+    rows: RowStream | None = None
+    keyed = paged if paged is not None else statement
+    if isinstance(keyed, Select):
+        candidate = _stream(source, keyed, job, "keyset")
+        try:
+            await candidate.__aenter__()
+            rows = candidate
+            width = len(names) if paged is not None else None
+        except StreamKeyError:
+            rows = None  # no usable key: read as the export does
+    if rows is None:
+        rows = _stream(source, statement, job, "auto")
+        await rows.__aenter__()
+    try:
+        keys = list(rows.keys())
+        if width is not None:
+            keys = keys[:width]
+        if not names or len(names) != len(keys):
+            names = keys
+        plan = _plan(names, resolved.dialect, job)
+        fix = None
+        if job.format == "parquet" and resolved.dialect != "postgresql":
+            sink = _parquet_sink(job, arrow, names, plan)
+        elif plan is not None and plan.active:
+            fix = plan.apply
+        sink.begin(names)
+    except BaseException:
+        await shielded(rows.aclose())
+        raise
+    return Rendered(resolved, rows, sink, buffer, zipped, width, fix)
+
+
+def _stream(source: Any, statement: Any, job: _Job, strategy: Any) -> RowStream:
+    return stream(
+        source,
+        statement,
+        batch_rows=job.batch_rows,
+        batch_bytes=job.batch_bytes,
+        read_timeout=job.read_timeout,
+        strategy=strategy,
+    )
