@@ -4,4 +4,4 @@
 tree in the repository gets it; ``shop`` (the seeds' tables, filled) is loaded here.
 """
 
-pytest_plugins = ["tests.plugins.shop"]
+pytest_plugins = ["tests.plugins.shop", "tests.plugins.web"]

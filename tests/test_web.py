@@ -1,0 +1,496 @@
+"""rowstream.web: real uvicorn, real clients (httpx, curl, raw sockets, headless Chromium).
+
+Every download is compared byte for byte with ``python -m rowstream export`` of the same
+table (Parquet: the same Arrow table, since a Parquet file records its writer's row groups).
+The app is tests/webapp.py, started by tests/plugins/web.py on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from tests.plugins.shop import Shop
+from tests.plugins.web import BIG_ROWS, ROOT, WebServer, free_port
+
+pytest.importorskip("starlette")
+
+Start = Callable[..., WebServer]
+SUFFIX = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
+
+
+def cli_export(url: str, table: str, fmt: str, out: Path, *extra: str) -> bytes:
+    """The CLI's bytes for a table: what every download must equal."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "rowstream", "export", url, "--table", table]
+        + ["-o", str(out), "--format", fmt, "-q", *extra],
+        env=env,
+        capture_output=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return out.read_bytes()
+
+
+def sync_engine(shop: Shop) -> sa.Engine:
+    url = sa.engine.make_url(shop.url)
+    if shop.dialect == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    elif shop.dialect == "mariadb":
+        url = url.set(drivername="mysql+pymysql")
+    return sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+
+def app_sessions(shop: Shop, server: WebServer) -> list[str]:
+    """What the app still holds on the database: PostgreSQL backends named ``rowstream`` (their
+    states), MariaDB connections to the database, or SQLite files the server has open."""
+    if shop.dialect == "sqlite":
+        database = sa.engine.make_url(shop.url).database
+        assert database is not None
+        path = str(Path(database).resolve())
+        files = psutil.Process(server.pid).open_files()
+        return [f.path for f in files if f.path.startswith(path)]
+    with sync_engine(shop).connect() as conn:
+        if shop.dialect == "postgresql":
+            rows = conn.execute(
+                sa.text(
+                    "SELECT state FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'rowstream' AND pid <> pg_backend_pid()"
+                )
+            )
+        else:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT COMMAND FROM information_schema.PROCESSLIST "
+                    "WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+                )
+            )
+        return [str(r[0]) for r in rows]
+
+
+def wait_released(shop: Shop, server: WebServer, within: float = 1.0) -> float:
+    """Seconds until the app holds nothing on the database; fails after ``within``."""
+    started = time.monotonic()
+    while True:
+        held = app_sessions(shop, server)
+        waited = time.monotonic() - started
+        if not held:
+            return waited
+        assert waited < within, f"still held {waited:.2f} s after the client left: {held}"
+        time.sleep(0.02)
+
+
+def http_get(base: str, path: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock
+
+
+# ---------------------------------------------------------------- downloads
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_downloads_equal_the_export(
+    shop: Shop, web_server: Start, tmp_path: Path, fmt: str
+) -> None:
+    server = web_server(shop.url)
+    expected = cli_export(shop.url, "orders", fmt, tmp_path / f"orders.{fmt}")
+    url = f"{server.base}/table/orders.{fmt}"
+
+    plain = httpx.get(url, headers={"accept-encoding": "identity"}, timeout=60)
+    assert plain.status_code == 200
+    assert plain.content == expected
+    headers = plain.headers
+    assert headers["content-type"] == (
+        "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+    )
+    assert headers["content-disposition"] == f'attachment; filename="orders.{fmt}"'
+    assert headers["x-accel-buffering"] == "no"
+    assert headers["x-rowstream-strategy"] == "keyset"
+    assert "content-encoding" not in headers
+
+    # httpx asks for gzip by default and decodes it.
+    zipped = httpx.get(url, timeout=60)
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.content == expected
+
+    target = tmp_path / f"curl.{fmt}"
+    done = subprocess.run(
+        ["curl", "-sS", "--compressed", "-o", str(target), "-w", "%{http_code}", url],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.stdout == b"200", done.stderr
+    assert target.read_bytes() == expected
+    raw = subprocess.run(["curl", "-sS", "-H", "Accept-Encoding: gzip", url], capture_output=True)
+    assert gzip.decompress(raw.stdout) == expected
+
+
+def test_parquet_download_equals_the_export(
+    shop: Shop, web_server: Start, tmp_path: Path
+) -> None:
+    server = web_server(shop.url)
+    cli_export(shop.url, "orders", "parquet", tmp_path / "cli.parquet")
+    got = httpx.get(f"{server.base}/table/orders.parquet", timeout=60)
+    assert got.status_code == 200
+    assert got.headers["content-type"] == "application/vnd.apache.parquet"
+    assert "content-encoding" not in got.headers
+    (tmp_path / "web.parquet").write_bytes(got.content)
+    web = pq.read_table(tmp_path / "web.parquet")
+    cli = pq.read_table(tmp_path / "cli.parquet")
+    assert web.schema == cli.schema
+    assert web.equals(cli)
+    assert web.num_rows == 1_500
+
+
+def test_big_download_equals_the_export(big_table: Shop, web_server: Start, tmp_path: Path) -> None:
+    server = web_server(big_table.url)
+    expected = cli_export(big_table.url, "web_big", "csv", tmp_path / "big.csv")
+    target = tmp_path / "curl.csv"
+    done = subprocess.run(
+        ["curl", "-sS", "-o", str(target), f"{server.base}/table/web_big.csv"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert target.read_bytes() == expected
+    assert expected.count(b"\n") == BIG_ROWS + 1
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_bad_query_is_an_http_error(shop: Shop, web_server: Start) -> None:
+    server = web_server(shop.url)
+    got = httpx.get(f"{server.base}/table/no_such_table.csv", timeout=30)
+    assert got.status_code == 500
+    body = got.text
+    assert body.startswith("export failed: ") and body.count("\n") == 1, body
+    assert "no_such_table" in body
+    assert "Traceback" not in body and "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mariadb", "sqlite"])
+def test_unreachable_database_is_503_without_password(
+    web_server: Start, tmp_path: Path, dialect: str
+) -> None:
+    port = free_port()  # nothing listens there
+    url = {
+        "postgresql": f"postgresql://app:Sup3rSecretPw@127.0.0.1:{port}/shop",
+        "mariadb": f"mysql://app:Sup3rSecretPw@127.0.0.1:{port}/shop",
+        "sqlite": f"sqlite:///{tmp_path / 'missing.db'}",
+    }[dialect]
+    server = web_server(url)
+    got = httpx.get(f"{server.base}/table/orders.csv", timeout=60)
+    assert got.status_code == 503
+    assert got.text.startswith("database unavailable: ") and got.text.count("\n") == 1
+    for text in (got.text, server.output()):
+        assert "Sup3rSecretPw" not in text and "Traceback" not in text
+    if dialect == "sqlite":
+        assert not (tmp_path / "missing.db").exists()
+
+
+# A query that fails on the server at row 1000, after the first rows have been sent.
+FAILING = {
+    "postgresql": "SELECT id, (SELECT 1 UNION ALL SELECT 2 WHERE orders.id = 1000) AS x "
+    "FROM orders ORDER BY id",
+    "mariadb": "SELECT id, (SELECT 1 UNION ALL SELECT 2 FROM DUAL WHERE orders.id = 1000) AS x "
+    "FROM orders ORDER BY id",
+    "sqlite": "SELECT id, CASE WHEN id = 1000 THEN abs(-9223372036854775807 - 1) ELSE 0 END "
+    "AS x FROM orders ORDER BY id",
+}
+
+
+def test_error_mid_stream_truncates_the_download(
+    shop: Shop, web_server: Start, tmp_path: Path
+) -> None:
+    server = web_server(shop.url)
+    url = f"{server.base}/query.csv"
+    params = {"sql": FAILING[shop.dialect]}
+    received = bytearray()
+    plain = {"accept-encoding": "identity"}
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("GET", url, params=params, headers=plain, timeout=60) as got,
+    ):
+        assert got.status_code == 200
+        for piece in got.iter_raw():
+            received += piece
+    text = bytes(received)
+    assert text.startswith(b"id,x\n1,")
+    assert b"\n1000," not in text
+
+    # curl sees a partial file too (18: transfer closed with data outstanding).
+    done = subprocess.run(
+        ["curl", "-sS", "-G", "--data-urlencode", f"sql={params['sql']}", url],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 18, (done.returncode, done.stderr)
+    assert done.stdout.startswith(b"id,x\n1,")
+    wait_released(shop, server, within=5.0)
+
+
+# ---------------------------------------------------------------- clients that leave or stall
+
+
+def test_clients_leaving_release_the_database_within_a_second(
+    big_table: Shop, web_server: Start
+) -> None:
+    """50 clients leave at random points of a 15 MB download; after each, the app holds no
+    backend (PostgreSQL), no connection (MariaDB) and no open file (SQLite) within 1 s."""
+    server = web_server(big_table.url)
+    rng = random.Random(13)
+    waits = []
+    for i in range(50):
+        cut = 0 if i == 0 else rng.randrange(1, 3_000_000)
+        sock = http_get(server.base, "/fresh/web_big.csv")
+        got = 0
+        while got < cut:
+            data = sock.recv(min(65536, cut - got))
+            assert data, "the server ended the download early"
+            got += len(data)
+        # Unread data in the buffer: the kernel answers with a reset, as for a closed tab.
+        sock.close()
+        waits.append(wait_released(big_table, server))
+    assert max(waits) < 1.0
+    assert "Traceback" not in server.output()
+
+
+def test_slow_client_holds_no_transaction(big_table: Shop, web_server: Start, tmp_path: Path) -> None:
+    """curl reading at 100 KB/s gets the exact file; meanwhile no transaction waits on it
+    (keyset pages), and the server's memory stays flat."""
+    server = web_server(big_table.url)
+    where = "id <= 6000"
+    expected = cli_export(
+        big_table.url, "web_big", "csv", tmp_path / "slow.csv", "--where", where
+    )
+    target = tmp_path / "curl.csv"
+    curl = subprocess.Popen(
+        ["curl", "-sS", "--limit-rate", "100K", "-o", str(target), "-G"]
+        + ["--data-urlencode", f"where={where}", f"{server.base}/table/web_big.csv"],
+    )
+    seen: list[str] = []
+    rss = []
+    deadline = time.monotonic() + 60
+    while curl.poll() is None and time.monotonic() < deadline:
+        seen += app_sessions(big_table, server) if big_table.dialect == "postgresql" else []
+        rss.append(psutil.Process(server.pid).memory_info().rss)
+        time.sleep(0.2)
+    assert curl.wait(timeout=5) == 0
+    assert target.read_bytes() == expected
+    assert len(rss) >= 10, "the download was not slow: the rate limit did not apply"
+    assert "idle in transaction" not in seen
+    assert max(rss) < 150 * 1024 * 1024
+
+
+def test_client_that_stops_reading_is_cut_off(big_table: Shop, web_server: Start) -> None:
+    server = web_server(big_table.url, send_timeout="2")
+    sock = socket.socket()
+    # A small window: the server's writes block soon after the client stops reading.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = server.base.removeprefix("http://").split(":")
+    sock.settimeout(30)
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET /fresh/web_big.csv HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    time.sleep(6)  # stalled: more than the send timeout
+    released = app_sessions(big_table, server)
+    assert released == [], f"a stalled client still holds {released}"
+    total = 0
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        try:
+            data = sock.recv(1 << 20)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        total += len(data)
+    sock.close()
+    assert total < 12_000_000, "the stalled download was not cut off"
+    assert "read nothing for 2 s" in server.output()
+
+
+def test_too_many_downloads_get_503_with_retry_after(big_table: Shop, web_server: Start) -> None:
+    server = web_server(big_table.url, limit="1")
+    holder = http_get(server.base, "/table/web_big.csv")
+    holder.settimeout(10)
+    assert holder.recv(1024).startswith(b"HTTP/1.1 200")
+    busy = httpx.get(f"{server.base}/table/orders.csv", timeout=30)
+    assert busy.status_code == 503
+    assert busy.headers["retry-after"] == "7"
+    holder.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        again = httpx.get(f"{server.base}/table/orders.csv", timeout=30)
+        if again.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert again.status_code == 200
+
+
+# ---------------------------------------------------------------- PgBouncer
+
+
+def test_hundred_downloads_through_pgbouncer(
+    pgbouncer_url: str, shop: Shop, web_server: Start, tmp_path: Path
+) -> None:
+    """100 concurrent downloads through PgBouncer (transaction mode, a pool of 4), all exact."""
+    if shop.dialect != "postgresql":
+        pytest.skip("PgBouncer pools PostgreSQL only")
+    server = web_server(pgbouncer_url, limit="100")
+    expected = {
+        fmt: cli_export(shop.url, "orders", fmt, tmp_path / f"orders.{fmt}")
+        for fmt in ("csv", "jsonl")
+    }
+
+    def download(i: int) -> tuple[str, int, bytes, str]:
+        fmt = "csv" if i % 2 else "jsonl"
+        got = httpx.get(f"{server.base}/table/orders.{fmt}", timeout=120)
+        return fmt, got.status_code, got.content, got.headers.get("x-rowstream-strategy", "")
+
+    with ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(download, range(100)))
+    for fmt, status, content, strategy in results:
+        assert status == 200
+        assert strategy == "keyset"
+        assert content == expected[fmt]
+
+
+# ---------------------------------------------------------------- a browser
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail("chromium is missing: apt-get install -y chromium")
+    return found
+
+
+class _DevTools:
+    """Chromium's DevTools protocol over its websocket: one call at a time, events kept."""
+
+    def __init__(self, ws_url: str) -> None:
+        from websockets.sync.client import connect
+
+        self._ws = connect(ws_url, max_size=None, open_timeout=10)
+        self._next = 0
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        self._next += 1
+        message: dict[str, Any] = {"id": self._next, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        self._ws.send(json.dumps(message))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            reply = json.loads(self._ws.recv(timeout=30))
+            if reply.get("id") == self._next:
+                assert "error" not in reply, reply
+                result: dict[str, Any] = reply["result"]
+                return result
+            self.events.append(reply)
+        raise AssertionError(f"no answer to {method}")
+
+    def wait_event(self, method: str, done: Callable[[dict[str, Any]], bool], within: float) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if any(e.get("method") == method and done(e["params"]) for e in self.events):
+                return
+            try:
+                self.events.append(json.loads(self._ws.recv(timeout=1)))
+            except TimeoutError:
+                continue
+        raise AssertionError(f"no {method} within {within} s")
+
+    def close(self) -> None:
+        self._ws.close()
+
+
+def test_browser_download_from_a_link(shop: Shop, web_server: Start, tmp_path: Path) -> None:
+    """Headless Chromium clicks a download link in a page; the saved file equals the export."""
+    server = web_server(shop.url)
+    expected = cli_export(shop.url, "orders", "csv", tmp_path / "cli.csv")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    profile = tmp_path / "profile"
+    browser = subprocess.Popen(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+        + [f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    found: list[str] = []
+
+    def read_port() -> None:
+        assert browser.stderr is not None
+        for line in browser.stderr:
+            if "DevTools listening on" in line:
+                found.append(line.split("DevTools listening on", 1)[1].strip())
+                return
+
+    reader = threading.Thread(target=read_port, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    try:
+        assert found, "chromium did not open its DevTools port"
+        tools = _DevTools(found[0])
+        try:
+            tools.call(
+                "Browser.setDownloadBehavior",
+                behavior="allow",
+                downloadPath=str(downloads),
+                eventsEnabled=True,
+            )
+            target = tools.call("Target.createTarget", url=f"{server.base}/")["targetId"]
+            session = tools.call("Target.attachToTarget", targetId=target, flatten=True)[
+                "sessionId"
+            ]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                state = tools.call(
+                    "Runtime.evaluate", session, expression="document.readyState"
+                )["result"]["value"]
+                if state == "complete":
+                    break
+                time.sleep(0.1)
+            tools.call(
+                "Runtime.evaluate", session, expression="document.getElementById('get').click()"
+            )
+            tools.wait_event(
+                "Browser.downloadProgress", lambda p: p.get("state") == "completed", within=60
+            )
+        finally:
+            tools.close()
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait(timeout=10)
+    saved = downloads / "orders.csv"
+    assert saved.read_bytes() == expected
