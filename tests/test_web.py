@@ -284,8 +284,9 @@ def test_error_mid_stream_truncates_the_download(
         for piece in got.iter_raw():
             received += piece
     text = bytes(received)
-    assert text.startswith(b"id,x\n1,")
-    assert b"\n1000," not in text
+    # Some rows came (in the server's order, which MariaDB takes from an index), not all.
+    assert text.startswith(b"id,x\n") and text.count(b"\n") > 1
+    assert b"\n1000," not in text and text.count(b"\n") < 1_500
 
     # curl sees a partial file too (18: transfer closed with data outstanding).
     done = subprocess.run(
@@ -294,7 +295,7 @@ def test_error_mid_stream_truncates_the_download(
         timeout=60,
     )
     assert done.returncode == 18, (done.returncode, done.stderr)
-    assert done.stdout.startswith(b"id,x\n1,")
+    assert done.stdout.startswith(b"id,x\n") and done.stdout.count(b"\n") > 1
     wait_released(shop, server, within=5.0, pooled=True)
 
 
@@ -480,7 +481,8 @@ class _DevTools:
                 self.events.append(json.loads(self._ws.recv(timeout=1)))
             except TimeoutError:
                 continue
-        raise AssertionError(f"no {method} within {within} s")
+        seen = [e.get("method") for e in self.events]
+        raise AssertionError(f"no {method} within {within} s; events: {seen}")
 
 
 def test_browser_download_from_a_link(shop: Shop, web_server: Start, tmp_path: Path) -> None:
@@ -535,15 +537,31 @@ def test_browser_download_from_a_link(shop: Shop, web_server: Start, tmp_path: P
             ]
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                state = tools.call("Runtime.evaluate", session, expression="document.readyState")[
-                    "result"
-                ]["value"]
-                if state == "complete":
+                # The new tab is about:blank (complete) until the page replaces it.
+                loaded = "document.readyState === 'complete' && !!document.getElementById('get')"
+                state = tools.call("Runtime.evaluate", session, expression=loaded)["result"]
+                if state.get("value") is True:
                     break
                 time.sleep(0.1)
-            tools.call(
-                "Runtime.evaluate", session, expression="document.getElementById('get').click()"
-            )
+            assert state.get("value") is True, f"the page did not load: {state}"
+            # A real click, as a person's: the browser's own mouse events on the link.
+            box = tools.call(
+                "Runtime.evaluate",
+                session,
+                returnByValue=True,
+                expression="(() => { const r = document.getElementById('get')"
+                ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()",
+            )["result"]["value"]
+            for kind in ("mousePressed", "mouseReleased"):
+                tools.call(
+                    "Input.dispatchMouseEvent",
+                    session,
+                    type=kind,
+                    x=box[0],
+                    y=box[1],
+                    button="left",
+                    clickCount=1,
+                )
             tools.wait_event(
                 "Browser.downloadProgress", lambda p: p.get("state") == "completed", within=60
             )
