@@ -418,11 +418,10 @@ def test_too_many_downloads_get_503_with_retry_after(big_table: Shop, web_server
 
 
 def test_hundred_downloads_through_pgbouncer(
-    pgbouncer_url: str, shop: Shop, web_server: Start, tmp_path: Path
+    pgbouncer_url: str, pg_shop: Shop, web_server: Start, tmp_path: Path
 ) -> None:
     """100 concurrent downloads through PgBouncer (transaction mode, a pool of 4), all exact."""
-    if shop.dialect != "postgresql":
-        pytest.skip("PgBouncer pools PostgreSQL only")
+    shop = pg_shop
     server = web_server(pgbouncer_url, limit="100")
     expected = {
         fmt: cli_export(shop.url, "orders", fmt, tmp_path / f"orders.{fmt}")

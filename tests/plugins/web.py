@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+import rowstream
+from tests import models
 from tests.plugins.shop import Shop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,3 +166,16 @@ def big_table(shop: Shop, _big_seeded: set[str]) -> Shop:
 @pytest.fixture(scope="session")
 def _big_seeded() -> set[str]:
     return set()
+
+
+@pytest.fixture
+async def pg_shop(pg_url: str, _seeded: set[str]) -> Shop:
+    """The shop on PostgreSQL alone, for tests of what only PostgreSQL has (PgBouncer)."""
+    if pg_url not in _seeded:
+        engine = rowstream.create_engine(pg_url)
+        try:
+            await models.seed(engine)
+        finally:
+            await engine.dispose()
+        _seeded.add(pg_url)
+    return Shop(pg_url)
