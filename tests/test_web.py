@@ -224,6 +224,17 @@ def test_big_download_equals_the_export(big_table: Shop, web_server: Start, tmp_
     assert expected.count(b"\n") == BIG_ROWS + 1
 
 
+def test_example_app(shop: Shop, web_server: Start, tmp_path: Path) -> None:
+    """examples/fastapi_download.py: a session dependency, an ORM select, a download."""
+    server = web_server(shop.url, app="examples.fastapi_download:app")
+    expected = cli_export(shop.url, "orders", "csv", tmp_path / "cli.csv", "--where", "user_id = 7")
+    got = httpx.get(f"{server.base}/users/7/orders.csv", timeout=60)
+    assert got.status_code == 200
+    assert got.headers["content-disposition"] == 'attachment; filename="orders-7.csv"'
+    assert got.content == expected
+    assert got.content.count(b"\n") == 1 + 1_500 // 20
+
+
 # ---------------------------------------------------------------- errors
 
 

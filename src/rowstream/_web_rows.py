@@ -207,6 +207,10 @@ async def open_rendered(
                 "text_columns is for MariaDB and SQLite: on PostgreSQL, cast the column to "
                 "text in the query (col::text)"
             )
+        if resolved.dialect != "postgresql":
+            plain = _as_table(resolved, table_or_statement)
+            if plain is not None:
+                table_or_statement, where, columns = plain
         statement, arrow, kinds = await _statement(
             resolved, table_or_statement, where, columns, fmt
         )
@@ -231,6 +235,42 @@ async def open_rendered(
     finally:
         if pg_engine is not resolved.engine:
             await shielded(pg_engine.dispose())
+
+
+def _as_table(resolved: ResolvedSource, statement: Any) -> tuple[str, str | None, list[str]] | None:
+    """A select() of one table's own columns (an ORM entity, say), filtered at most, as the
+    table name, the condition and the columns ``rowstream export --table --where --columns``
+    takes: MariaDB and SQLite values are then read raw and checked as the export reads a
+    table (SQLAlchemy's result processing is lossy for export; see ``_export._raw``)."""
+    if not isinstance(statement, Select):
+        return None
+    froms = statement.get_final_froms()
+    table = froms[0] if len(froms) == 1 else None
+    if (
+        not isinstance(table, sa.Table)
+        or statement._order_by_clauses
+        or statement._group_by_clauses
+        or statement._distinct
+        or statement._limit_clause is not None
+        or statement._offset_clause is not None
+        or statement._having_criteria
+    ):
+        return None
+    names = []
+    for column in statement.selected_columns:
+        if getattr(column, "table", None) is not table or column.key != column.name:
+            return None
+        names.append(str(column.name))
+    where = None
+    if statement.whereclause is not None:
+        dialect = resolved.engine.dialect
+        compiled = statement.whereclause.compile(
+            dialect=dialect, compile_kwargs={"literal_binds": True}
+        )
+        where = str(compiled)
+    assert table is not None
+    name = f"{table.schema}.{table.name}" if table.schema else table.name
+    return name, where, names
 
 
 async def _open_pg(

@@ -69,29 +69,20 @@ def _wait_ready(server: WebServer) -> None:
 def web_server(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
     started: list[WebServer] = []
 
-    def start(url: str, **env: str) -> WebServer:
+    def start(url: str, app: str = "tests.webapp:app", **env: str) -> WebServer:
         port = free_port()
         log = tmp_path / f"uvicorn-{port}.log"
         child_env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
             "ROWSTREAM_WEB_URL": url,
+            "DATABASE_URL": url,
             **{f"ROWSTREAM_WEB_{k.upper()}": v for k, v in env.items()},
         }
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "tests.webapp:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                ],
+                [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1"]
+                + ["--port", str(port), "--log-level", "warning"],
                 cwd=ROOT,
                 env=child_env,
                 stdout=out,
