@@ -14,6 +14,7 @@ in the web code: when the export is split into readers and sinks, only these imp
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
     from ._arrow import ArrowColumn
 
 __all__ = ["Rendered", "open_rendered"]
+
+# How long closing waits for a read ahead to stop (it is cancelled; this only bounds the wait).
+CLOSE_TIMEOUT = 5.0
 
 
 class _Buffer:
@@ -116,14 +120,27 @@ class Rendered:
         self._fix = fix
         self.strategy = rows.stats.strategy
         self.rows = 0
+        self._pending: asyncio.Future[Any] | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The file's bytes: the header first, then one piece per batch, then the end."""
+        """The file's bytes: the header first, then one piece per batch, then the end.
+
+        The next batch is read while this one is rendered and sent (at most one ahead, so
+        memory stays two batches): the database's time and the client's overlap. With keyset
+        pages the read batch holds no transaction while it waits.
+        """
         buffer, sink, width, fix = self._buffer, self._sink, self._width, self._fix
         head = buffer.take()
         if head:
             yield head
-        async for batch in self._rows.batches():
+        batches = self._rows.batches()
+        self._pending = asyncio.ensure_future(anext(batches, None))
+        while True:
+            batch = await self._pending
+            if batch is None:
+                self._pending = None
+                break
+            self._pending = asyncio.ensure_future(anext(batches, None))
             self.rows += len(batch)
             # Keyset pages on PostgreSQL carry the raw key after the rendered columns.
             rows: Sequence[Sequence[Any]] = (
@@ -142,6 +159,13 @@ class Rendered:
             yield tail
 
     async def aclose(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            # A read ahead in flight: stop it before the stream closes under it.
+            pending.cancel()
+            await asyncio.wait([pending], timeout=CLOSE_TIMEOUT)
+        elif pending is not None and not pending.cancelled():
+            pending.exception()  # retrieved: an error there is moot once the client left
         abort = getattr(self._sink, "abort", None)
         if abort is not None:
             abort()
