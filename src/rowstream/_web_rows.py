@@ -34,6 +34,7 @@ from ._export import (
     _Job,
     _parquet_sink,
     _pg_columns,
+    _pg_session,
     _pg_text,
     _plan,
     _RawJsonl,
@@ -41,7 +42,7 @@ from ._export import (
     _statement,
 )
 from ._keys import _reflect_table
-from ._pgcopy import PgColumn, quote_ident
+from ._pgcopy import PgColumn, copy_csv, copy_jsonl, quote_ident, quote_literal
 from ._progress import ExportProgress
 from ._sinks import CsvSink, JsonlSink, Sink, check_compression
 from ._sinks._options import FORMATS, Format, check_edge_values
@@ -53,7 +54,7 @@ from ._values import ZeroDates, check_zero_dates
 if TYPE_CHECKING:
     from ._arrow import ArrowColumn
 
-__all__ = ["Rendered", "open_rendered"]
+__all__ = ["CopyPages", "Rendered", "open_rendered"]
 
 # How long closing waits for a read ahead to stop (it is cancelled; this only bounds the wait).
 CLOSE_TIMEOUT = 5.0
@@ -189,7 +190,7 @@ async def open_rendered(
     read_timeout: float | None = None,
     infinity: str = "error",
     nan: str = "error",
-) -> Rendered:
+) -> Rendered | CopyPages:
     """Open the stream and write the file's header into its buffer; raise before any byte.
 
     ``gzip_level`` gzips CSV and JSONL (None: plain). Nothing is sent by this function, so
@@ -240,7 +241,10 @@ async def open_rendered(
         )
         job.kinds = kinds
         if resolved.dialect == "postgresql":
-            return await _open_pg(resolved, pg_engine, statement, job, buffer, zipped)
+            opened = await _open_pg(resolved, pg_engine, statement, job, buffer, zipped)
+            if isinstance(opened, CopyPages):
+                pg_engine = resolved.engine  # the pages own it now (see CopyPages.aclose)
+            return opened
         if kinds is None and not isinstance(statement, Select):
             statement, kinds = await query_kinds(resolved, statement)
             job.kinds = kinds
@@ -304,7 +308,7 @@ async def _open_pg(
     job: _Job,
     buffer: _Buffer,
     zipped: gzip.GzipFile | None,
-) -> Rendered:
+) -> Rendered | CopyPages:
     """PostgreSQL renders each value itself, as in the export's stream path."""
     engine = resolved.engine
     sql = _sql(engine, statement)
@@ -321,6 +325,9 @@ async def _open_pg(
             ParquetSink(job.out, read.columns, compression=job.compression or "zstd"), read
         )
         return await _open(resolved, text, None, names, [], sink, job, buffer, zipped)
+    pages = await _copy_pages(resolved, pg_engine, statement, sql, pg, job, buffer, zipped)
+    if pages is not None:
+        return pages
     sink = CsvSink(job.out) if job.format == "csv" else _RawJsonl(job.out)
     text = sa.text(f"SELECT {', '.join(_pg_text(c, job.format) for c in pg)} FROM ({sql}) AS t")
     paged = await _pg_pageable(resolved, statement, pg, job.format)
@@ -440,3 +447,142 @@ def _stream(source: Any, statement: Any, job: _Job, strategy: Any) -> RowStream:
         read_timeout=job.read_timeout,
         strategy=strategy,
     )
+
+
+# Rows per COPY page: the first pages are small (the first bytes go out at once), later ones
+# hold about PAGE_BYTES of output, which is buffered whole: the page's transaction ends before
+# its bytes wait on the client.
+FIRST_PAGE_ROWS = 1_000
+MAX_PAGE_ROWS = 200_000
+PAGE_BYTES = 4 * 1024 * 1024
+
+
+class CopyPages:
+    """PostgreSQL CSV and JSON Lines by keyset pages, each page one ``COPY`` of the rows
+    between two keys in a short read-only transaction of its own.
+
+    The server renders every value (the bytes of ``rowstream export``'s COPY path, by the same
+    functions); Python only moves bytes, so a download keeps up with the export to a file,
+    and no transaction waits on the network.
+    """
+
+    strategy = "keyset"
+
+    def __init__(
+        self,
+        resolved: ResolvedSource,
+        engine: Any,
+        sql: str,
+        key: str,
+        pg: list[PgColumn],
+        job: _Job,
+        buffer: _Buffer,
+        zipped: gzip.GzipFile | None,
+    ) -> None:
+        self._resolved = resolved
+        self._engine = engine
+        self._sql = sql
+        self._key = key
+        self._pg = pg
+        self._job = job
+        self._buffer = buffer
+        self._zipped = zipped
+        self._pending: asyncio.Future[Any] | None = None
+        self.rows = 0
+
+    async def _page(self, last: int | None, size: int) -> tuple[bytes, int, int | None]:
+        """The rendered rows after ``last`` (at most ``size``), their count, and the last key
+        (None at the end)."""
+        key = f"t.{quote_ident(self._key)}"
+        after = f" WHERE {key} > {quote_literal(str(last))}" if last is not None else ""
+        parts: list[bytes] = []
+
+        async def collect(chunk: bytes) -> None:
+            arrived()
+            parts.append(bytes(chunk))
+
+        async with _pg_session(self._engine, self._job.read_timeout) as (apg, arrived):
+            await apg.execute("SET TRANSACTION READ ONLY")
+            bound = await apg.fetchval(
+                f"SELECT {key} FROM ({self._sql}) AS t{after} ORDER BY {key} "
+                f"OFFSET {size - 1} LIMIT 1"
+            )
+            upper = f" {'AND' if after else 'WHERE'} {key} <= {bound}" if bound is not None else ""
+            page = f"SELECT t.* FROM ({self._sql}) AS t{after}{upper} ORDER BY {key}"
+            if self._job.format == "csv":
+                count = await copy_csv(apg, page, collect)
+            else:
+                count = await copy_jsonl(apg, page, self._pg, collect)
+        data = b"".join(parts)
+        if self._job.format == "csv" and last is not None:
+            data = data[data.index(b"\n") + 1 :]  # COPY's header: only the first page's
+        return data, count, None if bound is None else int(bound)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        out, buffer = self._job.out, self._buffer
+        size = FIRST_PAGE_ROWS
+        pending = self._pending = asyncio.ensure_future(self._page(None, size))
+        while True:
+            data, count, last = await pending
+            self._pending = None
+            if last is not None:
+                if count:
+                    size = max(
+                        FIRST_PAGE_ROWS, min(MAX_PAGE_ROWS, PAGE_BYTES * count // max(1, len(data)))
+                    )
+                # The next page is read while this one goes out.
+                pending = self._pending = asyncio.ensure_future(self._page(last, size))
+            self.rows += count
+            out.write(data)
+            del data
+            piece = buffer.take()
+            if piece:
+                yield piece
+            if last is None:
+                break
+        if self._zipped is not None:
+            self._zipped.close()
+        tail = buffer.take()
+        if tail:
+            yield tail
+
+    async def aclose(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.wait([pending], timeout=CLOSE_TIMEOUT)
+        elif pending is not None and not pending.cancelled():
+            pending.exception()
+        if self._engine is not self._resolved.engine:
+            await shielded(self._engine.dispose())
+        await shielded(self._resolved.aclose())
+
+
+async def _copy_pages(
+    resolved: ResolvedSource,
+    pg_engine: Any,
+    statement: Any,
+    sql: str,
+    pg: list[PgColumn],
+    job: _Job,
+    buffer: _Buffer,
+    zipped: gzip.GzipFile | None,
+) -> CopyPages | None:
+    """Keyset COPY pages when the statement is one table's plain columns with an integer
+    primary key among them (other keys: rows through rowstream.stream)."""
+    if resolved.borrowed is not None or not isinstance(statement, Select):
+        return None
+    if statement._order_by_clauses or statement._limit_clause is not None:
+        return None
+    if statement._offset_clause is not None:
+        return None
+    key = await _key_of(resolved, statement)
+    if key is None or len(key) != 1:
+        return None
+    name = str(key[0].name)
+    types = {c.name: c.typname for c in pg}
+    if types.get(name) not in ("int2", "int4", "int8") or len(types) != len(pg):
+        return None
+    if any("\n" in c.name or "\r" in c.name for c in pg):
+        return None  # the header of later pages is cut at its first line break
+    return CopyPages(resolved, pg_engine, sql, name, pg, job, buffer, zipped)

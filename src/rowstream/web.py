@@ -49,7 +49,7 @@ from ._sizing import DEFAULT_BATCH_BYTES
 from ._source import Source
 from ._values import DEFAULT_ZERO_DATES, ZeroDates, check_zero_dates
 from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
-from ._web_rows import Rendered, open_rendered
+from ._web_rows import CopyPages, Rendered, open_rendered
 
 __all__ = ["ClientTooSlowError", "DownloadLimit", "RowsResponse", "downloads", "response"]
 
@@ -321,7 +321,7 @@ class RowsResponse(StreamingResponse):
                 await rendered.aclose()
             self.rows = rendered.rows
 
-    async def _pieces(self, rendered: Rendered) -> Any:
+    async def _pieces(self, rendered: Rendered | CopyPages) -> Any:
         size = self._chunk_bytes
         async for data in rendered.chunks():
             if len(data) <= size:
