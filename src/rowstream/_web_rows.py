@@ -2,11 +2,15 @@
 
 A web download must hold the same bytes as ``rowstream export`` of the same rows, so it is
 built from the export's own pieces (the statement, PostgreSQL's server-side rendering, the
-MariaDB/SQLite value plans, the sinks) and differs only in two ways: the rows come through
-:func:`rowstream.stream` with keyset pages whenever the statement has a key (a slow client
-then never holds a transaction open: each page is its own short transaction, and nothing is
-open while the bytes wait on the network), and the sink writes into a buffer that is handed
-out after each batch, so memory is one batch whatever the client's speed.
+MariaDB/SQLite value plans, the sinks) and differs in how the rows are read: by keyset pages
+whenever the statement has a key, so that a slow client never holds a transaction open (each
+page is its own short transaction, and nothing is open while the bytes wait on the network),
+and the output is handed out page by page, so memory is bounded whatever the client's speed.
+
+- PostgreSQL CSV and JSONL of a table with an integer key: :class:`CopyPages`, each page one
+  ``COPY`` of the rows between two keys, rendered by the export's COPY functions.
+- Everything else: :func:`rowstream.stream` (``strategy="keyset"`` when a key exists, else as
+  the export reads) into the export's sinks, through a buffer emptied after each batch.
 
 Everything this module takes from :mod:`rowstream._export` is imported here and nowhere else
 in the web code: when the export is split into readers and sinks, only these imports move.
