@@ -68,8 +68,20 @@ def run_export(url: str, rows: int, fmt: str) -> Result:
         target = Path(tmp) / f"orders.{fmt}"
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "rowstream", "export", url, "--table", "bench_orders"]
-            + ["--where", f"id <= {rows}", "-o", str(target), "-q"],
+            [
+                sys.executable,
+                "-m",
+                "rowstream",
+                "export",
+                url,
+                "--table",
+                "bench_orders",
+                "--where",
+                f"id <= {rows}",
+                "-o",
+                str(target),
+                "-q",
+            ],
             env=_env(),
             capture_output=True,
             timeout=1800,
@@ -85,8 +97,18 @@ def run_web(url: str, rows: int, name: str) -> Result:
     port = _free_port()
     env = {**_env(), "ROWSTREAM_BENCH_WEB_URL": url, "ROWSTREAM_BENCH_WEB_ROWS": str(rows)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "_web_app:app", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "_web_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env=env,
         cwd=ROOT / "bench",
     )
@@ -102,8 +124,17 @@ def run_web(url: str, rows: int, name: str) -> Result:
             raise SystemExit("uvicorn did not start within 60 s")
         started = time.perf_counter()
         done = subprocess.run(
-            ["curl", "-sS", "-H", "Accept-Encoding: identity", "-o", "/dev/null"]
-            + ["-w", "%{http_code} %{size_download}", f"http://127.0.0.1:{port}{_PATHS[name]}"],
+            [
+                "curl",
+                "-sS",
+                "-H",
+                "Accept-Encoding: identity",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}",
+                f"http://127.0.0.1:{port}{_PATHS[name]}",
+            ],
             capture_output=True,
             timeout=1800,
         )

@@ -81,8 +81,18 @@ def web_server(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
         }
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1"]
-                + ["--port", str(port), "--log-level", "warning"],
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    app,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ],
                 cwd=ROOT,
                 env=child_env,
                 stdout=out,
