@@ -350,15 +350,20 @@ def test_error_mid_stream_truncates_the_download(
 # ---------------------------------------------------------------- clients that leave or stall
 
 
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
 def test_clients_leaving_release_the_database_within_a_second(
-    big_table: Shop, web_server: Start
+    big_table: Shop, web_server: Start, spec: str
 ) -> None:
     """50 clients leave at random points of a 15 MB download; after each, the app holds no
-    backend (PostgreSQL), no connection (MariaDB) and no open file (SQLite) within 1 s."""
-    server = web_server(big_table.url)
+    backend (PostgreSQL), no connection (MariaDB) and no open file (SQLite) within 1 s.
+
+    uvicorn speaks ASGI 2.3; told 2.4, Starlette would stop listening for the disconnect
+    (a 2.4 server raises on send instead, which uvicorn does not): the response still does.
+    """
+    server = web_server(big_table.url, spec=spec)
     rng = random.Random(13)
     waits = []
-    for i in range(50):
+    for i in range(50 if spec == "2.3" else 20):
         cut = 0 if i == 0 else rng.randrange(1, 3_000_000)
         sock = http_get(server.base, "/fresh/web_big.csv")
         got = 0

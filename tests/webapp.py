@@ -2,7 +2,8 @@
 
 Configured by the environment, since uvicorn imports it in a child process:
 ROWSTREAM_WEB_URL (the database), ROWSTREAM_WEB_LIMIT (concurrent downloads),
-ROWSTREAM_WEB_SEND_TIMEOUT (seconds).
+ROWSTREAM_WEB_SEND_TIMEOUT (seconds), ROWSTREAM_WEB_SPEC (the ASGI spec version the app is
+told, whatever the server speaks: Starlette listens for disconnects only below 2.4).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sqlalchemy as sa
 from fastapi import FastAPI
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 import rowstream
 import rowstream.web
@@ -66,3 +68,17 @@ async def query(sql: str, fmt: str) -> Response:
         limit=LIMIT,
         send_timeout=SEND_TIMEOUT,
     )
+
+
+_fastapi = app
+SPEC = os.environ.get("ROWSTREAM_WEB_SPEC")
+
+
+async def _told_spec(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http" and SPEC:
+        scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": SPEC}}
+    await _fastapi(scope, receive, send)
+
+
+if SPEC:
+    app = _told_spec  # type: ignore[assignment]
