@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from tests.plugins import _bringup
 from tests.plugins.shop import Shop
 from tests.plugins.web import BIG_ROWS, ROOT, WebServer, free_port
 
@@ -499,7 +500,10 @@ def test_hundred_downloads_through_pgbouncer(
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        pytest.fail("chromium is missing: apt-get install -y chromium")
+        # A fresh machine (CI): Debian's package, as the harness installs servers.
+        _bringup.apt_install("chromium")
+        found = shutil.which("chromium")
+    assert found is not None, "chromium is missing: apt-get install -y chromium"
     return found
 
 

@@ -9,6 +9,7 @@ tests whose clients must leave or stall while the server is still sending.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 
 import rowstream
 from tests import models
+from tests.plugins import _bringup
 from tests.plugins.shop import Shop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +69,8 @@ def _wait_ready(server: WebServer) -> None:
 
 @pytest.fixture
 def web_server(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
+    if shutil.which("curl") is None:
+        _bringup.apt_install("curl")  # the tests' second client
     started: list[WebServer] = []
 
     def start(url: str, app: str = "tests.webapp:app", **env: str) -> WebServer:
