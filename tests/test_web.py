@@ -238,6 +238,7 @@ def test_parquet_download_equals_the_export(shop: Shop, web_server: Start, tmp_p
     got = httpx.get(f"{server.base}/table/orders.parquet", timeout=60)
     assert got.status_code == 200
     assert got.headers["content-type"] == "application/vnd.apache.parquet"
+    assert got.headers["x-rowstream-strategy"] == "keyset"
     assert "content-encoding" not in got.headers
     (tmp_path / "web.parquet").write_bytes(got.content)
     web = pq.read_table(tmp_path / "web.parquet")
@@ -259,6 +260,15 @@ def test_big_download_equals_the_export(big_table: Shop, web_server: Start, tmp_
     assert done.returncode == 0, done.stderr
     assert target.read_bytes() == expected
     assert expected.count(b"\n") == BIG_ROWS + 1
+
+    # Parquet over many keyset pages: the same table as the export's.
+    cli_export(big_table.url, "web_big", "parquet", tmp_path / "cli.parquet")
+    got = httpx.get(f"{server.base}/table/web_big.parquet", timeout=120)
+    assert got.status_code == 200 and got.headers["x-rowstream-strategy"] == "keyset"
+    (tmp_path / "web.parquet").write_bytes(got.content)
+    web = pq.read_table(tmp_path / "web.parquet")
+    assert web.equals(pq.read_table(tmp_path / "cli.parquet"))
+    assert web.num_rows == BIG_ROWS
 
 
 def test_example_app(shop: Shop, web_server: Start, tmp_path: Path) -> None:

@@ -115,6 +115,7 @@ class Rendered:
         zipped: gzip.GzipFile | None,
         width: int | None,
         fix: Any,
+        skip: int = 0,
     ) -> None:
         self._resolved = resolved
         self._rows = rows
@@ -122,6 +123,7 @@ class Rendered:
         self._buffer = buffer
         self._zipped = zipped
         self._width = width
+        self._skip = skip
         self._fix = fix
         self.strategy = rows.stats.strategy
         self.rows = 0
@@ -148,9 +150,11 @@ class Rendered:
             self._pending = asyncio.ensure_future(anext(batches, None))
             self.rows += len(batch)
             # Keyset pages on PostgreSQL carry the raw key after the rendered columns.
-            rows: Sequence[Sequence[Any]] = (
-                [row[:width] for row in batch] if width is not None else batch
-            )
+            rows: Sequence[Sequence[Any]] = batch
+            if width is not None:
+                rows = [row[:width] for row in batch]
+            elif self._skip:
+                rows = [row[self._skip :] for row in batch]
             sink.write_rows(fix(rows) if fix is not None else rows)
             del batch, rows
             data = buffer.take()
@@ -324,11 +328,19 @@ async def _open_pg(
         from ._sinks._parquet import ParquetSink
 
         read = PgRead(pg, infinity=job.infinity, nan=job.nan)
-        text = sa.text(read.query(sql, adbc=False))
+        query = read.query(sql, adbc=False)
+        text = sa.text(query)
         sink = _CheckedParquet(
             ParquetSink(job.out, read.columns, compression=job.compression or "zstd"), read
         )
-        return await _open(resolved, text, None, names, [], sink, job, buffer, zipped)
+        paged, skip = None, 0
+        suffix = f" FROM ({sql}) AS t"
+        if query.startswith("SELECT ") and query.endswith(suffix):
+            listed = query.removeprefix("SELECT ").removesuffix(suffix)
+            found = await _pg_pageable(resolved, statement, pg, job.format, listed)
+            if found is not None:
+                paged, skip = found
+        return await _open(resolved, text, paged, names, [], sink, job, buffer, zipped, skip=skip)
     pages = await _copy_pages(resolved, pg_engine, statement, sql, pg, job, buffer, zipped)
     if pages is not None:
         return pages
@@ -367,8 +379,12 @@ async def _pageable(resolved: ResolvedSource, statement: Any) -> Select[Any] | N
 
 
 async def _pg_pageable(
-    resolved: ResolvedSource, statement: Any, pg: list[PgColumn], fmt: Format
-) -> Select[Any] | None:
+    resolved: ResolvedSource,
+    statement: Any,
+    pg: list[PgColumn],
+    fmt: Format,
+    listed: str | None = None,
+) -> Any:
     """The rendered columns as a select() of the table itself, with its key after them, so
     that it can be read by keyset pages; None when the statement is not one table's plain
     columns (an expression, a label: then the export's derived table is read)."""
@@ -384,6 +400,18 @@ async def _pg_pageable(
     if key is None or table is None:
         return None
     qualified = resolved.engine.dialect.identifier_preparer.format_table(table)
+    if listed is not None:
+        # Parquet: PgRead's select list (its casts, then its guards) reads the derived table
+        # "t"; here the table's own columns, with the key first: the list is one literal to
+        # SQLAlchemy, so only the columns before it have known positions.
+        for col in pg:
+            listed = listed.replace(
+                f"t.{quote_ident(col.name)}", f"{qualified}.{quote_ident(col.name)}"
+            )
+        parquet = sa.select(*key, sa.literal_column(listed)).select_from(key[0].table)
+        if statement.whereclause is not None:
+            parquet = parquet.where(statement.whereclause)
+        return parquet, len(key)
     exprs: list[Any] = []
     for i, col in enumerate(pg):
         # _pg_text reads the column of the derived table "t"; here it is the table's own.
@@ -406,8 +434,11 @@ async def _open(
     job: _Job,
     buffer: _Buffer,
     zipped: gzip.GzipFile | None,
+    skip: int = 0,
 ) -> Rendered:
-    """Open the stream by keyset pages when a key allows it, else as the export reads."""
+    """Open the stream by keyset pages when a key allows it, else as the export reads.
+
+    ``paged`` carries its key after the rendered columns, or (``skip``) before them."""
     source: Any = resolved.borrowed or resolved.engine
     width: int | None = None
     rows: RowStream | None = None
@@ -417,16 +448,19 @@ async def _open(
         try:
             await candidate.__aenter__()
             rows = candidate
-            width = len(names) if paged is not None else None
+            width = len(names) if paged is not None and not skip else None
         except StreamKeyError:
             rows = None  # no usable key: read as the export does
     if rows is None:
+        skip = 0
         rows = _stream(source, statement, job, "auto")
         await rows.__aenter__()
     try:
         keys = list(rows.keys())
         if width is not None:
             keys = keys[:width]
+        if skip:
+            keys = names  # the rendered columns are one literal select list there
         if not names or len(names) != len(keys):
             names = keys
         plan = _plan(names, resolved.dialect, job)
@@ -439,7 +473,7 @@ async def _open(
     except BaseException:
         await shielded(rows.aclose())
         raise
-    return Rendered(resolved, rows, sink, buffer, zipped, width, fix)
+    return Rendered(resolved, rows, sink, buffer, zipped, width, fix, skip)
 
 
 def _stream(source: Any, statement: Any, job: _Job, strategy: Any) -> RowStream:
