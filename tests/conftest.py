@@ -5,4 +5,9 @@ tree in the repository gets it; ``brokers`` (Redis and RabbitMQ, started on firs
 ``shop`` (the seeds' tables, filled) are loaded here.
 """
 
-pytest_plugins = ["tests.plugins.binlog", "tests.plugins.brokers", "tests.plugins.shop"]
+pytest_plugins = [
+    "tests.plugins.binlog",
+    "tests.plugins.brokers",
+    "tests.plugins.shop",
+    "tests.plugins.web",
+]
