@@ -137,9 +137,17 @@ class PgRead:
     """
 
     def __init__(
-        self, columns: Sequence[PgColumn], *, infinity: str = "error", nan: str = "error"
+        self,
+        columns: Sequence[PgColumn],
+        *,
+        infinity: str = "error",
+        nan: str = "error",
+        table: str = "t",
     ) -> None:
         check_edge_values(infinity, nan)
+        #: What each column is read from: the derived table ``t`` of :meth:`query`, or a
+        #: table's own (quoted) name for a caller that builds the FROM (:meth:`select_list`).
+        self.table = table
         self.infinity = infinity
         self.nan = nan
         self.parts = [self._part(c) for c in columns]
@@ -163,7 +171,7 @@ class PgRead:
             text = pa.list_(pa.string()) if is_list else pa.string()
             column = replace(column, type=text, cast="text[]" if is_list else "text")
             kind = "other"
-        ref = f"t.{quote_ident(column.name)}"
+        ref = f"{self.table}.{quote_ident(column.name)}"
         plain = f"{ref}::{column.cast}" if column.cast else ref
         adbc_sql, rows_sql, rows_type = plain, plain, column.type
         if kind == "decimal":
@@ -186,15 +194,20 @@ class PgRead:
 
     def query(self, sql: str, *, adbc: bool) -> str:
         """``sql`` wrapped to read each column (ADBC's or the rows path's way), then one
-        guard per array column: its text when it has several dimensions or another base."""
+        guard per array column: its text when it has several dimensions or another base
+        (made with the default ``table``)."""
+        return f"SELECT {', '.join(self.select_list(adbc=adbc))} FROM ({sql}) AS t"
+
+    def select_list(self, *, adbc: bool) -> list[str]:
+        """The expressions of :meth:`query`'s select list, reading :attr:`table`."""
         parts = [p.adbc_sql if adbc else p.rows_sql for p in self.parts]
         for i in self._guards:
-            ref = f"t.{quote_ident(self.parts[i].column.name)}"
+            ref = f"{self.table}.{quote_ident(self.parts[i].column.name)}"
             parts.append(
                 f"CASE WHEN array_ndims({ref}) > 1 OR array_lower({ref}, 1) <> 1 "
                 f"THEN left({ref}::text, {SHOWN_CHARS + 1}) END"
             )
-        return f"SELECT {', '.join(parts)} FROM ({sql}) AS t"
+        return parts
 
     @property
     def rows_columns(self) -> list[ArrowColumn]:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .._statement import Statement
     from . import Progress
 
-__all__ = ["PgStreamReader", "RowsReader", "pg_text"]
+__all__ = ["PgStreamReader", "RowsReader", "pg_text", "rows_writer"]
 
 Rows = Sequence[Sequence[Any]]
 #: Given the stream's column names, the function each batch of rows goes to.
@@ -70,9 +70,10 @@ async def _stream_rows(
     return total
 
 
-def pg_text(column: PgColumn, fmt: Format) -> str:
-    """The server's own text of a column, as COPY (CSV) or to_jsonb() (JSONL) renders it."""
-    ref = f"t.{quote_ident(column.name)}"
+def pg_text(column: PgColumn, fmt: Format, table: str = "t") -> str:
+    """The server's own text of a column, as COPY (CSV) or to_jsonb() (JSONL) renders it;
+    the column is read from ``table`` (the derived table ``t``, or a table's quoted name)."""
+    ref = f"{table}.{quote_ident(column.name)}"
     if column.typname == "timestamptz":
         # Whatever the session's time zone: UTC, as the COPY path writes it. The offset goes
         # before a BC suffix, and infinity has none.
@@ -167,29 +168,35 @@ class RowsReader:
         plan = self._plan
         if progress.enabled:  # only a progress bar shows the estimate
             progress.set_estimate(await _mysql_estimate(self._resolved, plan.statement))
-        typed = plan.arrow or []
 
         def open_rows(keys: list[str]) -> Callable[[Rows], None]:
-            names = [c.name for c in typed] if len(typed) == len(keys) else keys
-            values = _values_plan(names, plan)
-            sink: Sink
-            if plan.format == "parquet":
-                sink = sinks.rows(names, _parquet_columns(plan, typed, names, values))
-                return sink.write_rows
-            sink = sinks.rows(names)
-            if values is None or not values.active:
-                return sink.write_rows
-            fix = values.apply
-
-            def write(rows: Rows) -> None:
-                sink.write_rows(fix(rows))
-
-            return write
+            return rows_writer(plan, sinks, keys)
 
         return await _stream_rows(plan, self._resolved, plan.statement, open_rows, progress)
 
     async def aclose(self) -> None:
         """The source is the pipeline's to close."""
+
+
+def rows_writer(plan: ExportPlan, sinks: Sinks, keys: list[str]) -> Callable[[Rows], None]:
+    """MariaDB and SQLite: the sink for a stream of columns ``keys``, begun, and the function
+    each batch goes to (only the values that need it are touched on the way)."""
+    typed = plan.arrow or []
+    names = [c.name for c in typed] if len(typed) == len(keys) else keys
+    values = _values_plan(names, plan)
+    sink: Sink
+    if plan.format == "parquet":
+        sink = sinks.rows(names, _parquet_columns(plan, typed, names, values))
+        return sink.write_rows
+    sink = sinks.rows(names)
+    if values is None or not values.active:
+        return sink.write_rows
+    fix = values.apply
+
+    def write(rows: Rows) -> None:
+        sink.write_rows(fix(rows))
+
+    return write
 
 
 def _values_plan(names: list[str], plan: ExportPlan) -> Plan | None:
