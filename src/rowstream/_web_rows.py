@@ -1,62 +1,57 @@
-"""The one adapter between :mod:`rowstream.web` and the export's readers and sinks.
+"""The one adapter between :mod:`rowstream.web` and the export's plan, readers and sinks.
 
 A web download must hold the same bytes as ``rowstream export`` of the same rows, so it is
-built from the export's own pieces (the statement, PostgreSQL's server-side rendering, the
-MariaDB/SQLite value plans, the sinks) and differs in how the rows are read: by keyset pages
-whenever the statement has a key, so that a slow client never holds a transaction open (each
-page is its own short transaction, and nothing is open while the bytes wait on the network),
-and the output is handed out page by page, so memory is bounded whatever the client's speed.
+built from the export's own pieces: the plan (:func:`rowstream._export_plan.plan_export`:
+the statement, its types and values, PostgreSQL's SQL rendered and checked once, the
+method), the readers' renderings (:func:`rowstream._readers._rows.pg_text`,
+:class:`rowstream._pgtypes.PgRead`, :func:`rowstream._readers._rows.rows_writer`) and the
+encoders (:class:`rowstream._sinks.Sinks`). It differs in how the rows are read: by keyset
+pages whenever the statement has a key, so that a slow client never holds a transaction open
+(each page is its own short transaction, and nothing is open while the bytes wait on the
+network), and the output is handed out page by page, so memory is bounded whatever the
+client's speed.
 
-- PostgreSQL CSV and JSONL of a table with an integer key: :class:`CopyPages`, each page one
-  ``COPY`` of the rows between two keys, rendered by the export's COPY functions.
+- PostgreSQL CSV and JSONL of a table with an integer key, when the plan's method is COPY:
+  :class:`CopyPages`, each page one ``COPY`` of the rows between two keys, rendered by the
+  COPY functions the export's COPY reader calls (:mod:`rowstream._pgcopy`).
 - Everything else: :func:`rowstream.stream` (``strategy="keyset"`` when a key exists, else as
   the export reads) into the export's sinks, through a buffer emptied after each batch.
 
-Everything this module takes from :mod:`rowstream._export` is imported here and nowhere else
-in the web code: when the export is split into readers and sinks, only these imports move.
+The export's readers run a whole read into a sink; a response pulls one batch at a time and
+sends it before reading further, so this module drives the stream itself and borrows only the
+readers' renderings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, BinaryIO
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.sql.selectable import Select
 
-from ._coltypes import query_kinds, typed_arrow
 from ._exceptions import ConfigurationError, StreamKeyError
-from ._export import (
-    TableOrStatement,
-    _asyncpg_engine,
-    _check_sqlite_file,
-    _CheckedParquet,
-    _Counter,
-    _Job,
-    _parquet_sink,
-    _pg_columns,
-    _pg_session,
-    _pg_text,
-    _plan,
-    _RawJsonl,
-    _sql,
-    _statement,
-)
-from ._keys import _reflect_table
+from ._export_plan import ExportOptions, ExportPlan, plan_export
+from ._keyfind import _reflect_table
 from ._pgcopy import PgColumn, copy_csv, copy_jsonl, quote_ident, quote_literal
-from ._progress import ExportProgress
-from ._sinks import CsvSink, JsonlSink, Sink, check_compression
-from ._sinks._options import FORMATS, Format, check_edge_values
+from ._readers._pgsession import asyncpg_engine, pg_columns, pg_session
+from ._readers._rows import pg_text, rows_writer
+from ._sinks import Sinks, check_compression
+from ._sinks._options import FORMATS, Format
 from ._source import ResolvedSource, Source, resolve_source
+from ._statement import TableOrStatement, check_sqlite_file
 from ._strategy import shielded
 from ._stream import RowStream, stream
-from ._values import ZeroDates, check_zero_dates
+from ._values import ZeroDates
+from ._watchdog import dispose
 
-if TYPE_CHECKING:
-    from ._arrow import ArrowColumn
+Rows = Sequence[Sequence[Any]]
+#: Given the stream's column names, the sink's function each batch of rows goes to.
+OpenWrite = Callable[[list[str]], Callable[[Rows], None]]
 
 __all__ = ["CopyPages", "Rendered", "open_rendered"]
 
@@ -110,21 +105,19 @@ class Rendered:
         self,
         resolved: ResolvedSource,
         rows: RowStream,
-        sink: Sink,
+        sinks: Sinks,
+        write: Callable[[Rows], None],
         buffer: _Buffer,
         zipped: gzip.GzipFile | None,
         width: int | None,
-        fix: Any,
-        skip: int = 0,
     ) -> None:
         self._resolved = resolved
         self._rows = rows
-        self._sink = sink
+        self._sinks = sinks
+        self._write = write
         self._buffer = buffer
         self._zipped = zipped
         self._width = width
-        self._skip = skip
-        self._fix = fix
         self.strategy = rows.stats.strategy
         self.rows = 0
         self._pending: asyncio.Future[Any] | None = None
@@ -136,7 +129,7 @@ class Rendered:
         memory stays two batches): the database's time and the client's overlap. With keyset
         pages the read batch holds no transaction while it waits.
         """
-        buffer, sink, width, fix = self._buffer, self._sink, self._width, self._fix
+        buffer, write, width = self._buffer, self._write, self._width
         head = buffer.take()
         if head:
             yield head
@@ -149,18 +142,14 @@ class Rendered:
                 break
             self._pending = asyncio.ensure_future(anext(batches, None))
             self.rows += len(batch)
-            # Keyset pages on PostgreSQL carry the raw key after the rendered columns.
-            rows: Sequence[Sequence[Any]] = batch
-            if width is not None:
-                rows = [row[:width] for row in batch]
-            elif self._skip:
-                rows = [row[self._skip :] for row in batch]
-            sink.write_rows(fix(rows) if fix is not None else rows)
+            # Keyset pages carry the raw key after the file's columns.
+            rows: Rows = batch if width is None else [row[:width] for row in batch]
+            write(rows)
             del batch, rows
             data = buffer.take()
             if data:
                 yield data
-        sink.finish()
+        self._sinks.finish()
         if self._zipped is not None:
             self._zipped.close()
         tail = buffer.take()
@@ -175,9 +164,7 @@ class Rendered:
             await asyncio.wait([pending], timeout=CLOSE_TIMEOUT)
         elif pending is not None and not pending.cancelled():
             pending.exception()  # retrieved: an error there is moot once the client left
-        abort = getattr(self._sink, "abort", None)
-        if abort is not None:
-            abort()
+        self._sinks.abort()  # after finish() there is nothing left to drop
         await shielded(self._rows.aclose())
         await shielded(self._resolved.aclose())
 
@@ -207,14 +194,19 @@ async def open_rendered(
     """
     if fmt not in FORMATS:
         raise ConfigurationError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    check_edge_values(infinity, nan)
+    options = ExportOptions(
+        batch_rows=batch_rows,
+        batch_bytes=batch_bytes,
+        read_timeout=read_timeout,
+        infinity=infinity,
+        nan=nan,
+        zero_dates=zero_dates,
+        text_columns=frozenset(text_columns or ()),
+    )
     if fmt == "parquet":
         check_compression(compression)
-    _check_sqlite_file(source)
-    zero_dates = check_zero_dates(zero_dates)
-    as_text = frozenset(text_columns or ())
+    check_sqlite_file(source)
     resolved = resolve_source(source)
-    pg_engine = _asyncpg_engine(resolved)
     buffer = _Buffer()
     out: BinaryIO = buffer  # type: ignore[assignment]
     zipped: gzip.GzipFile | None = None
@@ -222,62 +214,54 @@ async def open_rendered(
         # mtime=0, as the export writes .gz: the same rows give the same bytes.
         zipped = gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=gzip_level)
         out = zipped  # type: ignore[assignment]
-    job = _Job(
-        fmt,
-        compression if fmt == "parquet" else None,
-        batch_rows,
-        batch_bytes,
-        ExportProgress(enabled=False),
-        out,
-        _Counter(out),
-        infinity,
-        nan,
-    )
-    job.zero_dates, job.text_columns, job.read_timeout = zero_dates, as_text, read_timeout
+    sinks = Sinks(fmt, out, compression if fmt == "parquet" else None)
+    pg_engine: AsyncEngine | None = None
     try:
-        if as_text and resolved.dialect == "postgresql":
-            raise ConfigurationError(
-                "text_columns is for MariaDB and SQLite: on PostgreSQL, cast the column to "
-                "text in the query (col::text)"
-            )
         if resolved.dialect != "postgresql":
             plain = _as_table(resolved, table_or_statement)
             if plain is not None:
                 table_or_statement, where, columns = plain
-        statement, arrow, kinds = await _statement(
-            resolved, table_or_statement, where, columns, fmt
+        # "auto": COPY on PostgreSQL unless the caller lends a connection, as the export.
+        plan = await plan_export(
+            resolved,
+            table_or_statement,
+            format=fmt,
+            method="auto",
+            where=where,
+            columns=columns,
+            options=options,
         )
-        job.kinds = kinds
         if resolved.dialect == "postgresql":
-            opened = await _open_pg(resolved, pg_engine, statement, job, buffer, zipped)
+            pg_engine = asyncpg_engine(resolved)
+            opened = await _open_pg(resolved, pg_engine, plan, sinks, buffer, zipped)
             if isinstance(opened, CopyPages):
-                pg_engine = resolved.engine  # the pages own it now (see CopyPages.aclose)
+                pg_engine = None  # the pages own it now (see CopyPages.aclose)
             return opened
-        if kinds is None and not isinstance(statement, Select):
-            statement, kinds = await query_kinds(resolved, statement)
-            job.kinds = kinds
-        arrow = typed_arrow(arrow, kinds, resolved.dialect, fmt, zero_dates, as_text)
-        sink: Sink = CsvSink(out) if fmt == "csv" else JsonlSink(out)
+        statement = plan.statement
         paged = await _pageable(resolved, statement)
-        names = [c.name for c in arrow or []] or [c.name for c in kinds or []]
-        if isinstance(paged, Select) and not names and isinstance(statement, Select):
+        names = [c.name for c in plan.arrow or []] or [c.name for c in plan.kinds or []]
+        if paged is not None and not names and isinstance(statement, Select):
             names = list(statement.selected_columns.keys())
+
+        def open_rows(keys: list[str]) -> Callable[[Rows], None]:
+            return rows_writer(plan, sinks, keys)
+
         return await _open(
-            resolved, statement, paged, names, arrow or [], sink, job, buffer, zipped
+            resolved, plan, statement, paged, names, open_rows, sinks, buffer, zipped
         )
     except BaseException:
         await shielded(resolved.aclose())
         raise
     finally:
-        if pg_engine is not resolved.engine:
-            await shielded(pg_engine.dispose())
+        if pg_engine is not None and pg_engine is not resolved.engine:
+            await shielded(dispose(pg_engine))
 
 
 def _as_table(resolved: ResolvedSource, statement: Any) -> tuple[str, str | None, list[str]] | None:
     """A select() of one table's own columns (an ORM entity, say), filtered at most, as the
     table name, the condition and the columns ``rowstream export --table --where --columns``
     takes: MariaDB and SQLite values are then read raw and checked as the export reads a
-    table (SQLAlchemy's result processing is lossy for export; see ``_export._raw``)."""
+    table (SQLAlchemy's result processing is lossy for export; see ``_statement._raw``)."""
     if not isinstance(statement, Select):
         return None
     froms = statement.get_final_froms()
@@ -311,43 +295,48 @@ def _as_table(resolved: ResolvedSource, statement: Any) -> tuple[str, str | None
 
 async def _open_pg(
     resolved: ResolvedSource,
-    pg_engine: Any,
-    statement: Any,
-    job: _Job,
+    pg_engine: AsyncEngine,
+    plan: ExportPlan,
+    sinks: Sinks,
     buffer: _Buffer,
     zipped: gzip.GzipFile | None,
 ) -> Rendered | CopyPages:
-    """PostgreSQL renders each value itself, as in the export's stream path."""
-    engine = resolved.engine
-    sql = _sql(engine, statement)
-    pg, _estimate = await _pg_columns(pg_engine, sql, job.read_timeout)
+    """PostgreSQL renders each value itself, as in the export's readers."""
+    sql, options = plan.sql, plan.options
+    pg, _estimate = await pg_columns(pg_engine, sql, options.read_timeout, estimate=False)
     names = [c.name for c in pg]
-    sink: Sink
-    if job.format == "parquet":
+    opener: OpenWrite
+    if plan.format == "parquet":
         from ._pgtypes import PgRead
-        from ._sinks._parquet import ParquetSink
 
-        read = PgRead(pg, infinity=job.infinity, nan=job.nan)
-        query = read.query(sql, adbc=False)
-        text = sa.text(query)
-        sink = _CheckedParquet(
-            ParquetSink(job.out, read.columns, compression=job.compression or "zstd"), read
-        )
-        paged, skip = None, 0
-        suffix = f" FROM ({sql}) AS t"
-        if query.startswith("SELECT ") and query.endswith(suffix):
-            listed = query.removeprefix("SELECT ").removesuffix(suffix)
-            found = await _pg_pageable(resolved, statement, pg, job.format, listed)
-            if found is not None:
-                paged, skip = found
-        return await _open(resolved, text, paged, names, [], sink, job, buffer, zipped, skip=skip)
-    pages = await _copy_pages(resolved, pg_engine, statement, sql, pg, job, buffer, zipped)
-    if pages is not None:
-        return pages
-    sink = CsvSink(job.out) if job.format == "csv" else _RawJsonl(job.out)
-    text = sa.text(f"SELECT {', '.join(_pg_text(c, job.format) for c in pg)} FROM ({sql}) AS t")
-    paged = await _pg_pageable(resolved, statement, pg, job.format)
-    return await _open(resolved, text, paged, names, [], sink, job, buffer, zipped)
+        read = PgRead(pg, infinity=options.infinity, nan=options.nan)
+        text = sa.text(read.query(sql, adbc=False))
+
+        def open_batches(keys: list[str]) -> Callable[[Rows], None]:
+            # The rows are PgRead's select list (guards included), checked into its batches.
+            sink = sinks.batches(read.columns)
+
+            def write(rows: Rows) -> None:
+                if rows:
+                    sink.write_batch(read.rows_batch(rows))
+
+            return write
+
+        opener = open_batches
+    else:
+        if plan.method == "copy":
+            pages = await _copy_pages(resolved, pg_engine, plan, pg, sinks, buffer, zipped)
+            if pages is not None:
+                return pages
+        texts = ", ".join(pg_text(c, plan.format) for c in pg)
+        text = sa.text(f"SELECT {texts} FROM ({sql}) AS t")
+
+        def open_rendered_rows(keys: list[str]) -> Callable[[Rows], None]:
+            return sinks.rows(keys, rendered=True).write_rows
+
+        opener = open_rendered_rows
+    paged = await _pg_pageable(resolved, plan.statement, pg, plan)
+    return await _open(resolved, plan, text, paged, names, opener, sinks, buffer, zipped)
 
 
 async def _key_of(resolved: ResolvedSource, statement: Any) -> list[Any] | None:
@@ -368,23 +357,27 @@ async def _key_of(resolved: ResolvedSource, statement: Any) -> list[Any] | None:
     return [keyed.c[n] for n in catalog.primary_key]
 
 
-async def _pageable(resolved: ResolvedSource, statement: Any) -> Select[Any] | None:
+#: A statement to read by keyset pages, and how many of its columns are the file's (its key
+#: columns come after them).
+Paged = tuple[Select[Any], int]
+
+
+async def _pageable(resolved: ResolvedSource, statement: Any) -> Paged | None:
     """MariaDB/SQLite: the statement with its raw key after its columns (the export reads each
     column without SQLAlchemy's processing, so the key is not among them as such)."""
     key = await _key_of(resolved, statement)
     if key is None:
         return None
     paged: Select[Any] = statement.add_columns(*key)
-    return paged
+    return paged, len(statement.selected_columns)
 
 
 async def _pg_pageable(
     resolved: ResolvedSource,
     statement: Any,
     pg: list[PgColumn],
-    fmt: Format,
-    listed: str | None = None,
-) -> Any:
+    plan: ExportPlan,
+) -> Paged | None:
     """The rendered columns as a select() of the table itself, with its key after them, so
     that it can be read by keyset pages; None when the statement is not one table's plain
     columns (an expression, a label: then the export's derived table is read)."""
@@ -399,90 +392,71 @@ async def _pg_pageable(
     key = await _key_of(resolved, statement)
     if key is None or table is None:
         return None
+    # The export's renderings read the derived table "t"; here each reads the table's own
+    # column (the statement's condition may name the table).
     qualified = resolved.engine.dialect.identifier_preparer.format_table(table)
-    if listed is not None:
-        # Parquet: PgRead's select list (its casts, then its guards) reads the derived table
-        # "t"; here the table's own columns, with the key first: the list is one literal to
-        # SQLAlchemy, so only the columns before it have known positions.
-        for col in pg:
-            listed = listed.replace(
-                f"t.{quote_ident(col.name)}", f"{qualified}.{quote_ident(col.name)}"
-            )
-        parquet = sa.select(*key, sa.literal_column(listed)).select_from(key[0].table)
-        if statement.whereclause is not None:
-            parquet = parquet.where(statement.whereclause)
-        return parquet, len(key)
-    exprs: list[Any] = []
-    for i, col in enumerate(pg):
-        # _pg_text reads the column of the derived table "t"; here it is the table's own.
-        ref = f"t.{quote_ident(col.name)}"
-        own_ref = f"{qualified}.{quote_ident(col.name)}"
-        exprs.append(sa.literal_column(_pg_text(col, fmt).replace(ref, own_ref)).label(f"c{i}"))
-    paged = sa.select(*exprs, *key).select_from(key[0].table)
+    if plan.format == "parquet":
+        from ._pgtypes import PgRead
+
+        options = plan.options
+        read = PgRead(pg, infinity=options.infinity, nan=options.nan, table=qualified)
+        exprs = read.select_list(adbc=False)
+    else:
+        exprs = [pg_text(c, plan.format, qualified) for c in pg]
+    listed: list[Any] = [sa.literal_column(e).label(f"c{i}") for i, e in enumerate(exprs)]
+    paged = sa.select(*listed, *key).select_from(key[0].table)
     if statement.whereclause is not None:
         paged = paged.where(statement.whereclause)
-    return paged
+    return paged, len(listed)
 
 
 async def _open(
     resolved: ResolvedSource,
+    plan: ExportPlan,
     statement: Any,
-    paged: Select[Any] | None,
+    paged: Paged | None,
     names: list[str],
-    arrow: list[ArrowColumn],
-    sink: Sink,
-    job: _Job,
+    opener: OpenWrite,
+    sinks: Sinks,
     buffer: _Buffer,
     zipped: gzip.GzipFile | None,
-    skip: int = 0,
 ) -> Rendered:
-    """Open the stream by keyset pages when a key allows it, else as the export reads.
-
-    ``paged`` carries its key after the rendered columns, or (``skip``) before them."""
+    """Open the stream by keyset pages when a key allows it, else as the export reads."""
     source: Any = resolved.borrowed or resolved.engine
     width: int | None = None
     rows: RowStream | None = None
-    keyed = paged if paged is not None else statement
+    keyed = paged[0] if paged is not None else statement
     if isinstance(keyed, Select):
-        candidate = _stream(source, keyed, job, "keyset")
+        candidate = _stream(source, keyed, plan.options, "keyset")
         try:
             await candidate.__aenter__()
             rows = candidate
-            width = len(names) if paged is not None and not skip else None
+            width = paged[1] if paged is not None else None
         except StreamKeyError:
             rows = None  # no usable key: read as the export does
     if rows is None:
-        skip = 0
-        rows = _stream(source, statement, job, "auto")
+        rows = _stream(source, statement, plan.options, "auto")
         await rows.__aenter__()
     try:
         keys = list(rows.keys())
         if width is not None:
             keys = keys[:width]
-        if skip:
-            keys = names  # the rendered columns are one literal select list there
         if not names or len(names) != len(keys):
             names = keys
-        plan = _plan(names, resolved.dialect, job)
-        fix = None
-        if job.format == "parquet" and resolved.dialect != "postgresql":
-            sink = _parquet_sink(job, arrow, names, plan)
-        elif plan is not None and plan.active:
-            fix = plan.apply
-        sink.begin(names)
+        write = opener(names)
     except BaseException:
         await shielded(rows.aclose())
         raise
-    return Rendered(resolved, rows, sink, buffer, zipped, width, fix, skip)
+    return Rendered(resolved, rows, sinks, write, buffer, zipped, width)
 
 
-def _stream(source: Any, statement: Any, job: _Job, strategy: Any) -> RowStream:
+def _stream(source: Any, statement: Any, options: ExportOptions, strategy: Any) -> RowStream:
     return stream(
         source,
         statement,
-        batch_rows=job.batch_rows,
-        batch_bytes=job.batch_bytes,
-        read_timeout=job.read_timeout,
+        batch_rows=options.batch_rows,
+        batch_bytes=options.batch_bytes,
+        read_timeout=options.read_timeout,
         strategy=strategy,
     )
 
@@ -499,9 +473,9 @@ class CopyPages:
     """PostgreSQL CSV and JSON Lines by keyset pages, each page one ``COPY`` of the rows
     between two keys in a short read-only transaction of its own.
 
-    The server renders every value (the bytes of ``rowstream export``'s COPY path, by the same
-    functions); Python only moves bytes, so a download keeps up with the export to a file,
-    and no transaction waits on the network.
+    The server renders every value (the bytes of ``rowstream export``'s COPY reader, by the
+    same functions, in the same session settings); Python only moves bytes, so a download
+    keeps up with the export to a file, and no transaction waits on the network.
     """
 
     strategy = "keyset"
@@ -509,20 +483,21 @@ class CopyPages:
     def __init__(
         self,
         resolved: ResolvedSource,
-        engine: Any,
-        sql: str,
+        engine: AsyncEngine,
+        plan: ExportPlan,
         key: str,
         pg: list[PgColumn],
-        job: _Job,
+        sinks: Sinks,
         buffer: _Buffer,
         zipped: gzip.GzipFile | None,
     ) -> None:
         self._resolved = resolved
         self._engine = engine
-        self._sql = sql
+        self._plan = plan
         self._key = key
         self._pg = pg
-        self._job = job
+        # COPY's bytes go to the export's encoder for them, as in its COPY reader.
+        self._sink = sinks.encoded([c.name for c in pg])
         self._buffer = buffer
         self._zipped = zipped
         self._pending: asyncio.Future[Any] | None = None
@@ -531,6 +506,7 @@ class CopyPages:
     async def _page(self, last: int | None, size: int) -> tuple[bytes, int, int | None]:
         """The rendered rows after ``last`` (at most ``size``), their count, and the last key
         (None at the end)."""
+        sql, fmt = self._plan.sql, self._plan.format
         key = f"t.{quote_ident(self._key)}"
         after = f" WHERE {key} > {quote_literal(str(last))}" if last is not None else ""
         parts: list[bytes] = []
@@ -539,25 +515,24 @@ class CopyPages:
             arrived()
             parts.append(bytes(chunk))
 
-        async with _pg_session(self._engine, self._job.read_timeout) as (apg, arrived):
+        async with pg_session(self._engine, self._plan.options.read_timeout) as (apg, arrived):
             await apg.execute("SET TRANSACTION READ ONLY")
             bound = await apg.fetchval(
-                f"SELECT {key} FROM ({self._sql}) AS t{after} ORDER BY {key} "
-                f"OFFSET {size - 1} LIMIT 1"
+                f"SELECT {key} FROM ({sql}) AS t{after} ORDER BY {key} OFFSET {size - 1} LIMIT 1"
             )
             upper = f" {'AND' if after else 'WHERE'} {key} <= {bound}" if bound is not None else ""
-            page = f"SELECT t.* FROM ({self._sql}) AS t{after}{upper} ORDER BY {key}"
-            if self._job.format == "csv":
+            page = f"SELECT t.* FROM ({sql}) AS t{after}{upper} ORDER BY {key}"
+            if fmt == "csv":
                 count = await copy_csv(apg, page, collect)
             else:
                 count = await copy_jsonl(apg, page, self._pg, collect)
         data = b"".join(parts)
-        if self._job.format == "csv" and last is not None:
+        if fmt == "csv" and last is not None:
             data = data[data.index(b"\n") + 1 :]  # COPY's header: only the first page's
         return data, count, None if bound is None else int(bound)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        out, buffer = self._job.out, self._buffer
+        sink, buffer = self._sink, self._buffer
         size = FIRST_PAGE_ROWS
         pending = self._pending = asyncio.ensure_future(self._page(None, size))
         while True:
@@ -571,13 +546,14 @@ class CopyPages:
                 # The next page is read while this one goes out.
                 pending = self._pending = asyncio.ensure_future(self._page(last, size))
             self.rows += count
-            out.write(data)
+            sink.write_bytes(data)
             del data
             piece = buffer.take()
             if piece:
                 yield piece
             if last is None:
                 break
+        sink.finish()
         if self._zipped is not None:
             self._zipped.close()
         tail = buffer.take()
@@ -592,27 +568,25 @@ class CopyPages:
         elif pending is not None and not pending.cancelled():
             pending.exception()
         if self._engine is not self._resolved.engine:
-            await shielded(self._engine.dispose())
+            await shielded(dispose(self._engine))
         await shielded(self._resolved.aclose())
 
 
 async def _copy_pages(
     resolved: ResolvedSource,
-    pg_engine: Any,
-    statement: Any,
-    sql: str,
+    pg_engine: AsyncEngine,
+    plan: ExportPlan,
     pg: list[PgColumn],
-    job: _Job,
+    sinks: Sinks,
     buffer: _Buffer,
     zipped: gzip.GzipFile | None,
 ) -> CopyPages | None:
     """Keyset COPY pages when the statement is one table's plain columns with an integer
     primary key among them (other keys: rows through rowstream.stream)."""
-    if resolved.borrowed is not None or not isinstance(statement, Select):
+    statement = plan.statement
+    if not isinstance(statement, Select) or statement._order_by_clauses:
         return None
-    if statement._order_by_clauses or statement._limit_clause is not None:
-        return None
-    if statement._offset_clause is not None:
+    if statement._limit_clause is not None or statement._offset_clause is not None:
         return None
     key = await _key_of(resolved, statement)
     if key is None or len(key) != 1:
@@ -623,4 +597,4 @@ async def _copy_pages(
         return None
     if any("\n" in c.name or "\r" in c.name for c in pg):
         return None  # the header of later pages is cut at its first line break
-    return CopyPages(resolved, pg_engine, sql, name, pg, job, buffer, zipped)
+    return CopyPages(resolved, pg_engine, plan, name, pg, sinks, buffer, zipped)
