@@ -53,3 +53,16 @@ def test_clean_batches_pass_untouched_and_sentinels_are_refused() -> None:
     clamped = PgRead([PgColumn("at", "timestamptz", -1, None)], infinity="clamp")
     out = clamped.convert(_batch([ADBC_TS_INFINITY, ADBC_TS_MINUS_INFINITY, None, 5]))
     assert out.column(0).view(pa.int64()).to_pylist() == [INT64_MAX, -INT64_MAX, None, 5]
+
+
+def test_select_list_reads_the_table_it_is_given() -> None:
+    # The same reads and guards as query(), on a table's own columns (rowstream.web's pages).
+    columns = [PgColumn("at", "date", -1, None), PgColumn("xs", "_int4", -1, "int4")]
+    derived = PgRead(columns)
+    own = PgRead(columns, table='"orders"')
+    assert derived.query("SELECT 1", adbc=False) == (
+        f"SELECT {', '.join(derived.select_list(adbc=False))} FROM (SELECT 1) AS t"
+    )
+    listed = own.select_list(adbc=False)
+    assert len(listed) == 3  # two columns and the array's guard
+    assert listed == [e.replace('t."', '"orders"."') for e in derived.select_list(adbc=False)]

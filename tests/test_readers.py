@@ -77,6 +77,12 @@ def test_pg_text_renders_as_copy_and_to_jsonb(typname: str, fmt: str, sql: str) 
     assert pg_text(PgColumn("c", typname, -1, None), fmt) == sql  # type: ignore[arg-type]
 
 
+def test_pg_text_reads_the_table_it_is_given() -> None:
+    # rowstream.web reads a table's own columns by keyset pages, not the derived table t.
+    sql = pg_text(PgColumn("c", "bool", -1, None), "csv", '"s"."orders"')
+    assert sql == 'CASE WHEN "s"."orders"."c" THEN \'t\' WHEN NOT "s"."orders"."c" THEN \'f\' END'
+
+
 def test_pg_text_timestamptz_is_utc_whatever_the_session() -> None:
     sql = pg_text(PgColumn("c", "timestamptz", -1, None), "csv")
     assert "AT TIME ZONE 'UTC'" in sql and "isfinite" in sql and "+00 BC" in sql
