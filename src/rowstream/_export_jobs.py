@@ -91,6 +91,7 @@ async def export(
     jobs: None = ...,
     resume: bool = ...,
     partition_by: str | None = ...,
+    min_partition_bytes: int | None = ...,
     on_progress: Callable[[JobProgress], None] | None = ...,
 ) -> ExportReport: ...
 
@@ -117,6 +118,7 @@ async def export(
     jobs: int,
     resume: bool = ...,
     partition_by: str | None = ...,
+    min_partition_bytes: int | None = ...,
     on_progress: Callable[[JobProgress], None] | None = ...,
 ) -> ExportReport | JobReport: ...
 
@@ -142,6 +144,7 @@ async def export(
     jobs: int | None = None,
     resume: bool = False,
     partition_by: str | None = None,
+    min_partition_bytes: int | None = None,
     on_progress: Callable[[JobProgress], None] | None = None,
 ) -> ExportReport | JobReport:
     """Export a table or a query to ``path`` (CSV, JSON Lines or Parquet), atomically.
@@ -154,7 +157,8 @@ async def export(
     ``jobs=N`` reads the table with N connections on one snapshot (PostgreSQL's exported
     snapshot, MariaDB's consistent snapshot; SQLite is read by one reader, and the report's
     plan note says so), split into partitions (block ranges, or key ranges of the primary key
-    or of ``partition_by``; a nullable column adds a partition for its NULLs):
+    or of ``partition_by``; a nullable column adds a partition for its NULLs; none smaller
+    than ``min_partition_bytes``, 16 MiB by default, so a small table gets fewer):
 
     - ``path`` a directory (existing, or ending with ``/``): a dataset, one part file per
       partition plus ``_rowstream_manifest.json``; returns a ``JobReport`` (``parts`` has a
@@ -184,9 +188,10 @@ async def export(
         print(dataset.summary())  # exported 5,000,000 rows to exports/orders/ in 24 parts ...
     """
     if jobs is None:
-        if resume or partition_by is not None or on_progress is not None:
+        if resume or partition_by or on_progress or min_partition_bytes is not None:
             raise ConfigurationError(
-                "resume, partition_by and on_progress belong to a partitioned export: pass jobs=N"
+                "resume, partition_by, min_partition_bytes and on_progress belong to a "
+                "partitioned export: pass jobs=N"
             )
         return await export_one(
             source,
@@ -235,6 +240,7 @@ async def export(
         read_timeout=read_timeout,
         resume=resume,
         partition_by=partition_by,
+        min_partition_bytes=min_partition_bytes,
         on_progress=on_progress,
         options=options,
     )
@@ -255,6 +261,7 @@ async def export_jobs(
     read_timeout: float | None,
     resume: bool,
     partition_by: str | None,
+    min_partition_bytes: int | None,
     on_progress: Callable[[JobProgress], None] | None,
     options: dict[str, Any],
 ) -> ExportReport | JobReport:
@@ -269,7 +276,13 @@ async def export_jobs(
     from ._statement import check_sqlite_file
 
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ConfigurationError(f"jobs must be a whole number of readers, at least 1, not {jobs!r}")
+        raise ConfigurationError(
+            f"jobs must be a whole number of readers, at least 1, not {jobs!r}"
+        )
+    if min_partition_bytes is not None and min_partition_bytes < 1:
+        raise ConfigurationError(
+            f"min_partition_bytes must be positive, not {min_partition_bytes!r}"
+        )
     if not isinstance(path, (str, os.PathLike)) or os.fspath(path) == "-":
         raise ConfigurationError(
             "jobs= writes part files first: give a file or a directory, not standard output "
@@ -324,6 +337,7 @@ async def export_jobs(
         where=where,
         columns=columns,
         partition_by=partition_by,
+        min_partition_bytes=min_partition_bytes,
         resume=resume,
         read_timeout=read_timeout,
         progress=progress,
@@ -363,6 +377,7 @@ async def _run_dataset(
     where: str | None,
     columns: Sequence[str] | None,
     partition_by: str | None,
+    min_partition_bytes: int | None,
     resume: bool,
     read_timeout: float | None,
     progress: bool,
@@ -371,11 +386,11 @@ async def _run_dataset(
 ) -> JobReport:
     """``export_dataset`` with the job's progress bar; a folder this call made is removed
     again when the export fails before its first manifest (nothing is left for a refusal)."""
-    from ._dataset import MANIFEST_NAME
-    from ._jobs import JobProgress, export_dataset
+    from ._jobs import export_dataset
+    from ._partition import DEFAULT_MIN_PARTITION_BYTES
     from ._progress import JobProgressBar
 
-    made = not folder.exists()
+    made = not _exists(folder)
     with JobProgressBar(enabled=progress) as bar:
 
         def report_progress(state: JobProgress) -> None:
@@ -394,16 +409,30 @@ async def _run_dataset(
                 where=where,
                 columns=columns,
                 partition_by=partition_by,
+                min_partition_bytes=min_partition_bytes or DEFAULT_MIN_PARTITION_BYTES,
                 resume=resume,
                 read_timeout=read_timeout,
                 progress=report_progress,
                 **options,
             )
         except BaseException:
-            if made and folder.is_dir() and not (folder / MANIFEST_NAME).exists():
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(folder)
+            if made:
+                _remove_if_unstarted(folder)
             raise
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _remove_if_unstarted(folder: Path) -> None:
+    """Remove a dataset folder that holds no manifest yet (the export was refused or failed
+    before its plan was written): a refusal leaves nothing behind."""
+    from ._dataset import MANIFEST_NAME
+
+    if folder.is_dir() and not (folder / MANIFEST_NAME).exists():
+        with contextlib.suppress(OSError):
+            shutil.rmtree(folder)
 
 
 def kept_parts_hint(folder: Path) -> str | None:

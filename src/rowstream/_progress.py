@@ -138,8 +138,8 @@ class ExportProgress:
 class JobProgressBar:
     """The whole partitioned job's progress: parts done/total, rows, rows/s, bytes and ETA.
 
-    A live bar on a terminal; with ``lines`` (the CLI's ``--progress`` when stderr is not a
-    terminal: a log, CI) one plain line per finished part instead; otherwise silent.
+    A live bar when ``enabled`` and the stream is a terminal, silent otherwise (the CLI's
+    ``--progress`` prints :meth:`rowstream._jobs.JobProgress.line` to a log instead).
 
     Example::
 
@@ -147,13 +147,10 @@ class JobProgressBar:
             await export_dataset(url, "orders", "orders/", jobs=4, progress=bar.update)
     """
 
-    def __init__(
-        self, *, enabled: bool, lines: bool = False, stream: TextIO | None = None
-    ) -> None:
+    def __init__(self, *, enabled: bool, stream: TextIO | None = None) -> None:
         out = stream if stream is not None else sys.stderr
         self._out = out
         self.live = enabled and out.isatty()
-        self.lines = lines and not self.live
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 
@@ -179,8 +176,6 @@ class JobProgressBar:
 
     def update(self, state: JobProgress) -> None:
         """Show ``state`` (called after every finished part)."""
-        if self.lines:
-            print(state.line(), file=self._out, flush=True)
         if self._progress is None:
             return
         eta = state.eta

@@ -484,6 +484,7 @@ def export(
     where: str | None = None,
     columns: list[str] | None = None,
     partition_by: str | None = None,
+    min_partition_bytes: int | None = None,
     jobs: int = 4,
     resume: bool = False,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
@@ -498,7 +499,8 @@ def export(
     """Export ``table`` into the dataset ``folder`` with its partitions written by Celery workers.
 
     The same dataset and manifest as ``rowstream export --jobs N -o DIR/``: the partitions are
-    planned for ``jobs`` workers (several partitions each), this process holds one PostgreSQL
+    planned for ``jobs`` workers (several partitions each, none smaller than
+    ``min_partition_bytes``, 16 MiB by default), this process holds one PostgreSQL
     snapshot (``pg_export_snapshot()``) until every part is written, and each task joins it
     and verifies the point in time before reading, so the parts are one consistent copy. A
     task that can no longer join (this process died) fails at once, saying so. Workers write
@@ -526,6 +528,7 @@ def export(
             where=where,
             columns=columns,
             partition_by=partition_by,
+            min_partition_bytes=min_partition_bytes,
             jobs=jobs,
             resume=resume,
             read_timeout=read_timeout,
@@ -550,6 +553,7 @@ async def export_async(
     where: str | None = None,
     columns: list[str] | None = None,
     partition_by: str | None = None,
+    min_partition_bytes: int | None = None,
     jobs: int = 4,
     resume: bool = False,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
@@ -575,21 +579,22 @@ async def export_async(
     sender = celery_app or (make_app(broker) if broker is not None else app)
     rules = Rules(lease, max_attempts, unclaimed)
     return await _export(
-            source,
-            table,
-            Path(folder),
-            format=format,
-            compression=compression,
-            where=where,
-            columns=columns,
-            partition_by=partition_by,
-            jobs=jobs,
-            resume=resume,
-            read_timeout=read_timeout,
-            rules=rules,
-            sender=sender,
-            queue=queue,
-            progress=progress,
+        source,
+        table,
+        Path(folder),
+        format=format,
+        compression=compression,
+        where=where,
+        columns=columns,
+        partition_by=partition_by,
+        min_partition_bytes=min_partition_bytes,
+        jobs=jobs,
+        resume=resume,
+        read_timeout=read_timeout,
+        rules=rules,
+        sender=sender,
+        queue=queue,
+        progress=progress,
     )
 
 
@@ -603,6 +608,7 @@ async def _export(
     where: str | None,
     columns: list[str] | None,
     partition_by: str | None,
+    min_partition_bytes: int | None,
     jobs: int,
     resume: bool,
     read_timeout: float | None,
@@ -660,7 +666,7 @@ async def _export(
                 jobs,
                 partition_by,
                 DEFAULT_PARTITIONS_PER_JOB,
-                DEFAULT_MIN_PARTITION_BYTES,
+                min_partition_bytes or DEFAULT_MIN_PARTITION_BYTES,
             )
             manifest = Manifest(
                 database=database,
