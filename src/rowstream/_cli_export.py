@@ -334,11 +334,13 @@ async def _run_jobs(
                 on_progress=on_progress,
             )
         except RowstreamError as exc:
-            hint = kept_parts_hint(folder) if folder.is_dir() else None
+            hint = kept_parts_hint(folder)
             if hint is None or isinstance(exc, ConfigurationError):
                 raise
             # Same class, one line: what failed, and that --resume carries on from here.
-            raise type(exc)(f"{exc}; {hint}: run the same command with --resume") from None
+            raise type(exc)(
+                f"{exc.message}; {hint}: run the same command with --resume", **exc.context
+            ) from None
         job = report.job if not dataset else report
     if job is not None:
         note = _plan_note(job)

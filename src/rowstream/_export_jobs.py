@@ -426,11 +426,16 @@ def _exists(path: Path) -> bool:
 
 
 def _remove_if_unstarted(folder: Path) -> None:
-    """Remove a dataset folder that holds no manifest yet (the export was refused or failed
-    before its plan was written): a refusal leaves nothing behind."""
-    from ._dataset import MANIFEST_NAME
+    """Remove a dataset folder this call made when it holds no finished part (the export was
+    refused, or failed before a part was done): nothing is left to resume, and a folder left
+    behind would make the next run ask for --resume."""
+    from ._dataset import read_manifest
 
-    if folder.is_dir() and not (folder / MANIFEST_NAME).exists():
+    try:
+        manifest = read_manifest(folder)
+    except RowstreamError:
+        return
+    if folder.is_dir() and (manifest is None or not manifest.done):
         with contextlib.suppress(OSError):
             shutil.rmtree(folder)
 
@@ -440,9 +445,9 @@ def kept_parts_hint(folder: Path) -> str | None:
     from ._dataset import read_manifest
 
     try:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder) if folder.is_dir() else None
     except RowstreamError:
         return None
-    if manifest is None:
+    if manifest is None or not manifest.done:
         return None
     return f"{len(manifest.done)} of {len(manifest.parts)} parts are kept in {str(folder)!r}"
