@@ -207,6 +207,40 @@ def test_a_csv_dataset_and_progress_lines(pg: str, tmp_path: Path) -> None:
     assert any(line.startswith(f"exported {ROWS:,} rows") for line in stderr.splitlines())
 
 
+def test_the_whole_job_bar_on_a_terminal(pg: str, tmp_path: Path) -> None:
+    """stderr a terminal (a pty): the bar draws parts done/total, rows/s and an ETA, then the
+    summary."""
+    import pty
+
+    leader, follower = pty.openpty()
+    argv = ["--table", TABLE, "--jobs", "2", "--min-partition-size", SMALL]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "rowstream", "export", pg, *argv, "-o", f"{tmp_path}/ds/"],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "COLUMNS": "160"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    screen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(leader)
+        assert child.wait(120) == 0, screen.decode(errors="replace")
+    text = screen.decode(errors="replace")
+    assert "Traceback" not in text
+    assert " parts " in text and "rows/s" in text and "ETA" in text
+    assert f"exported {ROWS:,} rows to {tmp_path}/ds" in text
+
+
 def test_partition_by_a_nullable_column_keeps_the_null_rows(url: str, tmp_path: Path) -> None:
     folder = tmp_path / "by_k"
     ok(

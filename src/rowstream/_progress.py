@@ -179,15 +179,14 @@ class JobProgressBar:
         if self._progress is None:
             return
         eta = state.eta
+        rows, rate = f"{state.rows:,}", f"{state.rows_per_second:,.0f}"
+        size, left = format_bytes(state.bytes), "-" if eta is None else f"{eta:.0f} s"
         if self._task is None:
-            self._task = self._progress.add_task("export", total=state.parts_total)
+            self._task = self._progress.add_task(
+                "export", total=state.parts_total, rows=rows, rate=rate, size=size, eta=left
+            )
         self._progress.update(
-            self._task,
-            completed=state.parts_done,
-            rows=f"{state.rows:,}",
-            rate=f"{state.rows_per_second:,.0f}",
-            size=format_bytes(state.bytes),
-            eta="-" if eta is None else f"{eta:.0f} s",
+            self._task, completed=state.parts_done, rows=rows, rate=rate, size=size, eta=left
         )
         self._progress.refresh()
 
