@@ -413,6 +413,16 @@ def test_bad_combinations_are_one_line_and_create_nothing(
     assert _count(pg) == before
 
 
+def test_pgbouncer_is_refused_in_one_line_and_nothing_is_made(
+    pg: str, pgbouncer_url: str, tmp_path: Path
+) -> None:
+    for out in (f"{tmp_path}/d/", str(tmp_path / "x.csv")):
+        result = cli(pgbouncer_url, "--table", TABLE, "--jobs", "2", "-o", out)
+        assert result.returncode != 0 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "PgBouncer" in result.stderr and "Traceback" not in result.stderr
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_celery_refuses_mariadb_and_a_query_in_one_line(
     maria: str, pg: str, tmp_path: Path
 ) -> None:

@@ -1,4 +1,7 @@
-"""``rowstream.export``: a table or query into CSV, JSON Lines or Parquet, on a file or a stream.
+"""The single export: a table or query into CSV, JSON Lines or Parquet, on a file or a stream.
+
+:func:`rowstream.export` (``rowstream._export_jobs``) is this export without ``jobs``; with
+``jobs=N`` each partition is one of these.
 
 Data path, one module each::
 
