@@ -259,6 +259,7 @@ def _partitioned(args: argparse.Namespace) -> bool:
                 ("--text-columns", args.text_columns is not None),
                 ("--infinity", args.infinity != "error"),
                 ("--nan", args.nan != "error"),
+                ("--zero-dates", args.zero_dates != DEFAULT_ZERO_DATES),
             )
             if given
         ]
@@ -370,8 +371,6 @@ async def _run_celery(
             ) from None
         from ._progress import JobProgressBar
 
-    if args.zero_dates != "refuse":
-        raise ConfigurationError("--zero-dates is MariaDB's: --celery reads PostgreSQL")
     broker = args.broker or os.environ.get("ROWSTREAM_BROKER_URL")
     with JobProgressBar(enabled=not args.quiet) as bar:
 

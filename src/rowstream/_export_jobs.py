@@ -224,7 +224,7 @@ async def export(
         options["text_columns"] = list(text_columns)
     if batch_rows is not None:
         options["batch_rows"] = batch_rows
-    if batch_bytes != DEFAULT_BATCH_BYTES:
+    if batch_bytes not in (None, DEFAULT_BATCH_BYTES):  # None is the default too
         options["batch_bytes"] = batch_bytes
     return await export_jobs(
         source,
