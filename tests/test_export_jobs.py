@@ -477,8 +477,12 @@ async def test_the_api_returns_a_job_report_for_a_dataset_and_an_export_report_f
 def test_sync_export_from_plain_code(pg: str, tmp_path: Path) -> None:
     report = rowstream.sync.export(pg, TABLE, tmp_path / "s.parquet", jobs=2)
     assert report.rows == ROWS and pq.read_table(tmp_path / "s.parquet").num_rows == ROWS
-    single = rowstream.sync.export(pg, TABLE, tmp_path / "s.csv", where="id <= 10")
-    assert single.rows == 10
+    engine = rowstream.sync.create_engine(pg)  # a sync Engine: its database, async driver
+    try:
+        single = rowstream.sync.export(engine, TABLE, tmp_path / "s.csv", where="id <= 10")
+    finally:
+        engine.dispose()
+    assert single.rows == 10 and len((tmp_path / "s.csv").read_text().splitlines()) == 11
 
 
 def test_sync_export_from_a_thread_whose_loop_runs(pg: str, tmp_path: Path) -> None:
