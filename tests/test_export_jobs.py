@@ -366,13 +366,48 @@ def test_resume_after_sigkill_keeps_finished_parts(big: str, tmp_path: Path, whe
     assert "rowstream: warning: the dataset is not one point in time" in stderr
 
 
-def test_a_failure_mid_job_says_resume_and_keeps_the_parts(pg: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "says"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_a_signal_mid_job_leaves_finished_parts_and_no_temporary_file(
+    big: str, tmp_path: Path, signum: int, code: int, says: str
+) -> None:
+    folder = tmp_path / "ds"
+    argv = [big, "--table", BIG, "--jobs", "2", "--min-partition-size", "256KB", "-o", f"{folder}/"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "rowstream", "export", *argv],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        manifest = read_manifest(folder) if (folder / MANIFEST_NAME).exists() else None
+        if manifest is not None and manifest.done:
+            break
+        time.sleep(0.02)
+    child.send_signal(signum)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == code, stderr
+    assert stderr.splitlines() == [f"rowstream: {says}"]
+    # The parts being written were removed; finished ones stay for --resume.
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    ok(cli(*argv, "--resume"))
+    assert pq.read_table(folder).num_rows == BIG_ROWS
+
+
+def test_a_failing_part_is_one_line_and_leaves_nothing_when_no_part_is_done(
+    pg: str, tmp_path: Path
+) -> None:
     target = tmp_path / "t.csv"
     # A column that does not exist fails every part: nothing is kept, one line.
     result = cli(pg, "--table", TABLE, "--columns", "id,nope", "--jobs", "2", "-o", str(target))
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
     assert "nope" in result.stderr and "Traceback" not in result.stderr
-    assert not target.exists()
+    # No part was done: the hidden folder goes too, so the next run needs no --resume.
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- bad combinations --------------------------------------------------------------------------
