@@ -410,6 +410,44 @@ def test_a_failing_part_is_one_line_and_leaves_nothing_when_no_part_is_done(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_part_that_fails_after_others_says_resume_and_resume_finishes(
+    pg: str, tmp_path: Path
+) -> None:
+    """The last rows hold a timestamp Parquet cannot store: their part fails after others
+    are done; the line says how many are kept, and --resume with --infinity finishes."""
+    engine = rowstream.sync.create_engine(pg)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS xj_inf")
+            conn.exec_driver_sql(
+                "CREATE TABLE xj_inf AS SELECT i AS id, CASE WHEN i > 19990 THEN "
+                "timestamp 'infinity' ELSE timestamp '2026-01-01' + i * interval '1 min' END "
+                "AS at, repeat('x', 40) AS pad FROM generate_series(1, 20000) AS i"
+            )
+    finally:
+        engine.dispose()
+    target = tmp_path / "inf.parquet"
+    argv = [
+        pg,
+        "--table",
+        "xj_inf",
+        "--jobs",
+        "2",
+        "--min-partition-size",
+        SMALL,
+        "-o",
+        str(target),
+    ]
+    failed = cli(*argv)
+    assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1, failed.stderr
+    line = failed.stderr.strip()
+    assert "infinity" in line and "parts are kept in" in line and line.endswith("with --resume")
+    assert not target.exists()
+    ok(cli(*argv, "--resume", "--infinity", "null"))
+    table = pq.read_table(target)
+    assert table.num_rows == 20_000 and table.column("at").null_count == 10
+
+
 # -- bad combinations --------------------------------------------------------------------------
 
 BAD = [
