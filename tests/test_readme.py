@@ -261,6 +261,10 @@ async def test_readme_blocks_run_as_written(
         await engine.dispose()
     assert left == 0  # the process example sent every ready invoice
     assert pq.read_metadata(work / "orders.parquet").num_rows == completed
+    # Partitioned exports: one file, a dataset, and the sync face's file.
+    assert pq.read_metadata(work / "all-orders.parquet").num_rows == models.ORDERS
+    assert pq.read_table(work / "all-orders").num_rows == models.ORDERS
+    assert len((work / "all-orders.csv").read_text().splitlines()) == models.ORDERS + 1
     csv_lines = (work / "orders.csv").read_text().splitlines()
     assert csv_lines[0] == "id,total_cents" and len(csv_lines) == models.ORDERS + 1
     assert any("streaming: ok" in out for out in shell_output)  # rowstream doctor

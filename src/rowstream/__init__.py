@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from . import sync as sync  # the alias marks a re-export: rowstream.sync
     from ._checkpoint import Checkpoint, CheckpointStore, FileCheckpoint, TableCheckpoint
     from ._doctor import Diagnosis, doctor
-    from ._export import ExportReport, export
+    from ._export import ExportReport
+    from ._export_jobs import export
     from ._process import BatchFailure, ProcessReport, process
     from ._sizing import DEFAULT_BATCH_BYTES
     from ._source import create_engine
@@ -85,7 +86,7 @@ _LAZY = {
     "TableCheckpoint": "._checkpoint",
     "create_engine": "._source",
     "doctor": "._doctor",
-    "export": "._export",
+    "export": "._export_jobs",
     "process": "._process",
     "stream": "._stream",
 }

@@ -1,4 +1,7 @@
-"""``rowstream.export``: a table or query into CSV, JSON Lines or Parquet, on a file or a stream.
+"""The single export: a table or query into CSV, JSON Lines or Parquet, on a file or a stream.
+
+:func:`rowstream.export` (``rowstream._export_jobs``) is this export without ``jobs``; with
+``jobs=N`` each partition is one of these.
 
 Data path, one module each::
 
@@ -43,6 +46,7 @@ from ._values import DEFAULT_ZERO_DATES, ZeroDates
 from ._watchdog import DEFAULT_READ_TIMEOUT
 
 if TYPE_CHECKING:
+    from ._jobs import JobReport
     from ._readers import Reader
     from ._sinks._output import Destination
     from ._source import Source
@@ -57,8 +61,10 @@ class ExportReport:
 
     ``bytes`` is the size of the output; ``method`` what read the rows: ``"copy"``
     (PostgreSQL's COPY), ``"cursor"`` (asyncpg's cursor, for Parquet when ADBC cannot
-    connect) or ``"stream"`` (:func:`rowstream.stream`); ``peak_memory_mb`` the process's
-    peak resident memory at the end (it includes whatever the process held before the export).
+    connect), ``"stream"`` (:func:`rowstream.stream`) or ``"jobs"`` (N readers on one
+    snapshot, ``export(..., jobs=N)``, whose report per partition is ``job``);
+    ``peak_memory_mb`` the process's peak resident memory at the end (it includes whatever
+    the process held before the export).
     """
 
     path: str
@@ -68,6 +74,7 @@ class ExportReport:
     seconds: float
     method: str
     peak_memory_mb: float
+    job: JobReport | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -75,8 +82,9 @@ class ExportReport:
 
     def summary(self) -> str:
         """One line: rows, seconds, rows/s, output size, peak memory."""
+        jobs = f" with {self.job.jobs} jobs" if self.job is not None else ""
         return (
-            f"exported {self.rows:,} rows to {self.path} in {self.seconds:.1f} s "
+            f"exported {self.rows:,} rows to {self.path}{jobs} in {self.seconds:.1f} s "
             f"({self.rows_per_second:,.0f} rows/s), {format_bytes(self.bytes)}, "
             f"peak memory {self.peak_memory_mb:.0f} MB"
         )

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-__all__ = ["ExportProgress", "format_bytes", "peak_memory_mb"]
+    from ._jobs import JobProgress
+
+__all__ = ["ExportProgress", "JobProgressBar", "format_bytes", "peak_memory_mb"]
 
 # Redrawing costs time: at most this many updates per second reach the terminal.
 _REFRESH_PER_SECOND = 4
@@ -119,6 +121,72 @@ class ExportProgress:
             of=_of(task.total),
             rate=rate,
             size=format_bytes(self.bytes),
+        )
+        self._progress.refresh()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class JobProgressBar:
+    """The whole partitioned job's progress: parts done/total, rows, rows/s, bytes and ETA.
+
+    A live bar when ``enabled`` and the stream is a terminal, silent otherwise (the CLI's
+    ``--progress`` prints :meth:`rowstream._jobs.JobProgress.line` to a log instead).
+
+    Example::
+
+        with JobProgressBar(enabled=True) as bar:
+            await export_dataset(url, "orders", "orders/", jobs=4, progress=bar.update)
+    """
+
+    def __init__(self, *, enabled: bool, stream: TextIO | None = None) -> None:
+        out = stream if stream is not None else sys.stderr
+        self._out = out
+        self.live = enabled and out.isatty()
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> JobProgressBar:
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]export[/]"),
+                BarColumn(),
+                TextColumn("{task.completed:.0f}/{task.total:.0f} parts"),
+                TextColumn("{task.fields[rows]} rows"),
+                TextColumn("{task.fields[rate]} rows/s"),
+                TextColumn("{task.fields[size]}"),
+                TextColumn("ETA {task.fields[eta]}"),
+                console=Console(file=self._out),
+                transient=True,
+                auto_refresh=False,
+            )
+            self._progress.start()
+        return self
+
+    def update(self, state: JobProgress) -> None:
+        """Show ``state`` (called after every finished part)."""
+        if self._progress is None:
+            return
+        eta = state.eta
+        rows, rate = f"{state.rows:,}", f"{state.rows_per_second:,.0f}"
+        size, left = format_bytes(state.bytes), "-" if eta is None else f"{eta:.0f} s"
+        if self._task is None:
+            self._task = self._progress.add_task(
+                "export", total=state.parts_total, rows=rows, rate=rate, size=size, eta=left
+            )
+        self._progress.update(
+            self._task, completed=state.parts_done, rows=rows, rate=rate, size=size, eta=left
         )
         self._progress.refresh()
 

@@ -37,12 +37,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from celery import Celery, shared_task
@@ -61,7 +62,18 @@ from ._ledger import (
 )
 from ._watchdog import DEFAULT_READ_TIMEOUT
 
-__all__ = ["DistributedReport", "JobError", "app", "export", "make_app", "process"]
+if TYPE_CHECKING:
+    from ._jobs import JobProgress, JobReport
+
+__all__ = [
+    "DistributedReport",
+    "JobError",
+    "app",
+    "export",
+    "export_async",
+    "make_app",
+    "process",
+]
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_PARTITIONS = 16
@@ -371,16 +383,18 @@ def _follow(
     sender: Celery,
     queue: str | None,
     on_done: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Send partitions and watch the ledger until every one is done (or the job fails);
-    ``on_done(part)`` runs once for each partition as it is seen done."""
+    ``on_done(part)`` runs once for each partition as it is seen done. ``stop`` ends the watch
+    early (the coordinator was cancelled: its thread must not outlive it)."""
     from ._source import mask_url
 
     parts = list(job["partitions"])
     started = time.monotonic()
     claimed_any = False
     seen: set[str] = set()
-    while True:
+    while stop is None or not stop.is_set():
         now = time.monotonic()
         views = [ledger.view(part, now) for part in parts]
         for view in views:
@@ -470,6 +484,7 @@ def export(
     where: str | None = None,
     columns: list[str] | None = None,
     partition_by: str | None = None,
+    min_partition_bytes: int | None = None,
     jobs: int = 4,
     resume: bool = False,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
@@ -479,12 +494,13 @@ def export(
     broker: str | None = None,
     queue: str | None = None,
     celery_app: Celery | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Any:
+    progress: Callable[[JobProgress], None] | None = None,
+) -> JobReport:
     """Export ``table`` into the dataset ``folder`` with its partitions written by Celery workers.
 
     The same dataset and manifest as ``rowstream export --jobs N -o DIR/``: the partitions are
-    planned for ``jobs`` workers (several partitions each), this process holds one PostgreSQL
+    planned for ``jobs`` workers (several partitions each, none smaller than
+    ``min_partition_bytes``, 16 MiB by default), this process holds one PostgreSQL
     snapshot (``pg_export_snapshot()``) until every part is written, and each task joins it
     and verifies the point in time before reading, so the parts are one consistent copy. A
     task that can no longer join (this process died) fails at once, saying so. Workers write
@@ -492,7 +508,8 @@ def export(
     worker of an earlier run can never overwrite a part. ``resume=True`` after this process
     died keeps the finished parts (and adopts those written since the last manifest) and reads
     the others at a new snapshot; the manifest and the report then say the dataset comes from
-    two points in time. Returns the local export's report (``rowstream._jobs.JobReport``).
+    two points in time. Returns the local export's report (``rowstream._jobs.JobReport``);
+    ``progress`` gets the whole job's ``JobProgress`` after every part, as the local one does.
 
     Example::
 
@@ -501,30 +518,83 @@ def export(
         )
         print(report.summary())
     """
+    return asyncio.run(
+        export_async(
+            source,
+            table,
+            folder,
+            format=format,
+            compression=compression,
+            where=where,
+            columns=columns,
+            partition_by=partition_by,
+            min_partition_bytes=min_partition_bytes,
+            jobs=jobs,
+            resume=resume,
+            read_timeout=read_timeout,
+            lease=lease,
+            max_attempts=max_attempts,
+            unclaimed=unclaimed,
+            broker=broker,
+            queue=queue,
+            celery_app=celery_app,
+            progress=progress,
+        )
+    )
+
+
+async def export_async(
+    source: str,
+    table: str,
+    folder: str | os.PathLike[str],
+    *,
+    format: str = "parquet",
+    compression: str | None = None,
+    where: str | None = None,
+    columns: list[str] | None = None,
+    partition_by: str | None = None,
+    min_partition_bytes: int | None = None,
+    jobs: int = 4,
+    resume: bool = False,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    lease: float = DEFAULT_LEASE,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    unclaimed: float = DEFAULT_UNCLAIMED,
+    broker: str | None = None,
+    queue: str | None = None,
+    celery_app: Celery | None = None,
+    progress: Callable[[JobProgress], None] | None = None,
+) -> JobReport:
+    """:func:`export` for a caller inside an event loop (``rowstream export --celery``):
+    cancelling it releases the snapshot and stops following the workers at once.
+
+    Example::
+
+        report = await rowstream.celery.export_async(url, "orders", "/shared/orders", jobs=8)
+    """
     if lease <= 0 or max_attempts < 1 or unclaimed <= 0 or jobs < 1:
         raise ConfigurationError(
             "jobs and max_attempts must be at least 1, lease and unclaimed positive"
         )
     sender = celery_app or (make_app(broker) if broker is not None else app)
     rules = Rules(lease, max_attempts, unclaimed)
-    return asyncio.run(
-        _export(
-            source,
-            table,
-            Path(folder),
-            format=format,
-            compression=compression,
-            where=where,
-            columns=columns,
-            partition_by=partition_by,
-            jobs=jobs,
-            resume=resume,
-            read_timeout=read_timeout,
-            rules=rules,
-            sender=sender,
-            queue=queue,
-            progress=progress,
-        )
+    return await _export(
+        source,
+        table,
+        Path(folder),
+        format=format,
+        compression=compression,
+        where=where,
+        columns=columns,
+        partition_by=partition_by,
+        min_partition_bytes=min_partition_bytes,
+        jobs=jobs,
+        resume=resume,
+        read_timeout=read_timeout,
+        rules=rules,
+        sender=sender,
+        queue=queue,
+        progress=progress,
     )
 
 
@@ -538,14 +608,15 @@ async def _export(
     where: str | None,
     columns: list[str] | None,
     partition_by: str | None,
+    min_partition_bytes: int | None,
     jobs: int,
     resume: bool,
     read_timeout: float | None,
     rules: Rules,
     sender: Celery,
     queue: str | None,
-    progress: Callable[[str], None] | None,
-) -> Any:
+    progress: Callable[[JobProgress], None] | None,
+) -> JobReport:
     from ._dataset import (
         Manifest,
         PartRecord,
@@ -558,7 +629,14 @@ async def _export(
         write_manifest,
     )
     from ._guard import check_where
-    from ._jobs import JobReport, PartReport, _check_not_rewritten, _plan, _statement_text
+    from ._jobs import (
+        JobProgress,
+        JobReport,
+        PartReport,
+        _check_not_rewritten,
+        _plan,
+        _statement_text,
+    )
     from ._partition import DEFAULT_MIN_PARTITION_BYTES, DEFAULT_PARTITIONS_PER_JOB
     from ._progress import peak_memory_mb
     from ._snapshot import Snapshot
@@ -588,7 +666,7 @@ async def _export(
                 jobs,
                 partition_by,
                 DEFAULT_PARTITIONS_PER_JOB,
-                DEFAULT_MIN_PARTITION_BYTES,
+                min_partition_bytes or DEFAULT_MIN_PARTITION_BYTES,
             )
             manifest = Manifest(
                 database=database,
@@ -670,16 +748,22 @@ async def _export(
                         int(result.get("attempt", 1)) - 1,
                     )
                 )
+                state.parts_done += 1
+                state.rows += record.rows
+                state.bytes += record.bytes
                 if progress is not None:
-                    progress(
-                        f"{len(kept) + len(written)}/{len(manifest.parts)} parts, "
-                        f"{sum(p.rows for p in (*kept, *written)):,} rows"
-                    )
+                    progress(state)
 
+            state = JobProgress(len(manifest.parts), len(kept), sum(p.rows for p in kept))
             report = DistributedReport()
-            await asyncio.to_thread(
-                _follow, ledger, job, source, rules, report, sender, queue, accept
-            )
+            stop = threading.Event()
+            try:
+                await asyncio.to_thread(
+                    _follow, ledger, job, source, rules, report, sender, queue, accept, stop
+                )
+            finally:
+                # Cancelled (Ctrl-C on rowstream export --celery): the thread stops too.
+                stop.set()
             info = snap.info
         manifest.state = "complete"
         write_manifest(folder, manifest)
