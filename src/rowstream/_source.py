@@ -267,7 +267,9 @@ def _create_sync_engine(url: str | URL, make: Any = None, **kwargs: Any) -> sa.E
     options.update(kwargs)
     with engine_errors(resolved):
         if make is None:
-            engine = sa.create_engine(resolved, connect_args=connect_args, _is_async=True, **options)
+            engine = sa.create_engine(
+                resolved, connect_args=connect_args, _is_async=True, **options
+            )
         else:
             engine = make(resolved, connect_args=connect_args, **options)
     streaming_defaults(engine)

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -287,6 +287,14 @@ class Watchdog(_Deadlines["AsyncEngine | sa.Engine"]):
     (off behind a pooler, where the backend is unknown).
     """
 
+    #: When ``engine`` is the sync side of a URL source's engine (never wrapped in an
+    #: AsyncEngine), how the liveness check opens and closes its bare driver connection
+    #: (set by rowstream._readers._pgsession: rowstream._source.connect_asyncpg and
+    #: close_asyncpg).
+    bare: tuple[Callable[[sa.Engine], Awaitable[Any]], Callable[[Any], Awaitable[None]]] | None = (
+        None
+    )
+
     @contextlib.asynccontextmanager
     async def watch(
         self, conn: Callable[[], AsyncConnection | Any], *, owned: bool = True
@@ -342,14 +350,15 @@ class Watchdog(_Deadlines["AsyncEngine | sa.Engine"]):
             return False
         if isinstance(engine, sa.Engine):
             # A URL source's engine that was never wrapped: ask from a bare asyncpg
-            # connection too (rowstream._source.connect_asyncpg).
-            from ._source import close_asyncpg, connect_asyncpg
-
-            apg = await connect_asyncpg(engine)
+            # connection too.
+            if self.bare is None:
+                return False
+            connect, close = self.bare
+            apg = await connect(engine)
             try:
                 return await apg.fetchval(_PG_ALIVE_ASYNCPG, ident) is not None
             finally:
-                await close_asyncpg(apg)
+                await close(apg)
         async with engine.connect() as conn:
             found = await conn.scalar(query, {"id": ident})
             await conn.rollback()

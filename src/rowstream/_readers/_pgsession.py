@@ -113,6 +113,7 @@ async def _bare_session(
     errors; the connection is closed (within CLEANUP_TIMEOUT) instead of pooled."""
     apg: Any = None
     dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
+    dog.bare = (connect_asyncpg, close_asyncpg)
     try:
         async with dog.watch(lambda: apg) as watch:
             try:
