@@ -66,6 +66,11 @@ def commands(pg_url: str, work: Path) -> list[tuple[str, list[str]]]:
 FLOORS: list[tuple[str, list[str]]] = [
     ("floor: python -c pass", ["-c", "pass"]),
     ("floor: import sqlalchemy", ["-c", "import sqlalchemy"]),
+    # What a COPY export from a URL loads at least (it never needs sqlalchemy.ext.asyncio).
+    (
+        "floor: sqlalchemy + asyncpg dialect + asyncpg",
+        ["-c", "import asyncio, sqlalchemy.dialects.postgresql.asyncpg, asyncpg"],
+    ),
     (
         "floor: sqlalchemy.ext.asyncio + asyncpg",
         ["-c", "import sqlalchemy.ext.asyncio, sqlalchemy.dialects.postgresql.asyncpg"],

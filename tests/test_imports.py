@@ -147,3 +147,27 @@ def test_no_module_of_rowstream_imports_itself_in_a_cycle() -> None:
         if start not in state:
             visit(start, [start])
     assert cycles == []
+
+
+def test_a_postgresql_csv_export_loads_no_orm(pg_url: str, tmp_path: Path) -> None:
+    # A URL's COPY runs on a bare asyncpg connection: sqlalchemy.ext.asyncio, which loads
+    # the ORM (a seventh of a 1-row export's start-up), is never imported (issue 11).
+    target = tmp_path / "one.csv"
+    code = (
+        "import sys\n"
+        "from rowstream._cli import main\n"
+        f"assert main(['export', {pg_url!r}, '--query', 'SELECT 1 AS x', "
+        f"'-o', {str(target)!r}, '-q']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('sqlalchemy.orm', "
+        "'sqlalchemy.ext'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": _SRC, "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert target.read_text() == "x\n1\n"

@@ -460,6 +460,23 @@ async def test_a_silent_network_ends_an_adbc_parquet_export_within_the_bound(
     await _silence_then_expect_a_rerun(proxy, export, tmp_path)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_a_slow_first_row_of_a_copy_export_is_waited_for(
+    pg_url: str, fmt: str, tmp_path: Any
+) -> None:
+    # A URL's COPY runs on a bare asyncpg connection (no AsyncEngine): its liveness check
+    # connects the same way, and sees the server at work for 2.5 s before the first row.
+    target = tmp_path / f"slow.{fmt}"
+    report = await rowstream.export(
+        pg_url,
+        sa.text("SELECT g AS n FROM pg_sleep(2.5), generate_series(1, 3) g"),
+        target,
+        read_timeout=READ_TIMEOUT,
+    )
+    assert (report.rows, report.method) == (3, "copy")
+    assert target.read_text().splitlines()[-1] == ("3" if fmt == "csv" else '{"n": 3}')
+
+
 async def test_a_slow_first_batch_of_an_adbc_export_is_waited_for(
     pg_url: str, tmp_path: Any
 ) -> None:

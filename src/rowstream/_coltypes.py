@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TextualSelect
 
@@ -24,6 +23,8 @@ from ._source import ResolvedSource
 from ._values import Kind, PlanColumn, ZeroDates, parquet_kind, sqlite_affinity
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from ._arrow import ArrowColumn
 
 __all__ = ["column_kind", "column_notes", "declared_types", "query_kinds", "typed_arrow"]

@@ -138,7 +138,9 @@ async def plan_export(
         resolved, table_or_statement, where, columns, format
     )
     if resolved.dialect == "postgresql":
-        sql = render_sql(resolved.engine, statement)
+        # The sync side: the dialect is all rendering needs, and a COPY export then never
+        # wraps it in an AsyncEngine (see rowstream._source.ResolvedSource).
+        sql = render_sql(resolved.sync_engine, statement)
         return ExportPlan(statement, format, chosen, resolved.dialect, options, sql=sql)
     if kinds is None and isinstance(statement, (TextClause, TextualSelect)):
         statement, kinds = await query_kinds(resolved, statement)

@@ -128,7 +128,10 @@ class _Unreadable(Exception):
 _SPACE = re.compile(r"\s+")
 # `$` belongs to identifiers on every dialect (a$b); at the start of a token PostgreSQL reads
 # it as a parameter or a dollar quote instead, which the lexer checks first.
-_WORD = re.compile(r"[\w$\u0080-\U0010ffff]+")
+# Word characters: ASCII letters, digits, `_` and `$`, and every non-ASCII character. Written as
+# the ASCII punctuation it excludes: `[\w$\u0080-\U0010ffff]` matches the same characters
+# (checked over all of Unicode) but took 5-12 ms to compile, on every start of the CLI.
+_WORD = re.compile(r"[^\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]+")
 
 
 # Characters that may start a comment, a quoted token or a dollar quote: the lexer looks at

@@ -24,14 +24,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from ._strategy import shielded
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from ._arrow import ArrowColumn
 
-__all__ = ["SETTINGS", "PgColumn", "copy_csv", "copy_jsonl", "pg_transaction", "probe"]
+__all__ = [
+    "SETTINGS",
+    "PgColumn",
+    "copy_csv",
+    "copy_jsonl",
+    "pg_transaction",
+    "probe",
+    "raw_pg_transaction",
+]
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -101,6 +109,26 @@ async def pg_transaction(conn: AsyncConnection) -> AsyncIterator[Any]:
         except Exception:
             with contextlib.suppress(Exception):
                 await shielded(conn.invalidate())
+        raise
+    await transaction.commit()
+
+
+@contextlib.asynccontextmanager
+async def raw_pg_transaction(apg: Any) -> AsyncIterator[Any]:
+    """:func:`pg_transaction` on a bare asyncpg connection (rowstream._source.connect_asyncpg):
+    the same transaction and settings, sent as one simple query."""
+    transaction = apg.transaction(isolation="repeatable_read")
+    await transaction.start()
+    try:
+        await apg.execute("; ".join(SETTINGS))
+        yield apg
+    except BaseException:
+        # As in pg_transaction: a connection that refuses the rollback (cancelled mid-COPY)
+        # is dropped; the cancellation goes on.
+        try:
+            await shielded(transaction.rollback())
+        except Exception:
+            apg.terminate()
         raise
     await transaction.commit()
 

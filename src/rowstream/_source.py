@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, quote_plus
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 from sqlalchemy.pool import NullPool
 
 from ._exceptions import ConfigurationError
 from ._watchdog import (
+    CLEANUP_TIMEOUT,
     abandon_cancelled,
     dispose,
     driver_socket,
     set_keepalive,
     track_connections,
 )
+
+if TYPE_CHECKING:
+    # sqlalchemy.ext.asyncio loads the ORM (a seventh of a 1-row export's start-up): it is
+    # imported where an AsyncEngine is first needed, and a URL export on PostgreSQL's COPY
+    # never needs one (see ResolvedSource, connect_asyncpg).
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 APPLICATION_NAME = "rowstream"
 
@@ -47,7 +51,7 @@ _ASYNC_DRIVERS = {
     "sqlite": {"aiosqlite"},
 }
 
-Source = str | URL | AsyncEngine | AsyncConnection | AsyncSession
+Source: TypeAlias = "str | URL | AsyncEngine | AsyncConnection | AsyncSession"
 _SMALL_POOL = {"pool_size": 2, "max_overflow": 2}
 
 
@@ -224,26 +228,51 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         async with rowstream.stream(engine, select(Order)) as orders:
             ...
     """
-    resolved = resolve_url(url)
-    backend = resolved.get_backend_name()
-    driver = resolved.get_driver_name()
-    connect_args: dict[str, Any] = {}
+    from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+    def make(url: URL, **options: Any) -> sa.Engine:
+        return create_async_engine(url, **options).sync_engine
+
+    return AsyncEngine(_create_sync_engine(url, make, **kwargs))
+
+
+def _driver_connect_args(driver: str) -> dict[str, Any]:
+    """The connect arguments :func:`create_engine` gives ``driver`` (see its docstring)."""
     if driver == "asyncpg":
-        connect_args = {
+        return {
             "statement_cache_size": 0,
             "prepared_statement_cache_size": 0,
             "server_settings": {"application_name": APPLICATION_NAME},
         }
-    elif driver == "asyncmy":
-        connect_args = {"async_creator_fn": _asyncmy_one_statement}
+    if driver == "asyncmy":
+        return {"async_creator_fn": _asyncmy_one_statement}
+    return {}
+
+
+def _create_sync_engine(url: str | URL, make: Any = None, **kwargs: Any) -> sa.Engine:
+    """The Engine an AsyncEngine of :func:`create_engine` wraps (its ``sync_engine``).
+
+    ``make`` creates it from the URL and options; by default as ``create_async_engine`` does
+    (``_is_async=True``) without importing sqlalchemy.ext.asyncio: wrapping it in
+    ``AsyncEngine`` later gives the same engine. ``create_engine`` passes SQLAlchemy's own
+    function, which also handles ``async_creator`` and refuses ``server_side_cursors``.
+    """
+    resolved = resolve_url(url)
+    backend = resolved.get_backend_name()
+    connect_args = _driver_connect_args(resolved.get_driver_name())
     connect_args.update(kwargs.pop("connect_args", {}))
     options: dict[str, Any] = {"pool_pre_ping": True}
     if kwargs.get("poolclass") is not NullPool and backend != "sqlite":
         options.update(pool_size=10, max_overflow=20)
     options.update(kwargs)
     with engine_errors(resolved):
-        engine = _sa_create_async_engine(resolved, connect_args=connect_args, **options)
-    streaming_defaults(engine.sync_engine)
+        if make is None:
+            engine = sa.create_engine(
+                resolved, connect_args=connect_args, _is_async=True, **options
+            )
+        else:
+            engine = make(resolved, connect_args=connect_args, **options)
+    streaming_defaults(engine)
     abandon_cancelled(engine)
     return engine
 
@@ -309,23 +338,91 @@ def _set_utc_on_connect(engine: sa.Engine) -> None:
         dbapi_connection.commit()
 
 
-@dataclass
 class ResolvedSource:
-    """A source reduced to the engine to connect with, or a caller's connection to borrow."""
+    """A source reduced to the engine to connect with, or a caller's connection to borrow.
 
-    engine: AsyncEngine
-    borrowed: AsyncConnection | None = None
-    owns_engine: bool = False
+    A URL source holds the sync side of its private engine (``sync_engine``) and wraps it
+    in an AsyncEngine on first use of ``engine``: an export on PostgreSQL's COPY connects
+    with :func:`connect_asyncpg` and never needs one, so the CLI does not load
+    sqlalchemy.ext.asyncio (and with it the ORM) for it.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine | sa.Engine,
+        borrowed: AsyncConnection | None = None,
+        owns_engine: bool = False,
+    ) -> None:
+        self._engine: AsyncEngine | None = None
+        if isinstance(engine, sa.Engine):
+            self.sync_engine = engine
+        else:
+            self._engine = engine
+            self.sync_engine = engine.sync_engine
+        self.borrowed = borrowed
+        self.owns_engine = owns_engine
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            from sqlalchemy.ext.asyncio import AsyncEngine
+
+            self._engine = AsyncEngine(self.sync_engine)
+        return self._engine
+
+    @property
+    def engine_in_use(self) -> bool:
+        """True once ``engine`` was asked for (its pool may hold connections)."""
+        return self._engine is not None
 
     @property
     def dialect(self) -> str:
-        return self.engine.dialect.name
+        return self.sync_engine.dialect.name
 
     async def aclose(self) -> None:
-        if self.owns_engine:
+        if self.owns_engine and self._engine is not None:
             # Bounded: a graceful dispose waits on every pooled connection, forever on a
-            # silent one.
-            await dispose(self.engine)
+            # silent one. An engine never wrapped never connected: nothing to dispose of.
+            await dispose(self._engine)
+
+
+async def connect_asyncpg(engine: sa.Engine) -> Any:
+    """A bare asyncpg connection to the URL of ``engine`` (a ``postgresql+asyncpg`` Engine of
+    :func:`_create_sync_engine`), set up as that engine's connections are: the URL's options
+    as SQLAlchemy's dialect reads them, statement cache off, ``application_name``, TCP
+    keepalive and the session time zone UTC. The caller closes it.
+
+    For the COPY path, which speaks asyncpg's own API anyway: no pool, no AsyncEngine.
+    """
+    import asyncpg
+
+    args, kwargs = engine.dialect.create_connect_args(engine.url)
+    kwargs.update(_driver_connect_args("asyncpg"))
+    # SQLAlchemy's adapter takes these; asyncpg does not know them.
+    for name in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+        kwargs.pop(name, None)
+    conn = await asyncpg.connect(*args, **kwargs)
+    try:
+        set_keepalive(driver_socket(conn))
+        await conn.execute("SET TIME ZONE 'UTC'")
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
+async def close_asyncpg(conn: Any) -> None:
+    """Close a connection of :func:`connect_asyncpg` within CLEANUP_TIMEOUT, else drop it
+    without a goodbye (which a silent network would hold up). Never raises."""
+    import asyncio
+
+    try:
+        async with asyncio.timeout(CLEANUP_TIMEOUT):
+            await conn.close()
+    except BaseException as exc:
+        conn.terminate()
+        if not isinstance(exc, Exception):
+            raise
 
 
 def resolve_source(source: Source) -> ResolvedSource:
@@ -338,9 +435,11 @@ def resolve_source(source: Source) -> ResolvedSource:
     if isinstance(source, (str, URL)):
         # A small pool of its own: keyset pages and the pooler probe reuse connections.
         small = {} if resolve_url(source).get_backend_name() == "sqlite" else _SMALL_POOL
-        engine = create_engine(source, **small)
+        engine = _create_sync_engine(source, **small)
         track_connections(engine)
         return ResolvedSource(engine, owns_engine=True)
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
     if isinstance(source, AsyncEngine):
         abandon_cancelled(source)
         return ResolvedSource(source)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchTableError
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
@@ -32,6 +31,8 @@ from ._translate import raise_translated
 from ._values import Kind, PlanColumn
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from ._arrow import ArrowColumn
 
 __all__ = [
@@ -197,7 +198,7 @@ async def _reflect(
         await shielded(conn.close())
 
 
-def render_sql(engine: AsyncEngine, statement: Statement) -> str:
+def render_sql(engine: AsyncEngine | sa.Engine, statement: Statement) -> str:
     """The statement as PostgreSQL's COPY, probe and ADBC paths send it, checked to be a single
     read, without a trailing ';' or comment (it is wrapped in ``(...) AS t``)."""
     try:

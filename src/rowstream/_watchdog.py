@@ -33,17 +33,21 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._exceptions import ConfigurationError, ConnectionLostError
+
+if TYPE_CHECKING:
+    # Loaded only where an AsyncEngine is made (it brings the ORM; see rowstream._source).
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 logger = logging.getLogger("rowstream")
 
@@ -83,6 +87,7 @@ _PG_ALIVE = sa.text(
     "SELECT 1 FROM pg_stat_activity WHERE pid = :id AND state = 'active' "
     "AND wait_event IS DISTINCT FROM 'ClientWrite'"
 )
+_PG_ALIVE_ASYNCPG = str(_PG_ALIVE).replace(":id", "$1")
 _MY_ALIVE = sa.text(
     "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = :id AND COMMAND = 'Query' "
     "AND STATE NOT LIKE '%net%' AND STATE NOT LIKE '%client%'"
@@ -139,8 +144,12 @@ def driver_of(conn: AsyncConnection | Any) -> Any:
     """The driver connection behind ``conn``, or None (closed, invalidated, not yet open)."""
     if conn is None:
         return None
-    if not isinstance(conn, AsyncConnection):
-        return conn  # already a driver-level session (ADBC's, see rowstream._pgarrow)
+    # Not loaded: then no AsyncConnection exists.
+    asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")
+    if asyncio_ext is None or not isinstance(conn, asyncio_ext.AsyncConnection):
+        # Already a driver-level session (ADBC's, see rowstream._pgarrow; asyncpg's of
+        # rowstream._source.connect_asyncpg).
+        return conn
     try:
         sync = conn.sync_connection
         # .connection of an invalidated Connection would reconnect: never ask it then.
@@ -172,7 +181,7 @@ async def release(conn: AsyncConnection) -> None:
 # -- engines ---------------------------------------------------------------------------------
 
 
-def abandon_cancelled(engine: AsyncEngine) -> None:
+def abandon_cancelled(engine: AsyncEngine | sa.Engine) -> None:
     """Make a connection invalidated by a cancellation close its socket at once (once per
     engine).
 
@@ -180,9 +189,14 @@ def abandon_cancelled(engine: AsyncEngine) -> None:
     invalidation says goodbye first: asyncpg's close(timeout=2) held every cancellation on a
     silent network up for 2 s. The pool's ``invalidate`` event comes before that goodbye.
     """
-    if event.contains(engine.sync_engine, "invalidate", _close_on_cancel):
+    sync = _sync_engine(engine)
+    if event.contains(sync, "invalidate", _close_on_cancel):
         return
-    event.listen(engine.sync_engine, "invalidate", _close_on_cancel)
+    event.listen(sync, "invalidate", _close_on_cancel)
+
+
+def _sync_engine(engine: AsyncEngine | sa.Engine) -> sa.Engine:
+    return engine if isinstance(engine, sa.Engine) else engine.sync_engine
 
 
 def _close_on_cancel(dbapi_connection: Any, _record: Any, exception: Any) -> None:
@@ -193,13 +207,14 @@ def _close_on_cancel(dbapi_connection: Any, _record: Any, exception: Any) -> Non
 _tracked: weakref.WeakKeyDictionary[sa.Engine, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
 
 
-def track_connections(engine: AsyncEngine) -> None:
+def track_connections(engine: AsyncEngine | sa.Engine) -> None:
     """Keep (weakly) every driver connection ``engine`` opens, so that clean-up can abandon
     the ones a graceful dispose cannot close (:func:`dispose`)."""
     opened: weakref.WeakSet[Any] = weakref.WeakSet()
-    _tracked[engine.sync_engine] = opened
+    sync = _sync_engine(engine)
+    _tracked[sync] = opened
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(sync, "connect")
     def _keep(dbapi_connection: Any, _record: Any) -> None:
         driver = getattr(dbapi_connection, "driver_connection", None)
         if driver is not None:
@@ -228,7 +243,9 @@ async def dispose(engine: AsyncEngine) -> None:
 # -- the read deadline -----------------------------------------------------------------------
 
 
-E = TypeVar("E", AsyncEngine, sa.Engine)
+# The async face's engine may be the sync side of a URL source's engine, not yet wrapped in an
+# AsyncEngine (rowstream._source.ResolvedSource): its connections are bare asyncpg ones.
+E = TypeVar("E", "AsyncEngine | sa.Engine", sa.Engine)
 
 
 class _Deadlines(Generic[E]):
@@ -263,12 +280,20 @@ class _Deadlines(Generic[E]):
         return rounds
 
 
-class Watchdog(_Deadlines[AsyncEngine]):
+class Watchdog(_Deadlines["AsyncEngine | sa.Engine"]):
     """The read deadline of one stream: ``timeout`` seconds per wait (None: no bound).
 
     ``check_liveness``: ask the server, on expiry, whether it still works on the query
     (off behind a pooler, where the backend is unknown).
     """
+
+    #: When ``engine`` is the sync side of a URL source's engine (never wrapped in an
+    #: AsyncEngine), how the liveness check opens and closes its bare driver connection
+    #: (set by rowstream._readers._pgsession: rowstream._source.connect_asyncpg and
+    #: close_asyncpg).
+    bare: tuple[Callable[[sa.Engine], Awaitable[Any]], Callable[[Any], Awaitable[None]]] | None = (
+        None
+    )
 
     @contextlib.asynccontextmanager
     async def watch(
@@ -319,10 +344,22 @@ class Watchdog(_Deadlines[AsyncEngine]):
 
     async def busy(self, driver: Any) -> bool:
         """True when the server is still working on the query of ``driver``'s connection."""
-        query, ident = _liveness(self.engine.dialect.name, driver)
+        engine = self.engine
+        query, ident = _liveness(engine.dialect.name, driver)
         if not ident:
             return False
-        async with self.engine.connect() as conn:
+        if isinstance(engine, sa.Engine):
+            # A URL source's engine that was never wrapped: ask from a bare asyncpg
+            # connection too.
+            if self.bare is None:
+                return False
+            connect, close = self.bare
+            apg = await connect(engine)
+            try:
+                return await apg.fetchval(_PG_ALIVE_ASYNCPG, ident) is not None
+            finally:
+                await close(apg)
+        async with engine.connect() as conn:
             found = await conn.scalar(query, {"id": ident})
             await conn.rollback()
         return found is not None

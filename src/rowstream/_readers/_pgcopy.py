@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+
 from .._pgcopy import Write, copy_csv, copy_jsonl, probe
-from ._pgsession import asyncpg_engine, pg_session
+from ._pgsession import copy_engine, pg_session
 
 if TYPE_CHECKING:
     from .._export_plan import ExportPlan
@@ -25,8 +27,7 @@ class PgCopyReader:
 
     def __init__(self, plan: ExportPlan, resolved: ResolvedSource) -> None:
         self._plan = plan
-        self._engine = asyncpg_engine(resolved)
-        self._owns_engine = self._engine is not resolved.engine
+        self._engine, self._owns_engine = copy_engine(resolved)
         self._sql = plan.sql
 
     async def read(self, sinks: Sinks, progress: Progress) -> int:
@@ -52,7 +53,7 @@ class PgCopyReader:
             return await copy_jsonl(apg, sql, columns, out)
 
     async def aclose(self) -> None:
-        if self._owns_engine:
+        if self._owns_engine and not isinstance(self._engine, sa.Engine):
             from .._watchdog import dispose
 
             await dispose(self._engine)

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import sqlalchemy as sa
 
 from .._exceptions import RowstreamError
-from .._pgcopy import PgColumn, pg_transaction, probe
-from .._source import ResolvedSource, create_engine, mask_url
+from .._pgcopy import PgColumn, pg_transaction, probe, raw_pg_transaction
+from .._source import ResolvedSource, close_asyncpg, connect_asyncpg, create_engine, mask_url
 from .._strategy import shielded
 from .._translate import raise_translated
 from .._watchdog import Watchdog
 
-__all__ = ["asyncpg_engine", "pg_columns", "pg_session"]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+__all__ = ["asyncpg_engine", "copy_engine", "pg_columns", "pg_session"]
 
 
 def asyncpg_engine(resolved: ResolvedSource) -> AsyncEngine:
@@ -34,6 +37,25 @@ def asyncpg_engine(resolved: ResolvedSource) -> AsyncEngine:
     if resolved.dialect != "postgresql" or engine.dialect.driver == "asyncpg":
         return engine
     return create_engine(engine.url.set(drivername="postgresql+asyncpg"), pool_size=1)
+
+
+def copy_engine(resolved: ResolvedSource) -> tuple[AsyncEngine | sa.Engine, bool]:
+    """The engine a COPY goes through, and whether the caller must dispose of it.
+
+    A URL source on asyncpg whose AsyncEngine is not in use gives its sync side: the COPY
+    then runs on a bare asyncpg connection (rowstream._source.connect_asyncpg), and the
+    process never loads sqlalchemy.ext.asyncio (a seventh of the CLI's start-up).
+    """
+    sync = resolved.sync_engine
+    if (
+        resolved.owns_engine
+        and not resolved.engine_in_use
+        and resolved.dialect == "postgresql"
+        and sync.dialect.driver == "asyncpg"
+    ):
+        return sync, False
+    engine = asyncpg_engine(resolved)
+    return engine, engine is not resolved.engine
 
 
 async def _connect(engine: AsyncEngine) -> AsyncConnection:
@@ -50,7 +72,7 @@ async def _close(conn: AsyncConnection) -> None:
 
 @contextlib.asynccontextmanager
 async def pg_session(
-    engine: AsyncEngine, read_timeout: float | None
+    engine: AsyncEngine | sa.Engine, read_timeout: float | None
 ) -> AsyncIterator[tuple[Any, Callable[[], None]]]:
     """An asyncpg connection in rowstream's COPY transaction (see :func:`pg_transaction`),
     and the function to call whenever data arrives on it.
@@ -59,7 +81,14 @@ async def pg_session(
     data for ``read_timeout`` seconds, and the server not busy with the query, the network
     counts as silent and the connection is abandoned (a ConnectionLostError; see
     :mod:`rowstream._watchdog`). A COPY is one long wait, so its data calls ``arrived()``.
+
+    ``engine`` may be the sync side of a URL source's engine (:func:`copy_engine`): the
+    connection is then a bare asyncpg one, without a pool.
     """
+    if isinstance(engine, sa.Engine):
+        async with _bare_session(engine, read_timeout) as session:
+            yield session
+        return
     conn: AsyncConnection | None = None
     dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
     try:
@@ -74,6 +103,32 @@ async def pg_session(
     finally:
         if conn is not None:
             await shielded(_close(conn))
+
+
+@contextlib.asynccontextmanager
+async def _bare_session(
+    engine: sa.Engine, read_timeout: float | None
+) -> AsyncIterator[tuple[Any, Callable[[], None]]]:
+    """:func:`pg_session` on a bare asyncpg connection: the same transaction, bounds and
+    errors; the connection is closed (within CLEANUP_TIMEOUT) instead of pooled."""
+    apg: Any = None
+    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
+    dog.bare = (connect_asyncpg, close_asyncpg)
+    try:
+        async with dog.watch(lambda: apg) as watch:
+            try:
+                apg = await connect_asyncpg(engine)
+            except Exception as exc:
+                raise_translated(exc, url=engine.url, connecting=True)
+            async with raw_pg_transaction(apg) as conn:
+                yield conn, watch.kick
+    except RowstreamError:
+        raise
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, resumable=False)
+    finally:
+        if apg is not None:
+            await shielded(close_asyncpg(apg))
 
 
 async def pg_columns(
