@@ -724,20 +724,32 @@ async def _run(
             )
             raise first from None
         info = snap.info
+    return finish_job(folder, manifest, [*kept, *written], started, workers, info)
+
+
+def finish_job(
+    folder: Path,
+    manifest: Manifest,
+    parts: list[PartReport],
+    started: float,
+    jobs: int,
+    snapshot: SnapshotInfo,
+) -> JobReport:
+    """Mark the dataset complete and report it (the local runner's and Celery's last step)."""
     manifest.state = "complete"
     write_manifest(folder, manifest)
     warning = point_in_time_warning(manifest)
-    parts = tuple(sorted([*kept, *written], key=lambda p: p.id))
+    ordered = tuple(sorted(parts, key=lambda p: p.id))
     return JobReport(
         directory=str(folder),
         format=manifest.format,
-        rows=sum(p.rows for p in parts),
-        bytes=sum(p.bytes for p in parts),
+        rows=sum(p.rows for p in ordered),
+        bytes=sum(p.bytes for p in ordered),
         seconds=time.perf_counter() - started,
-        jobs=workers,
+        jobs=jobs,
         plan=str(manifest.plan.get("method")),
-        parts=parts,
-        snapshot=info,
+        parts=ordered,
+        snapshot=snapshot,
         exact=warning is None,
         warning=warning,
         peak_memory_mb=peak_memory_mb(),

@@ -624,21 +624,19 @@ async def _export(
         finished_parts,
         now,
         part_name,
-        point_in_time_warning,
         prepare_directory,
         write_manifest,
     )
     from ._guard import check_where
     from ._jobs import (
         JobProgress,
-        JobReport,
         PartReport,
         _check_not_rewritten,
         _plan,
         _statement_text,
+        finish_job,
     )
     from ._partition import DEFAULT_MIN_PARTITION_BYTES, DEFAULT_PARTITIONS_PER_JOB
-    from ._progress import peak_memory_mb
     from ._snapshot import Snapshot
     from ._source import create_engine, mask_url, split_url
     from ._strategy import shielded
@@ -765,26 +763,9 @@ async def _export(
                 # Cancelled (Ctrl-C on rowstream export --celery): the thread stops too.
                 stop.set()
             info = snap.info
-        manifest.state = "complete"
-        write_manifest(folder, manifest)
+        return finish_job(folder, manifest, [*kept, *written], started, jobs, info)
     finally:
         await shielded(engine.dispose())
-    warning = point_in_time_warning(manifest)
-    parts = tuple(sorted([*kept, *written], key=lambda p: p.id))
-    return JobReport(
-        directory=str(folder),
-        format=manifest.format,
-        rows=sum(p.rows for p in parts),
-        bytes=sum(p.bytes for p in parts),
-        seconds=time.perf_counter() - started,
-        jobs=jobs,
-        plan=str(manifest.plan.get("method")),
-        parts=parts,
-        snapshot=info,
-        exact=warning is None,
-        warning=warning,
-        peak_memory_mb=peak_memory_mb(),
-    )
 
 
 def _adopt(folder: Path, manifest: Any) -> None:
