@@ -61,7 +61,6 @@ from ._partition import (
     split_name,
 )
 from ._progress import format_bytes, peak_memory_mb
-from ._sinks._parquet import ROW_GROUP_BYTES
 from ._snapshot import Snapshot, SnapshotInfo
 from ._source import create_engine, mask_url, split_url
 from ._strategy import shielded
@@ -227,7 +226,11 @@ async def write_part(
     reader = pick_reader(plan, resolved)
     # gzip around text; Parquet compresses inside the file (its "gzip" is a page codec).
     whole_file = compression if fmt != "parquet" else None
-    row_group = max(MIN_ROW_GROUP_BYTES, ROW_GROUP_BYTES // max(1, writers))
+    row_group = None
+    if fmt == "parquet":  # pyarrow loads for Parquet only (about 40 MB)
+        from ._sinks._parquet import ROW_GROUP_BYTES
+
+        row_group = max(MIN_ROW_GROUP_BYTES, ROW_GROUP_BYTES // max(1, writers))
     try:
         with open_output(path, whole_file) as out:
             sinks = Sinks(fmt, out.out, compression, row_group_bytes=row_group)
