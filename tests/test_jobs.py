@@ -451,3 +451,14 @@ async def test_a_parquet_part_refuses_a_snapshot_that_is_not_the_coordinators(
                 await snap.leave(conn)
     finally:
         await engine.dispose()
+
+
+def test_export_options_are_the_plans_and_unknown_ones_are_refused_in_one_line() -> None:
+    from rowstream._jobs import _export_options
+
+    options = _export_options(12.5, {"text_columns": ["a", "b"], "infinity": "null"})
+    assert options.text_columns == frozenset({"a", "b"}) and options.infinity == "null"
+    assert options.read_timeout == 12.5
+    with pytest.raises(ConfigurationError, match="unknown export option 'bogus'") as info:
+        _export_options(None, {"bogus": 1})
+    assert "\n" not in str(info.value)
