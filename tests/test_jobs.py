@@ -363,3 +363,102 @@ async def test_bad_arguments_are_refused_before_anything_is_made_or_sent(tmp_pat
     with pytest.raises(ConfigurationError, match="jobs must be at least 1"):
         await export_dataset(url, TABLE, tmp_path / "c", jobs=0)
     assert not os.listdir(tmp_path)
+
+
+_TYPED = "jobs_typed"
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_postgresql_parts_hold_the_bytes_of_a_single_export(
+    pg_url: str, tmp_path: Path, fmt: str
+) -> None:
+    # Values whose text depends on the output settings (time zone, float digits, json as
+    # stored, arrays, backslashes): each part is COPY on its worker's connection, as a single
+    # export is, so the lines are the same bytes.
+    engine = rowstream.create_engine(pg_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_TYPED}")
+            await conn.exec_driver_sql(
+                f"CREATE TABLE {_TYPED} (id int PRIMARY KEY, n numeric(12, 3), f float8, "
+                "t timestamptz, j json, a int[], s text)"
+            )
+            await conn.exec_driver_sql(
+                f"INSERT INTO {_TYPED} SELECT i, i / 7.0, i / 3.0, "
+                "timestamptz '2024-03-01 12:00:00+02' + i * interval '1 minute', "
+                """('{"b": ' || i || ', "a": "x\\\\y"}')::json, ARRAY[i, NULL, -i], """
+                """CASE WHEN i % 5 = 0 THEN NULL ELSE 'row "' || i || E'"\\\\,' END """
+                "FROM generate_series(1, 3000) i"
+            )
+    finally:
+        await engine.dispose()
+    report = await export_dataset(
+        pg_url, _TYPED, tmp_path / "ds", jobs=2, format=fmt, min_partition_bytes=16 * 1024
+    )
+    assert report.rows == 3000 and len(report.parts) > 2
+    single = await rowstream.export(pg_url, _TYPED, tmp_path / f"one.{fmt}")
+    assert single.method == "copy"
+    whole = (tmp_path / f"one.{fmt}").read_bytes().splitlines()
+    lines: list[bytes] = []
+    for part in report.parts:
+        text = (tmp_path / "ds" / part.file).read_bytes().splitlines()
+        if fmt == "csv":
+            assert text[0] == whole[0]  # each part has the header
+            text = text[1:]
+        lines += text
+    body = whole[1:] if fmt == "csv" else whole
+    assert sorted(lines) == sorted(body) and len(lines) == 3000
+
+
+async def test_a_parquet_part_refuses_a_snapshot_that_is_not_the_coordinators(
+    pg_url: str, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from rowstream._jobs import write_part
+    from rowstream._partition import Partition
+    from rowstream._snapshot import SnapshotError
+
+    engine = rowstream.create_engine(pg_url)
+    await _create(engine, rows=100)
+    path = tmp_path / "part-00000.parquet"
+    try:
+        async with Snapshot(engine, sessions=1) as snap:
+            conn = await snap.join()
+            try:
+                rows, size = await write_part(
+                    conn, TABLE, Partition(0, "all"), path, format="parquet",
+                    compression=None, where=None, columns=None, read_timeout=30,
+                    options={}, snapshot=snap.info,
+                )  # fmt: skip
+                assert rows == 100 and size == path.stat().st_size
+                path.unlink()
+                # ADBC's connection joins the snapshot, then checks it sees what the
+                # coordinator sees: another point in time is refused, nothing written.
+                wrong = dataclasses.replace(snap.info, point="1:1:")
+                with pytest.raises(SnapshotError, match="not the coordinator's"):
+                    await write_part(
+                        conn, TABLE, Partition(0, "all"), path, format="parquet",
+                        compression=None, where=None, columns=None, read_timeout=30,
+                        options={}, snapshot=wrong,
+                    )  # fmt: skip
+                assert _files(tmp_path) == []
+            finally:
+                await snap.leave(conn)
+    finally:
+        await engine.dispose()
+
+
+def test_export_options_are_the_plans_and_unknown_ones_are_refused_in_one_line() -> None:
+    from rowstream._jobs import _export_options
+
+    options = _export_options(12.5, {"text_columns": ["a", "b"], "infinity": "null"})
+    assert options.text_columns == frozenset({"a", "b"}) and options.infinity == "null"
+    assert options.read_timeout == 12.5
+    with pytest.raises(ConfigurationError, match="unknown export option 'bogus'") as info:
+        _export_options(None, {"bogus": 1})
+    assert "\n" not in str(info.value)

@@ -4,9 +4,11 @@ source -> statement -> **plan** -> reader -> pipeline -> sink -> report
 
 The choice between PostgreSQL's COPY and :func:`rowstream.stream` is :attr:`ExportPlan.method`,
 made once by :func:`choose_method` (I/O-free); the reader is then picked from the plan alone
-(:func:`rowstream._readers.pick_reader`). A plan for a partition (a key range on a given
-connection and snapshot) would be one more field here and one more reader, not a branch in
-``export``.
+(:func:`rowstream._readers.pick_reader`). A partition of a partitioned export is one more
+plan: its statement carries the key range, :attr:`ExportPlan.snapshot` says the borrowed
+connection reads at a shared snapshot (so COPY may run on it, and a reader that opens a
+connection of its own joins the same snapshot), and :attr:`ExportPlan.share` how many such
+plans run at once (each reader's buffers get that share of one budget).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 
 if TYPE_CHECKING:
     from ._arrow import ArrowColumn
+    from ._snapshot import SnapshotInfo
     from ._source import ResolvedSource
     from ._statement import Statement, TableOrStatement
 
@@ -108,6 +111,11 @@ class ExportPlan:
     kinds: list[PlanColumn] | None = None
     #: PostgreSQL: the statement as its readers send it (checked to be one read), else "".
     sql: str = ""
+    #: A partition's plan: the snapshot the borrowed connection reads at (None: any other
+    #: export). COPY runs on that connection; ADBC's connection joins the snapshot.
+    snapshot: SnapshotInfo | None = None
+    #: Plans read at once (a partitioned export's jobs): each reader's buffers take 1/share.
+    share: int = 1
 
 
 async def plan_export(
@@ -119,16 +127,34 @@ async def plan_export(
     where: str | None,
     columns: Sequence[str] | None,
     options: ExportOptions,
+    snapshot: SnapshotInfo | None = None,
+    share: int = 1,
 ) -> ExportPlan:
     """The plan for exporting ``table_or_statement`` from ``resolved`` (reflects a MariaDB or
-    SQLite table, or probes a text query's types, for Parquet)."""
+    SQLite table, or probes a text query's types, for Parquet).
+
+    ``snapshot``: ``resolved`` borrows a connection in a read-only transaction at this
+    PostgreSQL snapshot (a partition's reader); ``method="auto"`` then reads with COPY on it,
+    as a single export does, when the connection is asyncpg's. ``share``: see
+    :attr:`ExportPlan.share`.
+    """
     from sqlalchemy.sql.elements import TextClause
     from sqlalchemy.sql.selectable import TextualSelect
 
     from ._coltypes import query_kinds, typed_arrow
     from ._statement import build_statement, render_sql
 
-    chosen = choose_method(method, resolved.dialect, resolved.borrowed is not None)
+    if share < 1:
+        raise ConfigurationError(f"share must be at least 1, not {share}")
+    # COPY needs asyncpg's copy_from_query; a snapshot reader on another driver streams.
+    copies_on_borrowed = (
+        snapshot is not None
+        and snapshot.id is not None
+        and resolved.dialect == "postgresql"
+        and resolved.engine.dialect.driver == "asyncpg"
+    )
+    borrowed = resolved.borrowed is not None and not copies_on_borrowed
+    chosen = choose_method(method, resolved.dialect, borrowed)
     if options.text_columns and resolved.dialect == "postgresql":
         raise ConfigurationError(
             "text_columns (--text-columns) is for MariaDB and SQLite: on PostgreSQL, cast "
@@ -141,10 +167,21 @@ async def plan_export(
         # The sync side: the dialect is all rendering needs, and a COPY export then never
         # wraps it in an AsyncEngine (see rowstream._source.ResolvedSource).
         sql = render_sql(resolved.sync_engine, statement)
-        return ExportPlan(statement, format, chosen, resolved.dialect, options, sql=sql)
+        return ExportPlan(
+            statement,
+            format,
+            chosen,
+            resolved.dialect,
+            options,
+            sql=sql,
+            snapshot=snapshot if resolved.borrowed is not None else None,
+            share=share,
+        )
     if kinds is None and isinstance(statement, (TextClause, TextualSelect)):
         statement, kinds = await query_kinds(resolved, statement)
     arrow = typed_arrow(
         arrow, kinds, resolved.dialect, format, options.zero_dates, options.text_columns
     )
-    return ExportPlan(statement, format, chosen, resolved.dialect, options, arrow, kinds)
+    return ExportPlan(
+        statement, format, chosen, resolved.dialect, options, arrow, kinds, share=share
+    )

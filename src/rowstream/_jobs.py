@@ -6,11 +6,15 @@ more partitions than workers, so a slow one does not hold the rest up) -> one pa
 partition (:func:`write_part`) -> manifest after each part (:mod:`rowstream._dataset`) ->
 report.
 
-:func:`write_part` is the one place that turns a partition into a file. It goes through the
-public :func:`rowstream.export` on the worker's connection (a borrowed connection: export reads
-inside its transaction, at the snapshot), so each part holds exactly what a single export of
-the same rows writes (exact types, PostgreSQL's own text, MariaDB's checks). It is the seam the
-export refactoring (readers and sinks) will plug into, with COPY per partition on PostgreSQL.
+:func:`write_part` is the one place that turns a partition into a file. A partition is one
+more export plan (:func:`rowstream._export_plan.plan_export` with the worker's connection and
+the snapshot), read by the reader a single export of the same rows uses
+(:func:`rowstream._readers.pick_reader`) into the same sinks, so each part holds exactly what
+a single export writes (exact types, PostgreSQL's own text, MariaDB's checks). On PostgreSQL
+CSV and JSONL are COPY on the worker's connection, at the snapshot; Parquet is ADBC's binary
+COPY on a connection that joins the snapshot and is verified against the coordinator's point
+(asyncpg's cursor on the worker's connection when ADBC cannot connect). MariaDB and SQLite
+stream on the worker's connection. N workers share one memory budget (``writers``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -43,9 +47,9 @@ from ._exceptions import (
     ConnectionLostError,
     ResumeError,
     RowstreamError,
-    SinkError,
 )
-from ._guard import check_statement, check_where
+from ._export_plan import ExportOptions
+from ._guard import check_where
 from ._partition import (
     DEFAULT_MIN_PARTITION_BYTES,
     DEFAULT_PARTITIONS_PER_JOB,
@@ -177,12 +181,22 @@ async def write_part(
 ) -> tuple[int, int]:
     """Write ``partition`` of ``table`` to ``path`` (atomically), reading on ``conn`` inside
     its transaction (at the snapshot); return (rows, bytes). ``writers`` parts are written at
-    once: each Parquet writer gets that share of the row-group budget, so memory stays flat.
+    once: each gets that share of the memory budget (Parquet row groups, ADBC's queue).
 
-    The one adapter between the runner and the export code (see the module docstring).
+    The one adapter between the runner and the export code (see the module docstring): the
+    partition is one more export plan (its key range in the statement, the snapshot in
+    ``ExportPlan.snapshot``), read by the reader a single export of the same rows would use.
     """
-    from ._export import export
+    from ._export_plan import plan_export
+    from ._readers import pick_reader
+    from ._sinks import Sinks
+    from ._sinks._format import format_for_path
+    from ._sinks._output import open_output
+    from ._source import ResolvedSource
 
+    fmt, compression = format_for_path(None, format, compression)
+    settings = dict(options)
+    method = settings.pop("method", "auto")
     what: Any = table
     condition: str | None = where
     if isinstance(table, sa.Select):
@@ -197,211 +211,72 @@ async def write_part(
             condition = f"({where}) AND ({predicate})"
         else:
             condition = predicate or where
-    if (
-        format == "csv"
-        and compression is None
-        and conn.dialect.driver == "asyncpg"
-        and not isinstance(what, sa.TextClause)
-        and not options
-    ):
-        # The server renders the CSV (COPY), as a single export does: the bytes are the same,
-        # and N partitions are rendered by N backends at once.
-        return await _copy_csv_part(conn, what, condition, columns, path, read_timeout)
-    if (
-        format == "parquet"
-        and conn.dialect.name == "postgresql"
-        and snapshot is not None
-        and snapshot.id is not None
-        and not isinstance(what, sa.TextClause)
-        and not options
-    ):
-        done = await _adbc_parquet_part(
-            conn, snapshot, what, condition, columns, path, compression, read_timeout, writers
-        )
-        if done is not None:
-            return done
-    report = await export(
-        conn,
+    resolved = ResolvedSource(conn.engine, borrowed=conn)
+    plan = await plan_export(
+        resolved,
         what,
-        path,
-        format=format,  # type: ignore[arg-type]
-        compression=compression,
+        format=fmt,
+        method=method,
         where=condition,
         columns=columns,
-        method="stream",
-        read_timeout=read_timeout,
-        **options,
+        options=_export_options(read_timeout, settings),
+        snapshot=snapshot,
+        share=writers,
     )
-    return report.rows, report.bytes
+    reader = pick_reader(plan, resolved)
+    # gzip around text; Parquet compresses inside the file (its "gzip" is a page codec).
+    whole_file = compression if fmt != "parquet" else None
+    row_group = None
+    if fmt == "parquet":  # pyarrow loads for Parquet only (about 40 MB)
+        from ._sinks._parquet import ROW_GROUP_BYTES
 
-
-async def _copy_csv_part(
-    conn: AsyncConnection,
-    what: Any,
-    where: str | None,
-    columns: Sequence[str] | None,
-    path: Path,
-    read_timeout: float | None,
-) -> tuple[int, int]:
-    """COPY one partition as CSV on the worker's connection, inside its snapshot transaction."""
-    from ._atomic import AtomicFile, write_error
-    from ._pgcopy import SETTINGS, copy_csv
-    from ._watchdog import Watchdog
-
-    sql = _part_sql(conn, what, where, columns)
-    engine = conn.engine
-    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
-    target = AtomicFile(path)
+        row_group = max(MIN_ROW_GROUP_BYTES, ROW_GROUP_BYTES // max(1, writers))
     try:
-        async with dog.watch(lambda: conn, owned=False) as watch:
-            # Local to the worker's transaction; the same output settings as a single export.
-            for setting in SETTINGS:
-                await conn.exec_driver_sql(setting)
-            raw = await conn.get_raw_connection()
-            with target as out:
-
-                async def write(chunk: bytes) -> None:
-                    watch.kick()
-                    try:
-                        out.write(chunk)
-                    except OSError as exc:
-                        raise write_error(str(path), exc) from None
-
-                rows = await copy_csv(raw.driver_connection, sql, write)
-    except RowstreamError:
-        raise
-    except Exception as exc:
-        raise_translated(exc, url=engine.url, resumable=False)
-    return rows, target.size
-
-
-def _part_sql(
-    conn: AsyncConnection, what: Any, where: str | None, columns: Sequence[str] | None
-) -> str:
-    """The partition's statement as PostgreSQL gets it, checked to be a single read."""
-    if isinstance(what, sa.Select):
-        statement = what
-    else:
-        schema, name = (what.schema, what.name) if isinstance(what, sa.Table) else split_name(what)
-        source = sa.table(name, *(sa.column(c) for c in columns or ()), schema=schema)
-        statement = sa.select(*(source.c if columns else [sa.literal_column("*")]))
-        statement = statement.select_from(source)
-        if where is not None:
-            check_where(where, "postgresql")
-            statement = statement.where(sa.text(f"({where})"))
-    return check_statement(
-        statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}).string,
-        conn.dialect,
-    )
-
-
-async def _adbc_parquet_part(
-    conn: AsyncConnection,
-    snapshot: SnapshotInfo,
-    what: Any,
-    where: str | None,
-    columns: Sequence[str] | None,
-    path: Path,
-    compression: str | None,
-    read_timeout: float | None,
-    writers: int,
-) -> tuple[int, int] | None:
-    """Parquet of one partition through ADBC (binary COPY decoded in C++), as a single export
-    reads it, on an ADBC connection that joins the snapshot. None when ADBC cannot connect
-    (the caller reads through the worker's connection instead).
-
-    The column types are probed on a connection of their own: the probe's temporary view
-    cannot be made in the snapshot's read-only transaction, and types do not depend on it.
-    """
-    import pyarrow as pa
-
-    from ._atomic import AtomicFile
-    from ._dataset import _Unclosable
-    from ._pgarrow import (
-        CannotConnect,
-        ReadError,
-        _Pump,
-        _read_failure,
-        _Session,
-        in_background,
-        libpq_conninfo,
-    )
-    from ._pgcopy import SETTINGS, pg_transaction, probe
-    from ._pgtypes import PgRead
-    from ._sinks._parquet import ROW_GROUP_BYTES, ParquetSink
-    from ._snapshot import SnapshotError
-    from ._translate import translate
-    from ._watchdog import Watchdog
-
-    sql = _part_sql(conn, what, where, columns)
-    engine = conn.engine
-    try:
-        async with engine.connect() as side, pg_transaction(side) as apg:
-            pg_columns, _ = await probe(apg, sql)
-    except RowstreamError:
-        raise
-    except Exception as exc:
-        raise_translated(exc, url=engine.url, resumable=False)
-    read = PgRead(pg_columns)
-    try:
-        session = await asyncio.to_thread(_Session, libpq_conninfo(engine.url))
-    except CannotConnect:
-        return None
-    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
-    target = AtomicFile(path)
-    try:
-        async with dog.watch(lambda: session, owned=False) as watch:
-            await session.call(session.execute, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            session._begun = True
-            await session.call(session.execute, f"SET TRANSACTION SNAPSHOT '{snapshot.id}'")
-            for setting in SETTINGS:
-                await session.call(session.execute, setting)
-            got = await session.call(session.query, "SELECT pg_current_snapshot()::text")
-            point = got.read_all().column(0)[0].as_py()
-            if point != snapshot.point:
-                raise SnapshotError(
-                    f"the ADBC reader's snapshot ({point}) is not the coordinator's "
-                    f"({snapshot.point}): refusing to read from another point in time"
-                )
-            loop = asyncio.get_running_loop()
-            with target as out:
-                sink = ParquetSink(
-                    cast(BinaryIO, _Unclosable(out)),
-                    read.columns,
-                    compression=compression or "zstd",
-                    row_group_bytes=max(MIN_ROW_GROUP_BYTES, ROW_GROUP_BYTES // writers),
-                )
-                sink.begin([c.name for c in read.columns])
-                reader = await session.call(session.query, read.query(sql, adbc=True))
-                pump = _Pump(
-                    session,
-                    reader,
-                    read,
-                    sink.write_batch,
-                    lambda n: loop.call_soon_threadsafe(watch.kick),
-                )
-                try:
-                    await pump.run()
-                    if pump.errors:
-                        raise pump.errors[0]
-                except BaseException:
-                    sink.abort()
-                    raise
-                sink.finish()
-    except ReadError as exc:
-        raise _read_failure(exc, engine.url) from exc
-    except pa.ArrowException as exc:
-        raise SinkError(
-            f"cannot convert PostgreSQL's rows to Parquet: {str(exc).splitlines()[0]}"
-        ) from exc
-    except session.error as exc:
-        raise translate(exc, url=engine.url, resumable=False) from None
+        with open_output(path, whole_file) as out:
+            sinks = Sinks(fmt, out.out, compression, row_group_bytes=row_group)
+            # The pipeline of rowstream.export (_export.run), without a progress bar.
+            try:
+                rows = await reader.read(sinks, _QUIET)
+                sinks.finish()
+            except BaseException:
+                sinks.abort()
+                raise
     finally:
-        if session.abandoned:
-            in_background(session.close)
-        else:
-            await shielded(asyncio.to_thread(session.close))
-    return pump.rows, target.size
+        await shielded(reader.aclose())
+    return rows, out.size
+
+
+def _export_options(read_timeout: float | None, options: dict[str, Any]) -> ExportOptions:
+    """``export_dataset``'s ``**options`` as the plan holds them (rowstream.export's names)."""
+    unknown = sorted(set(options) - _EXPORT_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown export option {unknown[0]!r}: choose from "
+            + ", ".join(sorted(_EXPORT_OPTIONS))
+        )
+    if "text_columns" in options:
+        options = {**options, "text_columns": frozenset(options["text_columns"] or ())}
+    return ExportOptions(read_timeout=read_timeout, **options)
+
+
+_EXPORT_OPTIONS = frozenset(
+    ["batch_rows", "batch_bytes", "infinity", "nan", "zero_dates", "text_columns"]
+)
+
+
+class _Quiet:
+    """Progress for a part's reader: the job counts parts, not rows as they come."""
+
+    enabled = False
+
+    def set_estimate(self, estimate: int | None) -> None:
+        pass
+
+    def advance(self, rows: int) -> None:
+        pass
+
+
+_QUIET = _Quiet()
 
 
 def _dropped(exc: BaseException) -> bool:

@@ -11,10 +11,13 @@ encoding run on two threads, so the Parquet encoder works while the next batches
 export is bounded by the slower of the two, not by their sum.
 
 The read runs in its own ``REPEATABLE READ READ ONLY`` transaction with the same output
-settings as the COPY text paths. Columns whose decoded form is not the export's type are cast:
-``numeric(p, s)`` is read as text and cast to ``decimal128(p, s)`` exactly (a value that does
-not fit fails, never rounds); values Arrow cannot hold (infinity, instants past its range, NaN,
-arrays of several dimensions) are caught by :mod:`rowstream._pgtypes`.
+settings as the COPY text paths; a partition's read first joins the partitioned export's
+snapshot (``SET TRANSACTION SNAPSHOT``) and is refused unless its ``pg_current_snapshot()`` is
+the coordinator's. N readers at once share one queue budget (``share``). Columns whose
+decoded form is not the export's type are cast: ``numeric(p, s)`` is read as text and cast to
+``decimal128(p, s)`` exactly (a value that does not fit fails, never rounds); values Arrow
+cannot hold (infinity, instants past its range, NaN, arrays of several dimensions) are caught
+by :mod:`rowstream._pgtypes`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 from sqlalchemy.engine import URL
@@ -37,6 +40,9 @@ from ._strategy import shielded
 from ._translate import scrub, translate
 from ._watchdog import LIBPQ_KEEPALIVE, Watchdog
 
+if TYPE_CHECKING:
+    from ._snapshot import SnapshotInfo
+
 __all__ = ["CannotConnect", "copy_to_arrow", "libpq_conninfo"]
 
 T = TypeVar("T")
@@ -44,6 +50,9 @@ T = TypeVar("T")
 # The driver's batch size hint. Measured on the 5M-row orders table: 1 MiB batches (about
 # 8,000 rows) decode as fast as its default of 16 MiB and cost some 40 MB less peak RSS.
 BATCH_BYTES = 1024 * 1024
+# N readers at once (a partitioned export's jobs) each ask for 1/N of it, but not less: on
+# 5M orders rows with 4 jobs, 512 KiB batches gave 256 MB peak RSS against 268 MB.
+MIN_BATCH_BYTES = 256 * 1024
 # Decoded batches waiting for the encoder (about 64,000 orders rows): the encoder takes a
 # whole row group at a time, and the reader must not stall meanwhile. Measured on the 5M-row
 # orders table: 2 batches left the reader blocked 1.5 s of 5; 8 gave 0.87-1.17M rows/s
@@ -53,6 +62,9 @@ QUEUE_BATCHES = 8
 # of one 50 MB row each were 400 MB. A batch larger than this waits for an empty queue, so
 # wide rows pass one at a time; narrow batches (about 1 MiB) stay bounded by their count.
 QUEUE_BYTES = 16 * 1024 * 1024
+# N readers at once (a partitioned export's jobs) share QUEUE_BATCHES and QUEUE_BYTES, but none
+# gets fewer batches than this: decoding and encoding must still overlap.
+MIN_QUEUE_BATCHES = 2
 
 _SSL_MODES = {"true": "require", "1": "require", "false": "disable", "0": "disable"}
 # Connection parameters of libpq (PostgreSQL 15's list) that a URL's query may carry.
@@ -154,7 +166,7 @@ def _quote(value: str) -> str:
 class _Session:
     """One ADBC connection in a read-only transaction; every method blocks (run in a thread)."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, batch_bytes: int | None = None) -> None:
         import adbc_driver_manager as dm
         import adbc_driver_postgresql as dp
 
@@ -170,19 +182,45 @@ class _Session:
         except dm.Error as exc:
             self.close()
             raise CannotConnect(str(exc)) from None
-        self._statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
+        hint = str(batch_bytes or BATCH_BYTES)
+        self._statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": hint})
 
     def execute(self, sql: str) -> None:
         self._statement.set_sql_query(sql)
         self._statement.execute_update()
 
-    def begin(self) -> None:
+    def begin(self, snapshot: SnapshotInfo | None = None) -> None:
+        """Start the read-only transaction, at ``snapshot`` when given (verified)."""
         self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         self._begun = True
+        if snapshot is not None:
+            self._join(snapshot)
         for statement in SETTINGS:
             self.execute(statement)
         # The backend, for the read deadline's liveness check (rowstream._watchdog).
         self.pid = int(self.query("SELECT pg_backend_pid()").read_all().column(0)[0].as_py())
+
+    def _join(self, snapshot: SnapshotInfo) -> None:
+        """Import a partitioned export's snapshot (the transaction's first statement), and
+        refuse to read unless the transaction now sees what the coordinator's does."""
+        from ._snapshot import _SNAPSHOT_ID, SnapshotError
+
+        if snapshot.id is None or not _SNAPSHOT_ID.match(snapshot.id):
+            raise SnapshotError(f"malformed snapshot id {snapshot.id!r}")
+        try:
+            self.execute(f"SET TRANSACTION SNAPSHOT '{snapshot.id}'")
+        except self.error as exc:
+            raise SnapshotError(
+                f"ADBC's reader cannot join snapshot {snapshot.id}: {str(exc).splitlines()[0]}; "
+                "it is held only while the export that took it runs"
+            ) from None
+        got = self.query("SELECT pg_current_snapshot()::text").read_all()
+        point = got.column(0)[0].as_py()
+        if point != snapshot.point:
+            raise SnapshotError(
+                f"the ADBC reader's snapshot ({point}) is not the coordinator's "
+                f"({snapshot.point}): refusing to read from another point in time"
+            )
 
     def get_server_pid(self) -> int | None:
         """The backend's pid (asyncpg's name: the watchdog asks drivers for it)."""
@@ -315,13 +353,14 @@ class _Pump:
         read: PgRead,
         write: Callable[[pa.RecordBatch], object],
         on_rows: Callable[[int], object],
+        share: int = 1,
     ) -> None:
         self._session = session
         self._reader = reader
         self._convert = read.convert
         self._write = write
         self._on_rows = on_rows
-        self._queue = _BatchQueue(QUEUE_BATCHES, QUEUE_BYTES)
+        self._queue = _BatchQueue(*queue_budget(share))
         self._stop = threading.Event()
         self.errors: list[BaseException] = []
         self.rows = 0
@@ -405,6 +444,27 @@ class _Pump:
             await shielded(asyncio.to_thread(join))
 
 
+def batch_bytes(share: int) -> int:
+    """The driver's batch size hint for one of ``share`` readers at once.
+
+    >>> batch_bytes(1), batch_bytes(2), batch_bytes(8)
+    (1048576, 524288, 262144)
+    """
+    return min(BATCH_BYTES, max(MIN_BATCH_BYTES, BATCH_BYTES // max(1, share)))
+
+
+def queue_budget(share: int) -> tuple[int, int]:
+    """The batches and bytes one of ``share`` readers at once may queue.
+
+    >>> queue_budget(1)
+    (8, 16777216)
+    >>> queue_budget(4)
+    (2, 4194304)
+    """
+    share = max(1, share)
+    return max(MIN_QUEUE_BATCHES, QUEUE_BATCHES // share), QUEUE_BYTES // share
+
+
 async def copy_to_arrow(
     url: URL,
     sql: str,
@@ -412,6 +472,9 @@ async def copy_to_arrow(
     write: Callable[[pa.RecordBatch], object],
     on_rows: Callable[[int], None],
     watchdog: Watchdog,
+    *,
+    snapshot: SnapshotInfo | None = None,
+    share: int = 1,
 ) -> int:
     """Read ``sql`` through ADBC, each record batch into ``write`` (called on a thread of its
     own, one batch at a time); returns the number of rows.
@@ -423,9 +486,14 @@ async def copy_to_arrow(
 
     Raises :class:`CannotConnect` when ADBC cannot open its connection (the caller falls
     back to reading through asyncpg).
+
+    ``snapshot``: join a partitioned export's snapshot first, and verify it
+    (:class:`rowstream._snapshot.SnapshotError` when it cannot). ``share``: this read is one of
+    that many at once; its batches and queue get that share of the budget (:func:`batch_bytes`,
+    :func:`queue_budget`).
     """
     try:
-        session = await asyncio.to_thread(_Session, libpq_conninfo(url))
+        session = await asyncio.to_thread(_Session, libpq_conninfo(url), batch_bytes(share))
     except CannotConnect as exc:
         raise CannotConnect(scrub(str(exc), url)) from None
     loop = asyncio.get_running_loop()
@@ -439,7 +507,7 @@ async def copy_to_arrow(
                 arrived()
                 on_rows(n)
 
-            await session.call(session.begin)
+            await session.call(session.begin, snapshot)
             reader = await session.call(session.query, read.query(sql, adbc=True))
             pump = _Pump(
                 session,
@@ -447,6 +515,7 @@ async def copy_to_arrow(
                 read,
                 write,
                 lambda n: loop.call_soon_threadsafe(rows_written, n),
+                share,
             )
             await pump.run()
     except session.error as exc:

@@ -5,6 +5,13 @@ column is read and checked, :mod:`rowstream._pgtypes`) -> ``sinks.batches()`` ->
 ADBC's binary COPY decoded in C (:mod:`rowstream._pgarrow`); when ADBC cannot connect
 (connect arguments a URL cannot carry: an SSL context, a custom creator), an asyncpg cursor
 whose rows :class:`PgRead` turns into the same batches.
+
+A partition's plan (:attr:`rowstream._export_plan.ExportPlan.snapshot`): ADBC's connection
+joins the shared snapshot and is verified against the coordinator's point before it reads;
+the cursor, when ADBC cannot connect, reads on the borrowed connection, already at the
+snapshot. The column types are probed on a connection of their own either way: the probe's
+temporary view cannot be made in the snapshot's read-only transaction, and types do not depend
+on the snapshot.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from .._pgcopy import probe
 from .._pgtypes import PgRead
 from .._source import mask_url
 from .._watchdog import Watchdog
-from ._pgsession import asyncpg_engine, pg_session
+from ._pgsession import asyncpg_engine, pg_session, reader_session
 
 if TYPE_CHECKING:
     from .._export_plan import ExportPlan
@@ -40,6 +47,7 @@ class PgArrowReader:
         self._engine = asyncpg_engine(resolved)
         self._owns_engine = self._engine is not resolved.engine
         self._sql = plan.sql
+        self._borrowed = resolved.borrowed if plan.snapshot is not None else None
 
     async def read(self, sinks: Sinks, progress: Progress) -> int:
         from .._pgarrow import CannotConnect, copy_to_arrow
@@ -57,7 +65,14 @@ class PgArrowReader:
         )
         try:
             return await copy_to_arrow(
-                engine.url, self._sql, read, sink.write_batch, progress.advance, watchdog
+                engine.url,
+                self._sql,
+                read,
+                sink.write_batch,
+                progress.advance,
+                watchdog,
+                snapshot=self._plan.snapshot,
+                share=self._plan.share,
             )
         except CannotConnect as exc:
             logger.info("ADBC cannot connect (%s); reading Parquet through a cursor", exc)
@@ -69,7 +84,8 @@ class PgArrowReader:
         query = read.query(self._sql, adbc=False)
         size = self._plan.options.batch_rows or CURSOR_ROWS
         total = 0
-        async with pg_session(self._engine, self._plan.options.read_timeout) as (apg, arrived):
+        timeout = self._plan.options.read_timeout
+        async with reader_session(self._engine, self._borrowed, timeout) as (apg, arrived):
             # No probe ran on this connection: make the transaction read-only here.
             await apg.execute("SET TRANSACTION READ ONLY")
             cursor = await apg.cursor(query)

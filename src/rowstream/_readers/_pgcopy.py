@@ -2,6 +2,12 @@
 
 plan (method copy, CSV/JSONL) -> probe + ``COPY ... TO STDOUT`` on asyncpg
 (:mod:`rowstream._pgcopy`) -> ``sinks.encoded()``.
+
+A partition's plan (:attr:`rowstream._export_plan.ExportPlan.snapshot`) runs the same COPY on
+the borrowed connection, at the shared snapshot: the same bytes, rendered by as many backends
+as there are readers. Its JSONL column types are probed on a connection of their own: the probe's
+temporary view cannot be made in the snapshot's read-only transaction, and types do not depend
+on the snapshot.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from .._pgcopy import Write, copy_csv, copy_jsonl, probe
-from ._pgsession import copy_engine, pg_session
+from ._pgsession import copy_engine, pg_columns, reader_session
 
 if TYPE_CHECKING:
     from .._export_plan import ExportPlan
@@ -29,15 +35,24 @@ class PgCopyReader:
         self._plan = plan
         self._engine, self._owns_engine = copy_engine(resolved)
         self._sql = plan.sql
+        self._borrowed = resolved.borrowed if plan.snapshot is not None else None
 
     async def read(self, sinks: Sinks, progress: Progress) -> int:
-        sql = self._sql
-        async with pg_session(self._engine, self._plan.options.read_timeout) as (apg, arrived):
-            counting = progress.enabled  # counting lines costs a pass over the data
-            # CSV's header comes from COPY: its columns need no description.
+        sql, timeout = self._sql, self._plan.options.read_timeout
+        counting = progress.enabled  # counting lines costs a pass over the data
+        # CSV's header comes from COPY: its columns need no description.
+        describe = self._plan.format != "csv"
+        side = None
+        if describe and self._borrowed is not None:
+            # On a side connection of the borrowed one's engine: the probe's temporary view
+            # cannot be made in the snapshot's read-only transaction.
+            side = await pg_columns(self._borrowed.engine, sql, timeout, estimate=counting)
+        async with reader_session(self._engine, self._borrowed, timeout) as (apg, arrived):
             columns, estimate = await probe(
-                apg, sql, describe=self._plan.format != "csv", estimate=counting
+                apg, sql, describe=describe and side is None, estimate=counting and side is None
             )
+            if side is not None:
+                columns, estimate = side
             progress.set_estimate(estimate)
             sink = sinks.encoded([c.name for c in columns])
 

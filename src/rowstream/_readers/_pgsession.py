@@ -3,6 +3,12 @@
 Shared by the PostgreSQL readers (COPY text, the cursor behind Parquet when ADBC cannot
 connect, the column probe before a stream): they use asyncpg's own API
 (``copy_from_query``, prepared statements' attributes).
+
+:func:`reader_session` is the one place a reader gets its connection: a new one in a
+transaction of its own (:func:`pg_session`), or, for a partition of a partitioned export, the
+caller's connection, already in a read-only transaction at the shared snapshot
+(:func:`borrowed_session`): the same settings, the same bounded waits, the caller's
+transaction left to the caller.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .._exceptions import RowstreamError
-from .._pgcopy import PgColumn, pg_transaction, probe, raw_pg_transaction
+from .._pgcopy import SETTINGS, PgColumn, pg_transaction, probe, raw_pg_transaction
 from .._source import ResolvedSource, close_asyncpg, connect_asyncpg, create_engine, mask_url
 from .._strategy import shielded
 from .._translate import raise_translated
@@ -23,7 +29,14 @@ from .._watchdog import Watchdog
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-__all__ = ["asyncpg_engine", "copy_engine", "pg_columns", "pg_session"]
+__all__ = [
+    "asyncpg_engine",
+    "borrowed_session",
+    "copy_engine",
+    "pg_columns",
+    "pg_session",
+    "reader_session",
+]
 
 
 def asyncpg_engine(resolved: ResolvedSource) -> AsyncEngine:
@@ -129,6 +142,42 @@ async def _bare_session(
     finally:
         if apg is not None:
             await shielded(close_asyncpg(apg))
+
+
+@contextlib.asynccontextmanager
+async def borrowed_session(
+    conn: AsyncConnection, read_timeout: float | None
+) -> AsyncIterator[tuple[Any, Callable[[], None]]]:
+    """The caller's asyncpg connection, inside the transaction it is in (a partition's reader
+    at the shared snapshot), with the output settings of :func:`pg_transaction` made local to
+    that transaction; yields it and the function to call whenever data arrives on it.
+
+    Every wait is bounded as in :func:`pg_session`. The connection is not the reader's: it is
+    neither committed, rolled back nor closed here, and a silent network fails the read
+    without abandoning it (the caller, who owns it, leaves it).
+    """
+    engine = conn.engine
+    dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
+    try:
+        async with dog.watch(lambda: conn, owned=False) as watch:
+            for setting in SETTINGS:
+                await conn.exec_driver_sql(setting)
+            raw = await conn.get_raw_connection()
+            yield raw.driver_connection, watch.kick
+    except RowstreamError:
+        raise
+    except Exception as exc:
+        raise_translated(exc, url=engine.url, resumable=False)
+
+
+def reader_session(
+    engine: AsyncEngine | sa.Engine, borrowed: AsyncConnection | None, read_timeout: float | None
+) -> contextlib.AbstractAsyncContextManager[tuple[Any, Callable[[], None]]]:
+    """``borrowed`` as it is (:func:`borrowed_session`) when there is one, else a connection of
+    ``engine``'s in a transaction of its own (:func:`pg_session`)."""
+    if borrowed is not None:
+        return borrowed_session(borrowed, read_timeout)
+    return pg_session(engine, read_timeout)
 
 
 async def pg_columns(

@@ -85,10 +85,20 @@ class Sinks:
     b'id,name\\n1,a\\n2,\\n'
     """
 
-    def __init__(self, format: Format, out: BinaryIO, compression: str | None = None) -> None:
+    def __init__(
+        self,
+        format: Format,
+        out: BinaryIO,
+        compression: str | None = None,
+        *,
+        row_group_bytes: int | None = None,
+    ) -> None:
         self.format = format
         self._out = out
         self._compression = compression
+        #: Parquet: the Arrow data gathered per row group (None: the encoder's default); an
+        #: export that is one of several at once takes its share of the budget.
+        self._row_group_bytes = row_group_bytes
         self._opened: Any = None
 
     def rows(
@@ -132,9 +142,14 @@ class Sinks:
         return sink
 
     def _parquet(self, columns: list[ArrowColumn]) -> Any:
-        from ._parquet import ParquetSink
+        from ._parquet import ROW_GROUP_BYTES, ParquetSink
 
-        return ParquetSink(self._out, columns, compression=self._compression or DEFAULT_COMPRESSION)
+        return ParquetSink(
+            self._out,
+            columns,
+            compression=self._compression or DEFAULT_COMPRESSION,
+            row_group_bytes=self._row_group_bytes or ROW_GROUP_BYTES,
+        )
 
     def finish(self) -> None:
         """Finish what was opened (a Parquet file with no rows still gets its schema)."""
