@@ -26,6 +26,7 @@ from sqlalchemy.util import await_
 
 # Re-exported: the sync twin of each is in rowstream._sync._acompat.
 from ._strategy import shielded as shielded
+from ._temporal import Infinity, decoders, encoders
 from ._watchdog import Watchdog as Watchdog
 from ._watchdog import abandon as abandon
 from ._watchdog import dispose as dispose
@@ -115,3 +116,43 @@ async def exact_fetches(conn: AsyncConnection) -> AsyncIterator[None]:
         yield
     finally:
         adapted.__class__ = AsyncAdapt_asyncpg_connection
+
+
+@contextlib.asynccontextmanager
+async def exact_temporals(conn: AsyncConnection, infinity: Infinity) -> AsyncIterator[None]:
+    """While open, statements prepared on ``conn`` decode ``date``, ``timestamp`` and
+    ``timestamptz`` with rowstream._temporal's codecs: ``infinity`` is no longer
+    ``date.max``/``datetime.max`` (asyncpg only; other drivers refuse what Python cannot
+    hold). A statement keeps the codecs it was prepared with, so a cursor opened here reads
+    with them to its end.
+
+    SQLAlchemy's prepared-statement cache is off meanwhile: a statement it prepared earlier
+    holds asyncpg's codecs, and one prepared here must not serve the connection's next user.
+    The connection leaves as it came (it may be borrowed, or go back to the pool).
+    """
+    raw = await conn.get_raw_connection()
+    adapted: Any = raw.dbapi_connection
+    if not isinstance(adapted, AsyncAdapt_asyncpg_connection):
+        yield
+        return
+    pg: Any = adapted
+    driver = pg.driver_connection
+    cache = pg._prepared_statement_cache
+    pg._prepared_statement_cache = None
+    encode = encoders()
+    try:
+        # Built-in types: no round trip (asyncpg knows their OIDs).
+        for typname, decode in decoders(infinity).items():
+            await driver.set_type_codec(
+                typname,
+                schema="pg_catalog",
+                encoder=encode[typname],
+                decoder=decode,
+                format="tuple",
+            )
+        yield
+    finally:
+        for typname in encode:
+            with contextlib.suppress(Exception):
+                await driver.reset_type_codec(typname, schema="pg_catalog")
+        pg._prepared_statement_cache = cache

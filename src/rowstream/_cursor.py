@@ -23,7 +23,15 @@ from sqlalchemy.ext.asyncio.result import AsyncResult, AsyncScalarResult
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
-from ._acompat import Watchdog, abandon, bounded, driver_connection, exact_fetches, orm_session
+from ._acompat import (
+    Watchdog,
+    abandon,
+    bounded,
+    driver_connection,
+    exact_fetches,
+    exact_temporals,
+    orm_session,
+)
 from ._convert import conversion_error, first_failure, raw_window, unlocated
 from ._exceptions import QueryError, UnsupportedQueryError
 from ._plan import Plan, detach
@@ -31,6 +39,7 @@ from ._readonly import ReadOnlyTransaction
 from ._sizing import FIRST_BATCH_ROWS
 from ._source import ResolvedSource
 from ._strategy import MYSQL
+from ._temporal import DEFAULT_INFINITY, Infinity
 from ._translate import is_conversion_error, raise_translated
 from ._watchdog import CLEANUP_TIMEOUT
 
@@ -38,7 +47,8 @@ from ._watchdog import CLEANUP_TIMEOUT
 class CursorStrategy:
     """Read ``statement`` (``plan``'s, unless given) through one server-side cursor.
 
-    ``setup`` statements run first in the transaction (``SET LOCAL ...``).
+    ``setup`` statements run first in the transaction (``SET LOCAL ...``). ``infinity``:
+    what a date or timestamp Python cannot hold becomes (see rowstream._temporal).
     """
 
     name = "cursor"
@@ -51,6 +61,7 @@ class CursorStrategy:
         statement: Select[Any] | TextualSelect | TextClause | None = None,
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
+        infinity: Infinity = DEFAULT_INFINITY,
     ) -> None:
         if plan.side_queries and source.dialect in MYSQL:
             raise UnsupportedQueryError(
@@ -63,6 +74,8 @@ class CursorStrategy:
         self._statement = plan.statement if statement is None else statement
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
+        self._infinity = infinity
+        self._temporals_held: Any = None
         self._owned = source.borrowed is None
         self._conn: AsyncConnection | None = None
         self._trans: ReadOnlyTransaction | None = None
@@ -107,6 +120,10 @@ class CursorStrategy:
             for sql in self._setup:
                 await conn.exec_driver_sql(sql)
             statement = self._statement.execution_options(yield_per=FIRST_BATCH_ROWS)
+            # Held to the end: selectinload()'s queries on this connection decode the same way.
+            held = exact_temporals(conn, self._infinity)
+            await held.__aenter__()
+            self._temporals_held = held
             result: AsyncResult[Any]
             async with exact_fetches(conn):
                 if self._plan.orm:
@@ -208,5 +225,8 @@ class CursorStrategy:
             await self._session.close()
         if self._trans is not None and self._trans.is_active:
             await self._trans.rollback()
+        held, self._temporals_held = self._temporals_held, None
+        if held is not None:
+            await held.__aexit__(None, None, None)
         if owned:
             await conn.close()

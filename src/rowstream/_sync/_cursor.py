@@ -31,9 +31,18 @@ from .._exceptions import QueryError, UnsupportedQueryError
 from .._plan import Plan, detach
 from .._sizing import FIRST_BATCH_ROWS
 from .._strategy import MYSQL
+from .._temporal import DEFAULT_INFINITY, Infinity
 from .._translate import is_conversion_error, raise_translated
 from .._watchdog import CLEANUP_TIMEOUT
-from ._acompat import Watchdog, abandon, bounded, driver_connection, exact_fetches, orm_session
+from ._acompat import (
+    Watchdog,
+    abandon,
+    bounded,
+    driver_connection,
+    exact_fetches,
+    exact_temporals,
+    orm_session,
+)
 from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
 
@@ -41,7 +50,8 @@ from ._source import ResolvedSource
 class CursorStrategy:
     """Read ``statement`` (``plan``'s, unless given) through one server-side cursor.
 
-    ``setup`` statements run first in the transaction (``SET LOCAL ...``).
+    ``setup`` statements run first in the transaction (``SET LOCAL ...``). ``infinity``:
+    what a date or timestamp Python cannot hold becomes (see rowstream._temporal).
     """
 
     name = "cursor"
@@ -54,6 +64,7 @@ class CursorStrategy:
         statement: Select[Any] | TextualSelect | TextClause | None = None,
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
+        infinity: Infinity = DEFAULT_INFINITY,
     ) -> None:
         if plan.side_queries and source.dialect in MYSQL:
             raise UnsupportedQueryError(
@@ -66,6 +77,8 @@ class CursorStrategy:
         self._statement = plan.statement if statement is None else statement
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
+        self._infinity = infinity
+        self._temporals_held: Any = None
         self._owned = source.borrowed is None
         self._conn: Connection | None = None
         self._trans: ReadOnlyTransaction | None = None
@@ -110,6 +123,10 @@ class CursorStrategy:
             for sql in self._setup:
                 conn.exec_driver_sql(sql)
             statement = self._statement.execution_options(yield_per=FIRST_BATCH_ROWS)
+            # Held to the end: selectinload()'s queries on this connection decode the same way.
+            held = exact_temporals(conn, self._infinity)
+            held.__enter__()
+            self._temporals_held = held
             result: Result[Any]
             with exact_fetches(conn):
                 if self._plan.orm:
@@ -208,5 +225,8 @@ class CursorStrategy:
             self._session.close()
         if self._trans is not None and self._trans.is_active:
             self._trans.rollback()
+        held, self._temporals_held = self._temporals_held, None
+        if held is not None:
+            held.__exit__(None, None, None)
         if owned:
             conn.close()
