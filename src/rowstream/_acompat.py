@@ -26,7 +26,7 @@ from sqlalchemy.util import await_
 
 # Re-exported: the sync twin of each is in rowstream._sync._acompat.
 from ._strategy import shielded as shielded
-from ._temporal import Infinity, decoders, encoders
+from ._temporal import Infinity, decoders, encoders, psycopg_loaders
 from ._watchdog import Watchdog as Watchdog
 from ._watchdog import abandon as abandon
 from ._watchdog import dispose as dispose
@@ -122,8 +122,8 @@ async def exact_fetches(conn: AsyncConnection) -> AsyncIterator[None]:
 async def exact_temporals(conn: AsyncConnection, infinity: Infinity) -> AsyncIterator[None]:
     """While open, statements prepared on ``conn`` decode ``date``, ``timestamp`` and
     ``timestamptz`` with rowstream._temporal's codecs: ``infinity`` is no longer
-    ``date.max``/``datetime.max`` (asyncpg only; other drivers refuse what Python cannot
-    hold). A statement keeps the codecs it was prepared with, so a cursor opened here reads
+    ``date.max``/``datetime.max`` (asyncpg; psycopg gets loaders, other drivers hold no
+    infinity). A statement keeps the codecs it was prepared with, so a cursor opened here reads
     with them to its end.
 
     SQLAlchemy's prepared-statement cache is off meanwhile: a statement it prepared earlier
@@ -133,7 +133,9 @@ async def exact_temporals(conn: AsyncConnection, infinity: Infinity) -> AsyncIte
     raw = await conn.get_raw_connection()
     adapted: Any = raw.dbapi_connection
     if not isinstance(adapted, AsyncAdapt_asyncpg_connection):
-        yield
+        # psycopg (postgresql+psycopg://) refuses such values; its loaders name the column.
+        with psycopg_loaders(raw.driver_connection, infinity):
+            yield
         return
     pg: Any = adapted
     driver = pg.driver_connection

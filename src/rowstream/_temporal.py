@@ -20,8 +20,9 @@ I/O-free: both faces use it (the sync face's psycopg loaders in rowstream._sync.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ __all__ = [
     "edge",
     "encoders",
     "hits",
+    "psycopg_loaders",
     "refusal",
     "timestamp_text",
 ]
@@ -243,6 +245,62 @@ def encoders() -> dict[str, Callable[[Any], tuple[int]]]:
         "timestamp": _timestamp_encode,
         "timestamptz": _timestamptz_encode,
     }
+
+
+# psycopg's type OIDs of the values Python's date and datetime may not hold.
+_PSYCOPG_OIDS = {"date": 1082, "timestamp": 1114, "timestamptz": 1184}
+
+
+@cache
+def _exact_loader(base: type[Any], typname: str, infinity: Infinity) -> type[Any]:
+    """A text loader that asks ``base`` (psycopg's own, usually its C one) first and turns
+    only what it refuses (DataError: infinity, BC, after 9999) into the ``infinity`` choice:
+    one Python call per value, the parsing stays psycopg's."""
+    from psycopg import DataError
+    from psycopg.adapt import Loader
+
+    class ExactLoader(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._inner = base(oid, context)
+
+        def load(self, data: Any) -> Any:
+            try:
+                return self._inner.load(data)
+            except DataError:
+                text = bytes(data).decode()
+                top = text == "infinity" or not (text.startswith("-") or text.endswith("BC"))
+                return edge(infinity, text, typname, top)
+
+    ExactLoader.__name__ = f"Exact{typname.capitalize()}Loader"
+    return ExactLoader
+
+
+@contextlib.contextmanager
+def psycopg_loaders(driver: Any, infinity: Infinity) -> Iterator[None]:
+    """While open, cursors created on the psycopg connection ``driver`` (sync or async) load
+    ``date``, ``timestamp`` and ``timestamptz`` text with :func:`_exact_loader`'s loaders
+    (psycopg refuses what Python cannot hold, but cannot say in which column); a cursor
+    keeps its loaders to its end, and the connection's own are put back afterwards. Any
+    other driver: nothing to do.
+    """
+    adapters = getattr(driver, "adapters", None)
+    if adapters is None or not type(driver).__module__.startswith("psycopg"):
+        yield
+        return
+    from psycopg.pq import Format
+
+    previous = {oid: adapters.get_loader(oid, Format.TEXT) for oid in _PSYCOPG_OIDS.values()}
+    try:
+        for typname, oid in _PSYCOPG_OIDS.items():
+            base = previous[oid]
+            if base is not None:
+                adapters.register_loader(oid, _exact_loader(base, typname, infinity))
+        yield
+    finally:
+        for oid, base in previous.items():
+            if base is not None:
+                adapters.register_loader(oid, base)
 
 
 def _find(value: Any, name: str, depth: int = 0) -> tuple[str, Unrepresentable] | None:
