@@ -55,7 +55,7 @@ def process(
 
     The next batches are read while handlers run, into a queue of ``BUFFER_BATCHES``: at
     most ``concurrency + BUFFER_BATCHES + 1`` batches are in memory at once, whichever side is
-    faster. An ``def`` handler runs as a task; a plain function runs in a thread of a
+    faster. Each handler runs in a thread of a
     pool of ``concurrency`` threads. Handlers get lists of rows (ORM instances for a
     single-entity select, detached from any session), never the streaming connection: a
     handler that needs the database opens its own session.
@@ -111,8 +111,8 @@ def process(
         fails its batch with :class:`HandlerTimeoutError`, which ``on_error`` treats like any
         handler error (the run stops, or the batch is listed in ``report.failures`` and the
         run goes on), so a stuck handler never holds the stream's connection (and its
-        transaction) forever. An ``def`` handler is cancelled; one in a thread cannot
-        be, so it runs on in the background, its result dropped, and later batches get fresh
+        transaction) forever. A handler in a thread cannot be stopped, so
+        it runs on in the background, its result dropped, and later batches get fresh
         threads. ``read_timeout`` bounds every wait for the database, as in
         :func:`rowstream.sync.stream`.
 
