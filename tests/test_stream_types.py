@@ -232,3 +232,21 @@ async def test_the_connection_leaves_as_it_came(pg_url: str) -> None:
 def test_unknown_choice_is_refused_before_connecting() -> None:
     with pytest.raises(rowstream.ConfigurationError, match="unknown infinity choice 'nan'"):
         rowstream.stream("postgresql://nowhere.invalid/db", sa.text("SELECT 1"), infinity="nan")  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("table")
+async def test_process_refuses_or_passes_the_choice_on(pg_url: str) -> None:
+    seen: list[Any] = []
+
+    def handler(batch: list[Any]) -> None:
+        seen.extend(row.d for row in batch)
+
+    statement = sa.select(Period.id, Period.d).where(Period.id.in_([2, 4]))
+    with pytest.raises(rowstream.QueryError, match="column 'd' \\(date\\) holds infinity"):
+        await rowstream.process(pg_url, statement, handler)
+    seen.clear()
+    await rowstream.process(pg_url, statement, handler, infinity="null")
+    assert sorted(seen, key=repr) == sorted([dt.date.max, None], key=repr)
+    seen.clear()
+    rowstream.sync.process(pg_url, statement, handler, infinity="text")
+    assert sorted(seen, key=repr) == sorted([dt.date.max, "infinity"], key=repr)

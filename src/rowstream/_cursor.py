@@ -219,14 +219,17 @@ class CursorStrategy:
             await self._kill_mysql_query()
             await abandon(conn)
             return
-        if self._result is not None:
-            await self._result.close()
-        if self._session is not None:
-            await self._session.close()
-        if self._trans is not None and self._trans.is_active:
-            await self._trans.rollback()
-        held, self._temporals_held = self._temporals_held, None
-        if held is not None:
-            await held.__aexit__(None, None, None)
+        try:
+            if self._result is not None:
+                await self._result.close()
+            if self._session is not None:
+                await self._session.close()
+            if self._trans is not None and self._trans.is_active:
+                await self._trans.rollback()
+        finally:
+            # Even when the clean-up fails: a borrowed connection gets its own codecs back.
+            held, self._temporals_held = self._temporals_held, None
+            if held is not None:
+                await held.__aexit__(None, None, None)
         if owned:
             await conn.close()

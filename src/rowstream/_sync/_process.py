@@ -25,6 +25,7 @@ from .._process_base import (
     check_options,
 )
 from .._sizing import DEFAULT_BATCH_BYTES
+from .._temporal import DEFAULT_INFINITY, Infinity, check_infinity
 from .._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 from ._acompat import to_thread
 from ._keyfind import resolve_key
@@ -50,6 +51,7 @@ def process(
     key: Any = None,
     handler_timeout: float | None = None,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    infinity: Infinity = DEFAULT_INFINITY,
 ) -> ProcessReport:
     """Stream ``statement`` and call ``handler(batch)`` on every batch, ``concurrency`` at a time.
 
@@ -116,6 +118,9 @@ def process(
         threads. ``read_timeout`` bounds every wait for the database, as in
         :func:`rowstream.sync.stream`.
 
+    ``infinity``: what a PostgreSQL date or timestamp Python cannot hold becomes (``"error"``,
+    ``"null"``, ``"clamp"``, ``"text"``), as in :func:`rowstream.sync.stream`.
+
     Example::
 
         def send(invoices: list[Invoice]) -> None:
@@ -140,6 +145,7 @@ def process(
         progress=progress,
     )
     handler_timeout = check_read_timeout(handler_timeout, "handler_timeout")
+    check_infinity(infinity)
     books = Bookkeeper(
         concurrency=concurrency, on_error=on_error, store=checkpoint, progress=progress
     )
@@ -161,6 +167,7 @@ def process(
             key=key,
             start_after=books.start_after,
             read_timeout=read_timeout,
+            infinity=infinity,
         ) as rows:
             books.bind(rows.key_columns, rows.key_of)
             books.sqlite = rows.dialect == "sqlite"
