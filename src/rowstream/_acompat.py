@@ -119,7 +119,9 @@ async def exact_fetches(conn: AsyncConnection) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def exact_temporals(conn: AsyncConnection, infinity: Infinity) -> AsyncIterator[None]:
+async def exact_temporals(
+    conn: AsyncConnection, infinity: Infinity, *, diagnose: bool = False
+) -> AsyncIterator[None]:
     """While open, statements prepared on ``conn`` decode ``date``, ``timestamp`` and
     ``timestamptz`` with rowstream._temporal's codecs: ``infinity`` is no longer
     ``date.max``/``datetime.max`` (asyncpg; psycopg gets loaders, other drivers hold no
@@ -134,7 +136,7 @@ async def exact_temporals(conn: AsyncConnection, infinity: Infinity) -> AsyncIte
     adapted: Any = raw.dbapi_connection
     if not isinstance(adapted, AsyncAdapt_asyncpg_connection):
         # psycopg (postgresql+psycopg://) refuses such values; its loaders name the column.
-        with psycopg_loaders(raw.driver_connection, infinity):
+        with psycopg_loaders(raw.driver_connection, infinity, diagnose=diagnose):
             yield
         return
     pg: Any = adapted

@@ -16,12 +16,12 @@ from sqlalchemy.sql.selectable import Select
 
 from ._acompat import Watchdog, abandon, exact_temporals, release, shielded
 from ._convert import conversion_error, first_failure, raw_window, unlocated
-from ._exceptions import ConnectionLostError, QueryError, StreamKeyError
+from ._exceptions import ConnectionLostError, QueryError, RowstreamError, StreamKeyError
 from ._keys import Key, pageable
 from ._plan import Plan
 from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
-from ._temporal import DEFAULT_INFINITY, Infinity
+from ._temporal import DEFAULT_INFINITY, Infinity, refusal, refused_by_driver, window
 from ._translate import is_conversion_error, raise_translated, translate
 
 
@@ -157,6 +157,8 @@ class KeysetStrategy:
                     return rows
                 return list((await conn.execute(statement)).all())
         except Exception as exc:
+            if refused_by_driver(exc):
+                raise await _temporal_error(conn, statement, exc, self._source) from exc
             if is_conversion_error(exc):
                 raise await _conversion_error(conn, statement, exc, self._source) from exc
             raise_translated(exc, url=self._source.engine.url)
@@ -179,3 +181,21 @@ async def _conversion_error(
     except Exception:
         return fallback  # the diagnosis is a bonus: the error stands without it
     return conversion_error(first_failure(rows, window), fallback)
+
+
+async def _temporal_error(
+    conn: AsyncConnection, page: Select[Any], exc: Exception, source: ResolvedSource
+) -> RowstreamError:
+    """psycopg refused a date or timestamp Python cannot hold, naming no column: the page is
+    read again with loaders that mark such values (see rowstream._temporal)."""
+    fallback = translate(exc, url=source.engine.url)
+    found = window(page, skip=0, limit=page._limit or 0)
+    if found is None:
+        return fallback
+    statement, names = found
+    try:
+        async with exact_temporals(conn, "error", diagnose=True):
+            rows = (await conn.execute(statement)).all()
+    except Exception:
+        return fallback  # the diagnosis is a bonus: the error stands without it
+    return refusal(rows, names) or fallback

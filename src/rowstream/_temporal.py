@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from ._exceptions import ConfigurationError, QueryError
 
@@ -41,7 +45,9 @@ __all__ = [
     "hits",
     "psycopg_loaders",
     "refusal",
+    "refused_by_driver",
     "timestamp_text",
+    "window",
 ]
 
 Infinity = Literal["error", "null", "clamp", "text"]
@@ -277,15 +283,18 @@ def _exact_loader(base: type[Any], typname: str, infinity: Infinity) -> type[Any
 
 
 @contextlib.contextmanager
-def psycopg_loaders(driver: Any, infinity: Infinity) -> Iterator[None]:
+def psycopg_loaders(driver: Any, infinity: Infinity, *, diagnose: bool = False) -> Iterator[None]:
     """While open, cursors created on the psycopg connection ``driver`` (sync or async) load
     ``date``, ``timestamp`` and ``timestamptz`` text with :func:`_exact_loader`'s loaders
     (psycopg refuses what Python cannot hold, but cannot say in which column); a cursor
     keeps its loaders to its end, and the connection's own are put back afterwards. Any
     other driver: nothing to do.
     """
-    adapters = getattr(driver, "adapters", None)
-    if adapters is None or not type(driver).__module__.startswith("psycopg"):
+    adapters: Any = getattr(driver, "adapters", None)
+    psycopg = adapters is not None and type(driver).__module__.startswith("psycopg")
+    # psycopg refuses these values by itself: with infinity="error" its C loaders stay (no
+    # cost), and only a refusal reads the failing rows again with these (``diagnose``).
+    if not psycopg or (infinity == "error" and not diagnose):
         yield
         return
     from psycopg.pq import Format
@@ -301,6 +310,38 @@ def psycopg_loaders(driver: Any, infinity: Infinity) -> Iterator[None]:
         for oid, base in previous.items():
             if base is not None:
                 adapters.register_loader(oid, base)
+
+
+# In an array psycopg's C loaders say "can't parse date 'infinity}'" instead.
+_PSYCOPG_REFUSAL = re.compile(r"(date|timestamp) too (small|large)|can't parse (date|timestamp)")
+
+
+def refused_by_driver(exc: BaseException) -> bool:
+    """True for psycopg's own refusal of a date or timestamp Python cannot hold (``DataError:
+    date too large (after year 10K): 'infinity'``): it says the value, not the column."""
+    inner: BaseException | None = exc
+    while inner is not None:
+        if type(inner).__name__ == "DataError" and type(inner).__module__.startswith("psycopg"):
+            return _PSYCOPG_REFUSAL.search(str(inner)) is not None
+        inner = getattr(inner, "orig", None) or inner.__cause__
+    return False
+
+
+def window(statement: Any, *, skip: int, limit: int) -> tuple[Any, list[str]] | None:
+    """``statement``'s rows ``skip`` to ``skip + limit`` as plain columns, and their names:
+    read again with the exact loaders, they show which column held the refused value. None
+    for a bare ``text()`` (it cannot be wrapped)."""
+    if not isinstance(statement, (Select, TextualSelect)):
+        return None
+    selected = list(statement.selected_columns)
+    columns = list(statement.subquery().c)
+    if len(columns) != len(selected):
+        return None
+    names = [
+        str(getattr(c, "key", None) or getattr(c, "name", f"column {i + 1}"))
+        for i, c in enumerate(selected)
+    ]
+    return sa.select(*columns).offset(skip).limit(limit), names
 
 
 def _find(value: Any, name: str, depth: int = 0) -> tuple[str, Unrepresentable] | None:

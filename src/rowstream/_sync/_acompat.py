@@ -89,9 +89,11 @@ def exact_fetches(conn: sa.Connection) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def exact_temporals(conn: sa.Connection, infinity: Infinity) -> Iterator[None]:
+def exact_temporals(
+    conn: sa.Connection, infinity: Infinity, *, diagnose: bool = False
+) -> Iterator[None]:
     """While open, cursors created on ``conn`` load ``date``, ``timestamp`` and
     ``timestamptz`` as rowstream._temporal says (psycopg only: PyMySQL and sqlite3 hold no
     infinity); a cursor keeps its loaders to its end."""
-    with psycopg_loaders(conn.connection.driver_connection, infinity):
+    with psycopg_loaders(conn.connection.driver_connection, infinity, diagnose=diagnose):
         yield

@@ -27,12 +27,12 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from .._convert import conversion_error, first_failure, raw_window, unlocated
-from .._exceptions import QueryError, UnsupportedQueryError
+from .._exceptions import QueryError, RowstreamError, UnsupportedQueryError
 from .._plan import Plan, detach
 from .._sizing import FIRST_BATCH_ROWS
 from .._strategy import MYSQL
-from .._temporal import DEFAULT_INFINITY, Infinity
-from .._translate import is_conversion_error, raise_translated
+from .._temporal import DEFAULT_INFINITY, Infinity, refusal, refused_by_driver, window
+from .._translate import is_conversion_error, raise_translated, translate
 from .._watchdog import CLEANUP_TIMEOUT
 from ._acompat import (
     Watchdog,
@@ -99,6 +99,9 @@ class CursorStrategy:
             with self._watchdog.watch(lambda: self._conn, owned=self._owned):
                 self._open()
         except Exception as exc:
+            if refused_by_driver(exc):
+                # Rows the execution already buffered (yield_per).
+                raise self._temporal_error(exc, 0) from exc
             raise_translated(exc, url=url)
 
     def _open(self) -> None:
@@ -147,6 +150,8 @@ class CursorStrategy:
             with self._watchdog.watch(lambda: self._conn, owned=self._owned):
                 batch = list(self._result.fetchmany(size))
         except Exception as exc:
+            if refused_by_driver(exc):
+                raise self._temporal_error(exc, size) from exc
             if is_conversion_error(exc):
                 raise self._conversion_error(exc, size) from exc
             raise_translated(exc, url=self._source.engine.url)
@@ -176,6 +181,31 @@ class CursorStrategy:
         except Exception:
             return fallback  # the diagnosis is a bonus: the error stands without it
         return conversion_error(first_failure(rows, window), fallback)
+
+    def _temporal_error(self, exc: Exception, size: int) -> RowstreamError:
+        """psycopg refused a date or timestamp Python cannot hold, naming no column: the rows
+        it may have been reading are read again with loaders that mark such values (see
+        rowstream._temporal), to name the column."""
+        source = self._source
+        fallback = translate(exc, url=source.engine.url)
+        # The driver reads ahead of what was delivered by up to FIRST_BATCH_ROWS (yield_per).
+        found = window(self._statement, skip=self._delivered, limit=size + FIRST_BATCH_ROWS)
+        if found is None:
+            return fallback
+        statement, names = found
+        try:
+            if source.borrowed is not None:
+                with exact_temporals(source.borrowed, "error", diagnose=True):
+                    rows = (source.borrowed.execute(statement)).all()
+            else:
+                with (
+                    source.engine.connect() as conn,
+                    exact_temporals(conn, "error", diagnose=True),
+                ):
+                    rows = (conn.execute(statement)).all()
+        except Exception:
+            return fallback  # the diagnosis is a bonus: the error stands without it
+        return refusal(rows, names) or fallback
 
     def _let_go(self, batch: list[Any]) -> None:
         """Expunge the previous batch's instances: they are the caller's to keep, and the
