@@ -126,7 +126,7 @@ def _civil(unix_days: int) -> str:
 def date_text(days: int) -> str:
     """PostgreSQL's text of a ``date`` sent as ``days`` from 2000-01-01.
 
-    >>> date_text(-2_451_545 - 364), date_text(2**31 - 1)
+    >>> date_text(-730_485), date_text(2**31 - 1)
     ('0001-01-01 BC', 'infinity')
     """
     if days == INT32_MAX:
@@ -140,8 +140,8 @@ def timestamp_text(micros: int, *, tz: bool) -> str:
     """PostgreSQL's text of a ``timestamp`` (``tz``: ``timestamptz``, in UTC) sent as
     ``micros`` from 2000-01-01.
 
-    >>> timestamp_text(2**63 - 1, tz=True), timestamp_text(-63_145_526_400_000_000, tz=False)
-    ('infinity', '0001-01-01 00:00:00 BC')
+    >>> timestamp_text(2**63 - 1, tz=True), timestamp_text(-63_113_904_000_000_000, tz=True)
+    ('infinity', '0001-01-01 00:00:00+00 BC')
     """
     if micros == INT64_MAX:
         return "infinity"
