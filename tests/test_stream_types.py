@@ -250,3 +250,27 @@ async def test_process_refuses_or_passes_the_choice_on(pg_url: str) -> None:
     seen.clear()
     rowstream.sync.process(pg_url, statement, handler, infinity="text")
     assert sorted(seen, key=repr) == sorted([dt.date.max, "infinity"], key=repr)
+
+
+@pytest.mark.usefixtures("table")
+async def test_a_codec_of_the_callers_own_is_kept(pg_url: str) -> None:
+    # A connection whose owner set a codec for timestamptz (on connect) keeps it: the stream
+    # decodes that type with it, and does not reset it afterwards.
+    engine = rowstream.create_engine(pg_url)
+    query = sa.text(f"SELECT d, tstz FROM {TABLE} WHERE id = 7")
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.set_type_codec(
+                "timestamptz", schema="pg_catalog", encoder=str, decoder=str, format="text"
+            )
+            async with rowstream.stream(conn, query) as rows:
+                assert [tuple(r) async for r in rows] == [(None, "-infinity")]
+            assert tuple((await conn.execute(query)).one()) == (None, "-infinity")
+            query = sa.text(f"SELECT d FROM {TABLE} WHERE id = 4")
+            with pytest.raises(rowstream.QueryError, match="column 'd' \\(date\\) holds infinity"):
+                async with rowstream.stream(conn, query) as rows:
+                    [r async for r in rows]
+    finally:
+        await engine.dispose()

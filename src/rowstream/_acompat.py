@@ -144,9 +144,12 @@ async def exact_temporals(
     cache = pg._prepared_statement_cache
     pg._prepared_statement_cache = None
     encode = encoders()
+    ours: list[str] = []
     try:
-        # Built-in types: no round trip (asyncpg knows their OIDs).
         for typname, decode in decoders(infinity).items():
+            if _has_custom_codec(driver, typname):
+                continue  # the caller's own codec decides (and stays)
+            # Built-in types: no round trip (asyncpg knows their OIDs).
             await driver.set_type_codec(
                 typname,
                 schema="pg_catalog",
@@ -154,9 +157,27 @@ async def exact_temporals(
                 decoder=decode,
                 format="tuple",
             )
+            ours.append(typname)
         yield
     finally:
-        for typname in encode:
+        for typname in ours:
             with contextlib.suppress(Exception):
                 await driver.reset_type_codec(typname, schema="pg_catalog")
         pg._prepared_statement_cache = cache
+
+
+_TEMPORAL_OIDS = {"date": 1082, "timestamp": 1114, "timestamptz": 1184}
+
+
+def _has_custom_codec(driver: Any, typname: str) -> bool:
+    """True when the asyncpg connection already has a codec of its owner's for ``typname``
+    (set_type_codec on connect): resetting ours afterwards would drop it."""
+    try:
+        settings = driver._protocol.get_settings()
+        oid = _TEMPORAL_OIDS[typname]
+        return bool(
+            settings.get_data_codec(oid)
+            is not settings.get_data_codec(oid, ignore_custom_codec=True)
+        )
+    except Exception:
+        return False
