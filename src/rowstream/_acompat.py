@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -128,9 +129,12 @@ async def exact_temporals(
     infinity). A statement keeps the codecs it was prepared with, so a cursor opened here reads
     with them to its end.
 
-    SQLAlchemy's prepared-statement cache is off meanwhile: a statement it prepared earlier
-    holds asyncpg's codecs, and one prepared here must not serve the connection's next user.
-    The connection leaves as it came (it may be borrowed, or go back to the pool).
+    SQLAlchemy's prepared-statement cache is swapped meanwhile for one of the connection's
+    that holds only statements prepared with these codecs (one per ``infinity`` choice: the
+    codecs are the same functions each time, see ``decoders``): a statement prepared earlier
+    holds asyncpg's codecs, and one prepared here must not serve the connection's next user,
+    but keyset pages on the same pooled connection reuse theirs. The connection leaves as it
+    came (it may be borrowed, or go back to the pool).
     """
     raw = await conn.get_raw_connection()
     adapted: Any = raw.dbapi_connection
@@ -142,7 +146,7 @@ async def exact_temporals(
     pg: Any = adapted
     driver = pg.driver_connection
     cache = pg._prepared_statement_cache
-    pg._prepared_statement_cache = None
+    pg._prepared_statement_cache = _codec_cache(driver, cache, infinity)
     encode = encoders()
     ours: list[str] = []
     try:
@@ -164,6 +168,21 @@ async def exact_temporals(
             with contextlib.suppress(Exception):
                 await driver.reset_type_codec(typname, schema="pg_catalog")
         pg._prepared_statement_cache = cache
+
+
+# Per asyncpg connection (gone with it): SQLAlchemy-style caches of statements prepared with
+# rowstream._temporal's codecs, one per infinity= choice.
+_CODEC_CACHES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _codec_cache(driver: Any, cache: Any, infinity: Infinity) -> Any:
+    """The cache to use while the codecs are set: None when SQLAlchemy's is off (PgBouncer)."""
+    if cache is None:
+        return None
+    caches = _CODEC_CACHES.setdefault(driver, {})
+    if infinity not in caches:
+        caches[infinity] = type(cache)(cache.capacity)
+    return caches[infinity]
 
 
 _TEMPORAL_OIDS = {"date": 1082, "timestamp": 1114, "timestamptz": 1184}
