@@ -224,6 +224,11 @@ async def test_the_connection_leaves_as_it_came(pg_url: str) -> None:
             async with rowstream.stream(conn, query, infinity="text") as rows:
                 assert [r.d async for r in rows] == ["infinity"]
             after = (await conn.execute(query)).scalar_one()
+            # Again: the statement the first stream prepared (cached for its choice) serves.
+            async with rowstream.stream(conn, query, infinity="text") as rows:
+                assert [r.d async for r in rows] == ["infinity"]
+            async with rowstream.stream(conn, query, infinity="null") as rows:
+                assert [r.d async for r in rows] == [None]
     finally:
         await engine.dispose()
     assert before == after == dt.date.max
