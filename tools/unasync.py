@@ -36,6 +36,16 @@ HAND_WRITTEN = ("_acompat", "_source", "_pipeline")
 
 #: Word-bounded replacements, applied in this order.
 TOKENS = [
+    # Prose that differs: the sync face runs every handler in a thread (its docstrings must
+    # not speak of ``async def`` handlers; generate() refuses a mangled "``def``").
+    (
+        r"An ``async def`` handler runs as a task; a plain function runs in a thread of a",
+        "Each handler runs in a thread of a",
+    ),
+    (
+        r"An ``async def`` handler is cancelled; one in a thread cannot\n(\s*)be, so it",
+        r"A handler in a thread cannot be stopped, so\n\1it",
+    ),
     # Nothing cancels a thread: clean-up shielded from cancellation is a plain call.
     (r"\bawait shielded\((.*)\)$", r"\1"),
     (r"\basync def\b", "def"),
@@ -162,6 +172,11 @@ def generate(module: str) -> str:
     source = (PACKAGE / f"{module}.py").read_text()
     target = TARGET / f"{module}.py"
     text = header(module) + unasync(source)
+    if "``def``" in text:
+        raise SystemExit(
+            f"unasync: {module}.py speaks of ``async def`` in prose the sync face cannot say: "
+            "add its sync wording to TOKENS in tools/unasync.py"
+        )
     # Imports sorted and unused ones dropped, then formatted: --check compares formatted text.
     text = _ruff(["check", "--fix", "--select", FIXES, "--quiet", "--exit-zero"], text, target)
     return _ruff(["format", "--quiet"], text, target)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from sqlalchemy.util import await_
 
 # Re-exported: the sync twin of each is in rowstream._sync._acompat.
 from ._strategy import shielded as shielded
+from ._temporal import Infinity, decoders, encoders, psycopg_loaders
 from ._watchdog import Watchdog as Watchdog
 from ._watchdog import abandon as abandon
 from ._watchdog import dispose as dispose
@@ -115,3 +117,86 @@ async def exact_fetches(conn: AsyncConnection) -> AsyncIterator[None]:
         yield
     finally:
         adapted.__class__ = AsyncAdapt_asyncpg_connection
+
+
+@contextlib.asynccontextmanager
+async def exact_temporals(
+    conn: AsyncConnection, infinity: Infinity, *, diagnose: bool = False
+) -> AsyncIterator[None]:
+    """While open, statements prepared on ``conn`` decode ``date``, ``timestamp`` and
+    ``timestamptz`` with rowstream._temporal's codecs: ``infinity`` is no longer
+    ``date.max``/``datetime.max`` (asyncpg; psycopg gets loaders, other drivers hold no
+    infinity). A statement keeps the codecs it was prepared with, so a cursor opened here reads
+    with them to its end.
+
+    SQLAlchemy's prepared-statement cache is swapped meanwhile for one of the connection's
+    that holds only statements prepared with these codecs (one per ``infinity`` choice: the
+    codecs are the same functions each time, see ``decoders``): a statement prepared earlier
+    holds asyncpg's codecs, and one prepared here must not serve the connection's next user,
+    but keyset pages on the same pooled connection reuse theirs. The connection leaves as it
+    came (it may be borrowed, or go back to the pool).
+    """
+    raw = await conn.get_raw_connection()
+    adapted: Any = raw.dbapi_connection
+    if not isinstance(adapted, AsyncAdapt_asyncpg_connection):
+        # psycopg (postgresql+psycopg://) refuses such values; its loaders name the column.
+        with psycopg_loaders(raw.driver_connection, infinity, diagnose=diagnose):
+            yield
+        return
+    pg: Any = adapted
+    driver = pg.driver_connection
+    cache = pg._prepared_statement_cache
+    pg._prepared_statement_cache = _codec_cache(driver, cache, infinity)
+    encode = encoders()
+    ours: list[str] = []
+    try:
+        for typname, decode in decoders(infinity).items():
+            if _has_custom_codec(driver, typname):
+                continue  # the caller's own codec decides (and stays)
+            # Built-in types: no round trip (asyncpg knows their OIDs).
+            await driver.set_type_codec(
+                typname,
+                schema="pg_catalog",
+                encoder=encode[typname],
+                decoder=decode,
+                format="tuple",
+            )
+            ours.append(typname)
+        yield
+    finally:
+        for typname in ours:
+            with contextlib.suppress(Exception):
+                await driver.reset_type_codec(typname, schema="pg_catalog")
+        pg._prepared_statement_cache = cache
+
+
+# Per asyncpg connection (gone with it): SQLAlchemy-style caches of statements prepared with
+# rowstream._temporal's codecs, one per infinity= choice.
+_CODEC_CACHES: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _codec_cache(driver: Any, cache: Any, infinity: Infinity) -> Any:
+    """The cache to use while the codecs are set: None when SQLAlchemy's is off (PgBouncer)."""
+    if cache is None:
+        return None
+    caches = _CODEC_CACHES.setdefault(driver, {})
+    if infinity not in caches:
+        caches[infinity] = type(cache)(cache.capacity)
+    return caches[infinity]
+
+
+_TEMPORAL_OIDS = {"date": 1082, "timestamp": 1114, "timestamptz": 1184}
+
+
+def _has_custom_codec(driver: Any, typname: str) -> bool:
+    """True when the asyncpg connection already has a codec of its owner's for ``typname``
+    (set_type_codec on connect): resetting ours afterwards would drop it."""
+    try:
+        settings = driver._protocol.get_settings()
+        oid = _TEMPORAL_OIDS[typname]
+        return bool(
+            settings.get_data_codec(oid)
+            is not settings.get_data_codec(oid, ignore_custom_codec=True)
+        )
+    except Exception:
+        return False

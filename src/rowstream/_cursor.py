@@ -23,22 +23,32 @@ from sqlalchemy.ext.asyncio.result import AsyncResult, AsyncScalarResult
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
-from ._acompat import Watchdog, abandon, bounded, driver_connection, exact_fetches, orm_session
+from ._acompat import (
+    Watchdog,
+    abandon,
+    bounded,
+    driver_connection,
+    exact_fetches,
+    exact_temporals,
+    orm_session,
+)
 from ._convert import conversion_error, first_failure, raw_window, unlocated
-from ._exceptions import QueryError, UnsupportedQueryError
+from ._exceptions import QueryError, RowstreamError, UnsupportedQueryError
 from ._plan import Plan, detach
 from ._readonly import ReadOnlyTransaction
 from ._sizing import FIRST_BATCH_ROWS
 from ._source import ResolvedSource
 from ._strategy import MYSQL
-from ._translate import is_conversion_error, raise_translated
+from ._temporal import DEFAULT_INFINITY, Infinity, refusal, refused_by_driver, window
+from ._translate import is_conversion_error, raise_translated, translate
 from ._watchdog import CLEANUP_TIMEOUT
 
 
 class CursorStrategy:
     """Read ``statement`` (``plan``'s, unless given) through one server-side cursor.
 
-    ``setup`` statements run first in the transaction (``SET LOCAL ...``).
+    ``setup`` statements run first in the transaction (``SET LOCAL ...``). ``infinity``:
+    what a date or timestamp Python cannot hold becomes (see rowstream._temporal).
     """
 
     name = "cursor"
@@ -51,6 +61,7 @@ class CursorStrategy:
         statement: Select[Any] | TextualSelect | TextClause | None = None,
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
+        infinity: Infinity = DEFAULT_INFINITY,
     ) -> None:
         if plan.side_queries and source.dialect in MYSQL:
             raise UnsupportedQueryError(
@@ -63,6 +74,8 @@ class CursorStrategy:
         self._statement = plan.statement if statement is None else statement
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
+        self._infinity = infinity
+        self._temporals_held: Any = None
         self._owned = source.borrowed is None
         self._conn: AsyncConnection | None = None
         self._trans: ReadOnlyTransaction | None = None
@@ -83,6 +96,9 @@ class CursorStrategy:
             async with self._watchdog.watch(lambda: self._conn, owned=self._owned):
                 await self._open()
         except Exception as exc:
+            if refused_by_driver(exc):
+                # Rows the execution already buffered (yield_per).
+                raise await self._temporal_error(exc, 0) from exc
             raise_translated(exc, url=url)
 
     async def _open(self) -> None:
@@ -107,6 +123,10 @@ class CursorStrategy:
             for sql in self._setup:
                 await conn.exec_driver_sql(sql)
             statement = self._statement.execution_options(yield_per=FIRST_BATCH_ROWS)
+            # Held to the end: selectinload()'s queries on this connection decode the same way.
+            held = exact_temporals(conn, self._infinity)
+            await held.__aenter__()
+            self._temporals_held = held
             result: AsyncResult[Any]
             async with exact_fetches(conn):
                 if self._plan.orm:
@@ -129,6 +149,8 @@ class CursorStrategy:
             async with self._watchdog.watch(lambda: self._conn, owned=self._owned):
                 batch = list(await self._result.fetchmany(size))
         except Exception as exc:
+            if refused_by_driver(exc):
+                raise await self._temporal_error(exc, size) from exc
             if is_conversion_error(exc):
                 raise await self._conversion_error(exc, size) from exc
             raise_translated(exc, url=self._source.engine.url)
@@ -158,6 +180,31 @@ class CursorStrategy:
         except Exception:
             return fallback  # the diagnosis is a bonus: the error stands without it
         return conversion_error(first_failure(rows, window), fallback)
+
+    async def _temporal_error(self, exc: Exception, size: int) -> RowstreamError:
+        """psycopg refused a date or timestamp Python cannot hold, naming no column: the rows
+        it may have been reading are read again with loaders that mark such values (see
+        rowstream._temporal), to name the column."""
+        source = self._source
+        fallback = translate(exc, url=source.engine.url)
+        # The driver reads ahead of what was delivered by up to FIRST_BATCH_ROWS (yield_per).
+        found = window(self._statement, skip=self._delivered, limit=size + FIRST_BATCH_ROWS)
+        if found is None:
+            return fallback
+        statement, names = found
+        try:
+            if source.borrowed is not None:
+                async with exact_temporals(source.borrowed, "error", diagnose=True):
+                    rows = (await source.borrowed.execute(statement)).all()
+            else:
+                async with (
+                    source.engine.connect() as conn,
+                    exact_temporals(conn, "error", diagnose=True),
+                ):
+                    rows = (await conn.execute(statement)).all()
+        except Exception:
+            return fallback  # the diagnosis is a bonus: the error stands without it
+        return refusal(rows, names) or fallback
 
     def _let_go(self, batch: list[Any]) -> None:
         """Expunge the previous batch's instances: they are the caller's to keep, and the
@@ -202,11 +249,17 @@ class CursorStrategy:
             await self._kill_mysql_query()
             await abandon(conn)
             return
-        if self._result is not None:
-            await self._result.close()
-        if self._session is not None:
-            await self._session.close()
-        if self._trans is not None and self._trans.is_active:
-            await self._trans.rollback()
+        try:
+            if self._result is not None:
+                await self._result.close()
+            if self._session is not None:
+                await self._session.close()
+            if self._trans is not None and self._trans.is_active:
+                await self._trans.rollback()
+        finally:
+            # Even when the clean-up fails: a borrowed connection gets its own codecs back.
+            held, self._temporals_held = self._temporals_held, None
+            if held is not None:
+                await held.__aexit__(None, None, None)
         if owned:
             await conn.close()

@@ -14,13 +14,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.selectable import Select
 
-from ._acompat import Watchdog, abandon, release, shielded
+from ._acompat import Watchdog, abandon, exact_temporals, release, shielded
 from ._convert import conversion_error, first_failure, raw_window, unlocated
-from ._exceptions import ConnectionLostError, QueryError, StreamKeyError
+from ._exceptions import ConnectionLostError, QueryError, RowstreamError, StreamKeyError
 from ._keys import Key, pageable
 from ._plan import Plan
 from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
+from ._temporal import DEFAULT_INFINITY, Infinity, refusal, refused_by_driver, window
 from ._translate import is_conversion_error, raise_translated, translate
 
 
@@ -38,6 +39,7 @@ class KeysetStrategy:
         after: tuple[Any, ...] | None = None,
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
+        infinity: Infinity = DEFAULT_INFINITY,
     ) -> None:
         statement = plan.statement
         if not isinstance(statement, Select):
@@ -52,6 +54,7 @@ class KeysetStrategy:
         self._last = after
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
+        self._infinity = infinity
         self._keys = list(statement.selected_columns.keys())
         self.exhausted = False
 
@@ -143,16 +146,19 @@ class KeysetStrategy:
         try:
             for sql in self._setup:
                 await conn.exec_driver_sql(sql)
-            if self._plan.orm:
-                session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
-                try:
-                    result = await session.execute(statement)
-                    rows = list(result.scalars().all() if self._plan.scalars else result.all())
-                finally:
-                    await session.close()
-                return rows
-            return list((await conn.execute(statement)).all())
+            async with exact_temporals(conn, self._infinity):
+                if self._plan.orm:
+                    session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
+                    try:
+                        result = await session.execute(statement)
+                        rows = list(result.scalars().all() if self._plan.scalars else result.all())
+                    finally:
+                        await session.close()
+                    return rows
+                return list((await conn.execute(statement)).all())
         except Exception as exc:
+            if refused_by_driver(exc):
+                raise await _temporal_error(conn, statement, exc, self._source) from exc
             if is_conversion_error(exc):
                 raise await _conversion_error(conn, statement, exc, self._source) from exc
             raise_translated(exc, url=self._source.engine.url)
@@ -175,3 +181,21 @@ async def _conversion_error(
     except Exception:
         return fallback  # the diagnosis is a bonus: the error stands without it
     return conversion_error(first_failure(rows, window), fallback)
+
+
+async def _temporal_error(
+    conn: AsyncConnection, page: Select[Any], exc: Exception, source: ResolvedSource
+) -> RowstreamError:
+    """psycopg refused a date or timestamp Python cannot hold, naming no column: the page is
+    read again with loaders that mark such values (see rowstream._temporal)."""
+    fallback = translate(exc, url=source.engine.url)
+    found = window(page, skip=0, limit=page._limit or 0)
+    if found is None:
+        return fallback
+    statement, names = found
+    try:
+        async with exact_temporals(conn, "error", diagnose=True):
+            rows = (await conn.execute(statement)).all()
+    except Exception:
+        return fallback  # the diagnosis is a bonus: the error stands without it
+    return refusal(rows, names) or fallback

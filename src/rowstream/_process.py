@@ -28,6 +28,7 @@ from ._process_base import (
 from ._sizing import DEFAULT_BATCH_BYTES
 from ._source import Source, resolve_source
 from ._stream import stream
+from ._temporal import DEFAULT_INFINITY, Infinity, check_infinity
 from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 
 __all__ = ["BatchFailure", "ProcessReport", "process"]
@@ -48,6 +49,7 @@ async def process(
     key: Any = None,
     handler_timeout: float | None = None,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    infinity: Infinity = DEFAULT_INFINITY,
 ) -> ProcessReport:
     """Stream ``statement`` and call ``handler(batch)`` on every batch, ``concurrency`` at a time.
 
@@ -114,6 +116,9 @@ async def process(
         threads. ``read_timeout`` bounds every wait for the database, as in
         :func:`rowstream.stream`.
 
+    ``infinity``: what a PostgreSQL date or timestamp Python cannot hold becomes (``"error"``,
+    ``"null"``, ``"clamp"``, ``"text"``), as in :func:`rowstream.stream`.
+
     Example::
 
         async def send(invoices: list[Invoice]) -> None:
@@ -138,6 +143,7 @@ async def process(
         progress=progress,
     )
     handler_timeout = check_read_timeout(handler_timeout, "handler_timeout")
+    check_infinity(infinity)
     books = Bookkeeper(
         concurrency=concurrency, on_error=on_error, store=checkpoint, progress=progress
     )
@@ -159,6 +165,7 @@ async def process(
             key=key,
             start_after=books.start_after,
             read_timeout=read_timeout,
+            infinity=infinity,
         ) as rows:
             books.bind(rows.key_columns, rows.key_of)
             books.sqlite = rows.dialect == "sqlite"

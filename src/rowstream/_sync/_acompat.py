@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from .._temporal import Infinity, psycopg_loaders
 from .._watchdog import SyncWatchdog as Watchdog
 from .._watchdog import sync_abandon as abandon
 from .._watchdog import sync_dispose as dispose
@@ -27,6 +28,7 @@ __all__ = [
     "dispose",
     "driver_connection",
     "exact_fetches",
+    "exact_temporals",
     "orm_session",
     "peer_address",
     "release",
@@ -84,3 +86,14 @@ def peer_address(driver: Any) -> tuple[str | None, int | None]:
 def exact_fetches(conn: sa.Connection) -> Iterator[None]:
     """psycopg's named cursors, PyMySQL's SSCursor and sqlite3 read exactly what is asked."""
     yield
+
+
+@contextlib.contextmanager
+def exact_temporals(
+    conn: sa.Connection, infinity: Infinity, *, diagnose: bool = False
+) -> Iterator[None]:
+    """While open, cursors created on ``conn`` load ``date``, ``timestamp`` and
+    ``timestamptz`` as rowstream._temporal says (psycopg only: PyMySQL and sqlite3 hold no
+    infinity); a cursor keeps its loaders to its end."""
+    with psycopg_loaders(conn.connection.driver_connection, infinity, diagnose=diagnose):
+        yield

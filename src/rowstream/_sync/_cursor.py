@@ -27,13 +27,22 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select, TextualSelect
 
 from .._convert import conversion_error, first_failure, raw_window, unlocated
-from .._exceptions import QueryError, UnsupportedQueryError
+from .._exceptions import QueryError, RowstreamError, UnsupportedQueryError
 from .._plan import Plan, detach
 from .._sizing import FIRST_BATCH_ROWS
 from .._strategy import MYSQL
-from .._translate import is_conversion_error, raise_translated
+from .._temporal import DEFAULT_INFINITY, Infinity, refusal, refused_by_driver, window
+from .._translate import is_conversion_error, raise_translated, translate
 from .._watchdog import CLEANUP_TIMEOUT
-from ._acompat import Watchdog, abandon, bounded, driver_connection, exact_fetches, orm_session
+from ._acompat import (
+    Watchdog,
+    abandon,
+    bounded,
+    driver_connection,
+    exact_fetches,
+    exact_temporals,
+    orm_session,
+)
 from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
 
@@ -41,7 +50,8 @@ from ._source import ResolvedSource
 class CursorStrategy:
     """Read ``statement`` (``plan``'s, unless given) through one server-side cursor.
 
-    ``setup`` statements run first in the transaction (``SET LOCAL ...``).
+    ``setup`` statements run first in the transaction (``SET LOCAL ...``). ``infinity``:
+    what a date or timestamp Python cannot hold becomes (see rowstream._temporal).
     """
 
     name = "cursor"
@@ -54,6 +64,7 @@ class CursorStrategy:
         statement: Select[Any] | TextualSelect | TextClause | None = None,
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
+        infinity: Infinity = DEFAULT_INFINITY,
     ) -> None:
         if plan.side_queries and source.dialect in MYSQL:
             raise UnsupportedQueryError(
@@ -66,6 +77,8 @@ class CursorStrategy:
         self._statement = plan.statement if statement is None else statement
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
+        self._infinity = infinity
+        self._temporals_held: Any = None
         self._owned = source.borrowed is None
         self._conn: Connection | None = None
         self._trans: ReadOnlyTransaction | None = None
@@ -86,6 +99,9 @@ class CursorStrategy:
             with self._watchdog.watch(lambda: self._conn, owned=self._owned):
                 self._open()
         except Exception as exc:
+            if refused_by_driver(exc):
+                # Rows the execution already buffered (yield_per).
+                raise self._temporal_error(exc, 0) from exc
             raise_translated(exc, url=url)
 
     def _open(self) -> None:
@@ -110,6 +126,10 @@ class CursorStrategy:
             for sql in self._setup:
                 conn.exec_driver_sql(sql)
             statement = self._statement.execution_options(yield_per=FIRST_BATCH_ROWS)
+            # Held to the end: selectinload()'s queries on this connection decode the same way.
+            held = exact_temporals(conn, self._infinity)
+            held.__enter__()
+            self._temporals_held = held
             result: Result[Any]
             with exact_fetches(conn):
                 if self._plan.orm:
@@ -130,6 +150,8 @@ class CursorStrategy:
             with self._watchdog.watch(lambda: self._conn, owned=self._owned):
                 batch = list(self._result.fetchmany(size))
         except Exception as exc:
+            if refused_by_driver(exc):
+                raise self._temporal_error(exc, size) from exc
             if is_conversion_error(exc):
                 raise self._conversion_error(exc, size) from exc
             raise_translated(exc, url=self._source.engine.url)
@@ -159,6 +181,31 @@ class CursorStrategy:
         except Exception:
             return fallback  # the diagnosis is a bonus: the error stands without it
         return conversion_error(first_failure(rows, window), fallback)
+
+    def _temporal_error(self, exc: Exception, size: int) -> RowstreamError:
+        """psycopg refused a date or timestamp Python cannot hold, naming no column: the rows
+        it may have been reading are read again with loaders that mark such values (see
+        rowstream._temporal), to name the column."""
+        source = self._source
+        fallback = translate(exc, url=source.engine.url)
+        # The driver reads ahead of what was delivered by up to FIRST_BATCH_ROWS (yield_per).
+        found = window(self._statement, skip=self._delivered, limit=size + FIRST_BATCH_ROWS)
+        if found is None:
+            return fallback
+        statement, names = found
+        try:
+            if source.borrowed is not None:
+                with exact_temporals(source.borrowed, "error", diagnose=True):
+                    rows = (source.borrowed.execute(statement)).all()
+            else:
+                with (
+                    source.engine.connect() as conn,
+                    exact_temporals(conn, "error", diagnose=True),
+                ):
+                    rows = (conn.execute(statement)).all()
+        except Exception:
+            return fallback  # the diagnosis is a bonus: the error stands without it
+        return refusal(rows, names) or fallback
 
     def _let_go(self, batch: list[Any]) -> None:
         """Expunge the previous batch's instances: they are the caller's to keep, and the
@@ -202,11 +249,17 @@ class CursorStrategy:
             self._kill_mysql_query()
             abandon(conn)
             return
-        if self._result is not None:
-            self._result.close()
-        if self._session is not None:
-            self._session.close()
-        if self._trans is not None and self._trans.is_active:
-            self._trans.rollback()
+        try:
+            if self._result is not None:
+                self._result.close()
+            if self._session is not None:
+                self._session.close()
+            if self._trans is not None and self._trans.is_active:
+                self._trans.rollback()
+        finally:
+            # Even when the clean-up fails: a borrowed connection gets its own codecs back.
+            held, self._temporals_held = self._temporals_held, None
+            if held is not None:
+                held.__exit__(None, None, None)
         if owned:
             conn.close()

@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import Select
 
 from .._convert import conversion_error, first_failure, raw_window, unlocated
-from .._exceptions import ConnectionLostError, QueryError, StreamKeyError
+from .._exceptions import ConnectionLostError, QueryError, RowstreamError, StreamKeyError
 from .._keys import Key, pageable
 from .._plan import Plan
+from .._temporal import DEFAULT_INFINITY, Infinity, refusal, refused_by_driver, window
 from .._translate import is_conversion_error, raise_translated, translate
-from ._acompat import Watchdog, abandon, release
+from ._acompat import Watchdog, abandon, exact_temporals, release
 from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
 
@@ -41,6 +42,7 @@ class KeysetStrategy:
         after: tuple[Any, ...] | None = None,
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
+        infinity: Infinity = DEFAULT_INFINITY,
     ) -> None:
         statement = plan.statement
         if not isinstance(statement, Select):
@@ -55,6 +57,7 @@ class KeysetStrategy:
         self._last = after
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
+        self._infinity = infinity
         self._keys = list(statement.selected_columns.keys())
         self.exhausted = False
 
@@ -146,16 +149,19 @@ class KeysetStrategy:
         try:
             for sql in self._setup:
                 conn.exec_driver_sql(sql)
-            if self._plan.orm:
-                session = Session(bind=conn, autoflush=False, expire_on_commit=False)
-                try:
-                    result = session.execute(statement)
-                    rows = list(result.scalars().all() if self._plan.scalars else result.all())
-                finally:
-                    session.close()
-                return rows
-            return list((conn.execute(statement)).all())
+            with exact_temporals(conn, self._infinity):
+                if self._plan.orm:
+                    session = Session(bind=conn, autoflush=False, expire_on_commit=False)
+                    try:
+                        result = session.execute(statement)
+                        rows = list(result.scalars().all() if self._plan.scalars else result.all())
+                    finally:
+                        session.close()
+                    return rows
+                return list((conn.execute(statement)).all())
         except Exception as exc:
+            if refused_by_driver(exc):
+                raise _temporal_error(conn, statement, exc, self._source) from exc
             if is_conversion_error(exc):
                 raise _conversion_error(conn, statement, exc, self._source) from exc
             raise_translated(exc, url=self._source.engine.url)
@@ -178,3 +184,21 @@ def _conversion_error(
     except Exception:
         return fallback  # the diagnosis is a bonus: the error stands without it
     return conversion_error(first_failure(rows, window), fallback)
+
+
+def _temporal_error(
+    conn: Connection, page: Select[Any], exc: Exception, source: ResolvedSource
+) -> RowstreamError:
+    """psycopg refused a date or timestamp Python cannot hold, naming no column: the page is
+    read again with loaders that mark such values (see rowstream._temporal)."""
+    fallback = translate(exc, url=source.engine.url)
+    found = window(page, skip=0, limit=page._limit or 0)
+    if found is None:
+        return fallback
+    statement, names = found
+    try:
+        with exact_temporals(conn, "error", diagnose=True):
+            rows = (conn.execute(statement)).all()
+    except Exception:
+        return fallback  # the diagnosis is a bonus: the error stands without it
+    return refusal(rows, names) or fallback

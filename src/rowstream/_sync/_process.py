@@ -25,6 +25,7 @@ from .._process_base import (
     check_options,
 )
 from .._sizing import DEFAULT_BATCH_BYTES
+from .._temporal import DEFAULT_INFINITY, Infinity, check_infinity
 from .._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 from ._acompat import to_thread
 from ._keyfind import resolve_key
@@ -50,12 +51,13 @@ def process(
     key: Any = None,
     handler_timeout: float | None = None,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    infinity: Infinity = DEFAULT_INFINITY,
 ) -> ProcessReport:
     """Stream ``statement`` and call ``handler(batch)`` on every batch, ``concurrency`` at a time.
 
     The next batches are read while handlers run, into a queue of ``BUFFER_BATCHES``: at
     most ``concurrency + BUFFER_BATCHES + 1`` batches are in memory at once, whichever side is
-    faster. An ``def`` handler runs as a task; a plain function runs in a thread of a
+    faster. Each handler runs in a thread of a
     pool of ``concurrency`` threads. Handlers get lists of rows (ORM instances for a
     single-entity select, detached from any session), never the streaming connection: a
     handler that needs the database opens its own session.
@@ -111,10 +113,13 @@ def process(
         fails its batch with :class:`HandlerTimeoutError`, which ``on_error`` treats like any
         handler error (the run stops, or the batch is listed in ``report.failures`` and the
         run goes on), so a stuck handler never holds the stream's connection (and its
-        transaction) forever. An ``def`` handler is cancelled; one in a thread cannot
-        be, so it runs on in the background, its result dropped, and later batches get fresh
+        transaction) forever. A handler in a thread cannot be stopped, so
+        it runs on in the background, its result dropped, and later batches get fresh
         threads. ``read_timeout`` bounds every wait for the database, as in
         :func:`rowstream.sync.stream`.
+
+    ``infinity``: what a PostgreSQL date or timestamp Python cannot hold becomes (``"error"``,
+    ``"null"``, ``"clamp"``, ``"text"``), as in :func:`rowstream.sync.stream`.
 
     Example::
 
@@ -140,6 +145,7 @@ def process(
         progress=progress,
     )
     handler_timeout = check_read_timeout(handler_timeout, "handler_timeout")
+    check_infinity(infinity)
     books = Bookkeeper(
         concurrency=concurrency, on_error=on_error, store=checkpoint, progress=progress
     )
@@ -161,6 +167,7 @@ def process(
             key=key,
             start_after=books.start_after,
             read_timeout=read_timeout,
+            infinity=infinity,
         ) as rows:
             books.bind(rows.key_columns, rows.key_of)
             books.sqlite = rows.dialect == "sqlite"

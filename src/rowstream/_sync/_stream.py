@@ -42,6 +42,7 @@ from .._strategy import (
     check_stream_options,
     fewer_collections,
 )
+from .._temporal import DEFAULT_INFINITY, Infinity, check_infinity, hits, refusal
 from .._translate import raise_translated
 from .._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
 from ._acompat import Watchdog, sleep
@@ -93,8 +94,10 @@ class SyncRowStream(KeyedStream):
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
         read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+        infinity: Infinity = DEFAULT_INFINITY,
     ) -> None:
         check_stream_options(strategy, retries, backoff)
+        self._infinity = check_infinity(infinity)
         self._plan: Plan = make_plan(statement)
         self._sizer = BatchSizer(batch_rows=batch_rows, batch_bytes=batch_bytes)
         self._source_arg = source
@@ -113,6 +116,7 @@ class SyncRowStream(KeyedStream):
         self._cursor_statement = self._plan.statement
         self._state: Literal["new", "open", "closed"] = "new"
         self._done = False
+        self._hits = 0
         self._collections: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         self.stats = Stats()
 
@@ -144,6 +148,7 @@ class SyncRowStream(KeyedStream):
         # live batch again and again. See BATCH_GC_THRESHOLD.
         self._collections = fewer_collections()
         self._collections.__enter__()
+        self._hits = hits()
         try:
             self._source = resolve_source(self._source_arg)
             # Before anything is sent, with the statement as this database will get it:
@@ -248,6 +253,7 @@ class SyncRowStream(KeyedStream):
             after=self._last_key,
             setup=self._setup,
             watchdog=self._watchdog,
+            infinity=self._infinity,
         )
 
     def _cursor(self, source: ResolvedSource) -> Strategy:
@@ -255,7 +261,12 @@ class SyncRowStream(KeyedStream):
         if self._key is not None and self._last_key is not None and isinstance(statement, Select):
             statement = statement.where(self._key.after(self._last_key, dialect=source.dialect))
         return CursorStrategy(
-            source, self._plan, statement=statement, setup=self._setup, watchdog=self._watchdog
+            source,
+            self._plan,
+            statement=statement,
+            setup=self._setup,
+            watchdog=self._watchdog,
+            infinity=self._infinity,
         )
 
     def _check_open(self) -> None:
@@ -282,6 +293,13 @@ class SyncRowStream(KeyedStream):
             except ConnectionLostError as exc:
                 attempt += 1
                 self._resume(exc, attempt)
+        if hits() != self._hits:
+            # A date or timestamp Python cannot hold was read (rowstream._temporal): rare, so
+            # batches are searched only from then on (the count is not reset: a driver may
+            # decode rows a batch or more before they are delivered).
+            error = refusal(batch, self._strategy.keys())
+            if error is not None:
+                raise error
         if not batch:
             self._done = True
             return batch
@@ -367,6 +385,7 @@ def stream(
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    infinity: Infinity = DEFAULT_INFINITY,
 ) -> SyncRowStream:
     """Stream the rows of ``statement`` from ``source`` with flat memory.
 
@@ -392,6 +411,12 @@ def stream(
     working on the query (a big sort before the first row) and then waits on; behind a pooler
     it cannot ask, so pass a larger value (or None) for statements slow to return rows there.
 
+    ``infinity`` says what a PostgreSQL ``date``, ``timestamp`` or ``timestamptz`` that
+    Python's cannot hold (``infinity``, ``-infinity``, a BC date, a year after 9999) becomes:
+    ``"error"`` (the default) stops the stream naming the column and the value; ``"null"``
+    gives None, ``"clamp"`` the type's largest or smallest value, ``"text"`` PostgreSQL's text
+    (``'infinity'``). A real 9999-12-31 always comes as itself. See docs/types-postgresql.md.
+
     Example::
 
         with rowstream.sync.stream(engine, select(Order).where(Order.status == "paid")) as rows:
@@ -410,4 +435,5 @@ def stream(
         retries=retries,
         backoff=backoff,
         read_timeout=read_timeout,
+        infinity=infinity,
     )
