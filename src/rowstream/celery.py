@@ -35,15 +35,16 @@ monitors); keep passwords out of it (``~/.pgpass``, ``PGPASSWORD``) when the bro
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from celery import Celery, shared_task
@@ -79,6 +80,9 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_PARTITIONS = 16
 TASK_NAME = "rowstream.run_partition"
 POLL_INTERVAL = 0.25
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _configure(celery_app: Celery) -> None:
@@ -474,75 +478,6 @@ async def _export_part(ledger: Ledger, job: dict[str, Any], part: str, url: str)
     return {"rows": rows, "bytes": size, "sha256": await asyncio.to_thread(sha256_of, path)}
 
 
-def export(
-    source: str,
-    table: str,
-    folder: str | os.PathLike[str],
-    *,
-    format: str = "parquet",
-    compression: str | None = None,
-    where: str | None = None,
-    columns: list[str] | None = None,
-    partition_by: str | None = None,
-    min_partition_bytes: int | None = None,
-    jobs: int = 4,
-    resume: bool = False,
-    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
-    lease: float = DEFAULT_LEASE,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    unclaimed: float = DEFAULT_UNCLAIMED,
-    broker: str | None = None,
-    queue: str | None = None,
-    celery_app: Celery | None = None,
-    progress: Callable[[JobProgress], None] | None = None,
-) -> JobReport:
-    """Export ``table`` into the dataset ``folder`` with its partitions written by Celery workers.
-
-    The same dataset and manifest as ``rowstream export --jobs N -o DIR/``: the partitions are
-    planned for ``jobs`` workers (several partitions each, none smaller than
-    ``min_partition_bytes``, 16 MiB by default), this process holds one PostgreSQL
-    snapshot (``pg_export_snapshot()``) until every part is written, and each task joins it
-    and verifies the point in time before reading, so the parts are one consistent copy. A
-    task that can no longer join (this process died) fails at once, saying so. Workers write
-    each part into the ledger's folder and this process moves it into the dataset, so a late
-    worker of an earlier run can never overwrite a part. ``resume=True`` after this process
-    died keeps the finished parts (and adopts those written since the last manifest) and reads
-    the others at a new snapshot; the manifest and the report then say the dataset comes from
-    two points in time. Returns the local export's report (``rowstream._jobs.JobReport``);
-    ``progress`` gets the whole job's ``JobProgress`` after every part, as the local one does.
-
-    Example::
-
-        report = rowstream.celery.export(
-            "postgresql://app@db/shop", "orders", "/shared/exports/orders", jobs=8
-        )
-        print(report.summary())
-    """
-    return asyncio.run(
-        export_async(
-            source,
-            table,
-            folder,
-            format=format,
-            compression=compression,
-            where=where,
-            columns=columns,
-            partition_by=partition_by,
-            min_partition_bytes=min_partition_bytes,
-            jobs=jobs,
-            resume=resume,
-            read_timeout=read_timeout,
-            lease=lease,
-            max_attempts=max_attempts,
-            unclaimed=unclaimed,
-            broker=broker,
-            queue=queue,
-            celery_app=celery_app,
-            progress=progress,
-        )
-    )
-
-
 async def export_async(
     source: str,
     table: str,
@@ -766,6 +701,46 @@ async def _export(
         return finish_job(folder, manifest, [*kept, *written], started, jobs, info)
     finally:
         await shielded(engine.dispose())
+
+
+def _blocking(function: Callable[P, Coroutine[Any, Any, T]], name: str, doc: str) -> Callable[P, T]:
+    """``function`` run to its end in a private event loop, for synchronous callers."""
+
+    @functools.wraps(function)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return asyncio.run(function(*args, **kwargs))
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = doc
+    return run
+
+
+export = _blocking(
+    export_async,
+    "export",
+    """Export ``table`` into the dataset ``folder`` with its partitions written by Celery workers.
+
+    The same dataset and manifest as ``rowstream export --jobs N -o DIR/``: the partitions are
+    planned for ``jobs`` workers (several partitions each, none smaller than
+    ``min_partition_bytes``, 16 MiB by default), this process holds one PostgreSQL
+    snapshot (``pg_export_snapshot()``) until every part is written, and each task joins it
+    and verifies the point in time before reading, so the parts are one consistent copy. A
+    task that can no longer join (this process died) fails at once, saying so. Workers write
+    each part into the ledger's folder and this process moves it into the dataset, so a late
+    worker of an earlier run can never overwrite a part. ``resume=True`` after this process
+    died keeps the finished parts (and adopts those written since the last manifest) and reads
+    the others at a new snapshot; the manifest and the report then say the dataset comes from
+    two points in time. Returns the local export's report (``rowstream._jobs.JobReport``);
+    ``progress`` gets the whole job's ``JobProgress`` after every part, as the local one does.
+
+    Example::
+
+        report = rowstream.celery.export(
+            "postgresql://app@db/shop", "orders", "/shared/exports/orders", jobs=8
+        )
+        print(report.summary())
+    """,
+)
 
 
 def _adopt(folder: Path, manifest: Any) -> None:
