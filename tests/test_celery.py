@@ -33,6 +33,9 @@ ROWS = 20_000
 PARTITIONS = 8
 WORKER_START = 90.0
 JOB_TIMEOUT = 240.0
+# The kill tests' handler sleeps this long per batch (10 batches a partition), so a partition
+# lasts about a second however fast the machine is: the test must find one in the middle.
+KILL_TEST_SLEEP = 0.1
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -196,13 +199,14 @@ def test_every_row_is_handled_once_by_two_workers(
 
 
 def _busy_lease(folder: Path) -> tuple[str, int] | None:
-    """A partition being worked on (beating, not done) and the pid of its pool process."""
+    """A partition in the middle (claimed, a batch checkpointed, not done) and the pid of its
+    pool process."""
     for lease in sorted((folder / "parts").glob("*.lease")):
         part = lease.name.split(".")[0]
         if (folder / "parts" / f"{part}.done.json").exists():
             continue
         doc = rowstream._ledger.read_json(lease)
-        if doc and doc["beat"] >= 1 and any((folder / "parts").glob(f"{part}.checkpoint.json")):
+        if doc and (folder / "parts" / f"{part}.checkpoint.json").exists():
             return part, int(doc["pid"])
     return None
 
@@ -210,7 +214,7 @@ def _busy_lease(folder: Path) -> tuple[str, int] | None:
 def test_a_pool_process_killed_mid_partition_repeats_only_that_partition(
     invoices_url: str, workers: Workers, tmp_path: Path
 ) -> None:
-    workers.sleep = 0.02
+    workers.sleep = KILL_TEST_SLEEP
     workers.start()
     workers.start()
     folder = tmp_path / "job"
@@ -233,7 +237,7 @@ def test_a_pool_process_killed_mid_partition_repeats_only_that_partition(
 def test_a_killed_worker_is_replaced_and_the_job_completes(
     invoices_url: str, workers: Workers, tmp_path: Path
 ) -> None:
-    workers.sleep = 0.02
+    workers.sleep = KILL_TEST_SLEEP
     first = workers.start()
     folder = tmp_path / "job"
     thread, out = _in_thread(lambda: _run(invoices_url, workers, folder))
@@ -433,8 +437,14 @@ def test_a_worker_killed_mid_part_is_replaced_and_the_export_is_exact(
     folder = tmp_path / "orders"
     thread, out = _in_thread(lambda: _export(orders_url, workers, folder))
     ledger = folder / "_rowstream_ledger" / "s0" / "parts"
-    _wait("a part being written", lambda: any(ledger.glob("*.lease")))
-    time.sleep(0.3)
+
+    def in_the_middle() -> bool:
+        return any(
+            not (ledger / f"{lease.name.split('.')[0]}.done.json").exists()
+            for lease in ledger.glob("*.lease")
+        )
+
+    _wait("a part being written", in_the_middle)
     workers.kill(first)
     workers.start()
     thread.join(JOB_TIMEOUT)
