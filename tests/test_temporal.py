@@ -54,3 +54,15 @@ async def test_the_text_is_postgresqls(pg_url: str) -> None:
 def test_the_sentinels(days: int, text: str) -> None:
     assert date_text(days) == text
     assert timestamp_text(days * 2**32 + (2**32 - 1 if days > 0 else 0), tz=False) == text
+
+
+def test_refused_by_driver_walks_a_cycle_of_causes_once() -> None:
+    # A drop translated by SQLAlchemy keeps the driver error as ``orig``, and that error may
+    # have the translated one as its cause: the check must end, not spin (it hung a stream's
+    # resume after a terminated backend).
+    from rowstream._temporal import refused_by_driver
+
+    outer, inner = RuntimeError("outer"), RuntimeError("inner")
+    outer.orig = inner  # type: ignore[attr-defined]
+    inner.__cause__ = outer
+    assert refused_by_driver(outer) is False

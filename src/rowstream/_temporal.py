@@ -320,7 +320,11 @@ def refused_by_driver(exc: BaseException) -> bool:
     """True for psycopg's own refusal of a date or timestamp Python cannot hold (``DataError:
     date too large (after year 10K): 'infinity'``): it says the value, not the column."""
     inner: BaseException | None = exc
-    while inner is not None:
+    seen: set[int] = set()
+    # An error's ``orig`` and ``__cause__`` can lead back to itself (a translated drop whose
+    # cause is the driver error that carries it): walk each error once.
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
         if type(inner).__name__ == "DataError" and type(inner).__module__.startswith("psycopg"):
             return _PSYCOPG_REFUSAL.search(str(inner)) is not None
         inner = getattr(inner, "orig", None) or inner.__cause__
