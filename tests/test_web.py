@@ -433,28 +433,29 @@ def test_slow_client_holds_no_transaction(
 
 def test_client_that_stops_reading_is_cut_off(big_table: Shop, web_server: Start) -> None:
     server = web_server(big_table.url, send_timeout="2")
-    sock = socket.socket()
-    # A small window: the server's writes block soon after the client stops reading.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    host, port = server.base.removeprefix("http://").split(":")
-    sock.settimeout(30)
-    sock.connect((host, int(port)))
-    sock.sendall(f"GET /fresh/web_big.csv HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-    time.sleep(6)  # stalled: more than the send timeout
-    released = app_sessions(big_table, server)
-    assert released == [], f"a stalled client still holds {released}"
-    total = 0
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        try:
-            data = sock.recv(1 << 20)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        total += len(data)
-    sock.close()
+    # Closed on every path: a failed assertion must not leave the socket for the collector
+    # (its ResourceWarning would fail whichever test runs next).
+    with socket.socket() as sock:
+        # A small window: the server's writes block soon after the client stops reading.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = server.base.removeprefix("http://").split(":")
+        sock.settimeout(30)
+        sock.connect((host, int(port)))
+        sock.sendall(f"GET /fresh/web_big.csv HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(6)  # stalled: more than the send timeout
+        released = app_sessions(big_table, server)
+        assert released == [], f"a stalled client still holds {released}"
+        total = 0
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                data = sock.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            total += len(data)
     assert total < 12_000_000, "the stalled download was not cut off"
     assert "read nothing for 2 s" in server.output()
 

@@ -125,6 +125,7 @@ async def _bare_session(
     """:func:`pg_session` on a bare asyncpg connection: the same transaction, bounds and
     errors; the connection is closed (within CLEANUP_TIMEOUT) instead of pooled."""
     apg: Any = None
+    ended = False
     dog = Watchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
     dog.bare = (connect_asyncpg, close_asyncpg)
     try:
@@ -135,13 +136,20 @@ async def _bare_session(
                 raise_translated(exc, url=engine.url, connecting=True)
             async with raw_pg_transaction(apg) as conn:
                 yield conn, watch.kick
+        ended = True
     except RowstreamError:
         raise
     except Exception as exc:
         raise_translated(exc, url=engine.url, resumable=False)
     finally:
         if apg is not None:
-            await shielded(close_asyncpg(apg))
+            if ended:
+                await shielded(close_asyncpg(apg))
+            else:
+                # Cancelled or failed in the middle of a COPY (a client that left): a goodbye
+                # would wait behind the rows in flight; closing the socket ends the backend
+                # at once.
+                apg.terminate()
 
 
 @contextlib.asynccontextmanager
