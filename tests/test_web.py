@@ -75,30 +75,34 @@ def sync_engine(shop: Shop) -> sa.Engine:
 
 
 def app_sessions(shop: Shop, server: WebServer) -> list[str]:
-    """What the app still holds on the database: PostgreSQL backends named ``rowstream`` (their
-    states), MariaDB connections to the database, or SQLite files the server has open."""
+    """What the app still holds on the database: the PostgreSQL backends or MariaDB connections
+    whose client end is a socket of the app's process (their states), or the SQLite files the
+    server has open. Only the app's own: an idle connection another test left in this test
+    session's pool must not count against it."""
+    app = psutil.Process(server.pid)
     if shop.dialect == "sqlite":
         database = sa.engine.make_url(shop.url).database
         assert database is not None
         path = str(Path(database).resolve())
-        files = psutil.Process(server.pid).open_files()
-        return [f.path for f in files if f.path.startswith(path)]
+        return [f.path for f in app.open_files() if f.path.startswith(path)]
+    ports = {c.laddr.port for c in app.net_connections(kind="tcp") if c.raddr}
     with sync_engine(shop).connect() as conn:
         if shop.dialect == "postgresql":
             rows = conn.execute(
                 sa.text(
-                    "SELECT state FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name = 'rowstream' AND pid <> pg_backend_pid()"
+                    "SELECT state, client_port FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             )
         else:
             rows = conn.execute(
                 sa.text(
-                    "SELECT COMMAND FROM information_schema.PROCESSLIST "
-                    "WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+                    "SELECT COMMAND, SUBSTRING_INDEX(HOST, ':', -1) FROM "
+                    "information_schema.PROCESSLIST WHERE DB = DATABASE() "
+                    "AND ID <> CONNECTION_ID()"
                 )
             )
-        return [str(r[0]) for r in rows]
+        return [str(r[0]) for r in rows if r[1] is not None and int(r[1]) in ports]
 
 
 def busy_sessions(shop: Shop) -> list[str]:
