@@ -756,12 +756,19 @@ def _adopt(folder: Path, manifest: Any) -> None:
         if record is None or result is None or record.state == "done":
             continue
         staged = done.parent.parent / record.file
+        placed = folder / record.file
         try:
             size = staged.stat().st_size
         except FileNotFoundError:
-            continue
+            # Moved into place before the coordinator died, but not yet in the manifest.
+            try:
+                size = placed.stat().st_size
+            except FileNotFoundError:
+                continue
+            staged = placed
         if size != int(result["bytes"]):
             continue
-        os.replace(staged, folder / record.file)
+        if staged != placed:
+            os.replace(staged, placed)
         record.state, record.snapshot = "done", index
         record.rows, record.bytes, record.sha256 = int(result["rows"]), size, result["sha256"]
