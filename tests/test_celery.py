@@ -71,6 +71,7 @@ class Workers:
         self.logs = tmp / "logs"
         self.logs.mkdir()
         self.pool = pool
+        self.concurrency = 1
         self.sleep = sleep
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -85,7 +86,7 @@ class Workers:
             PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
         )
         argv = [sys.executable, "-m", "celery", "-A", "rowstream.celery", "worker"]
-        argv += ["-Q", self.queue, "--pool", self.pool, "--concurrency", "1"]
+        argv += ["-Q", self.queue, "--pool", self.pool, "--concurrency", str(self.concurrency)]
         argv += ["-n", f"w{n}-{self.queue}@localhost", "--loglevel", "INFO"]
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         with log.open("wb") as out:
@@ -511,7 +512,18 @@ def test_a_worker_that_cannot_join_the_snapshot_fails_its_part_at_once(
             "lease": 3.0,
             "snapshot": gone,
             "partitions": {
-                "p00000": {"id": 0, "file": "part-00000.parquet", "bounds": {"kind": "all"}}
+                "p00000": {
+                    "id": 0,
+                    "file": "part-00000.parquet",
+                    "bounds": {"kind": "all"},
+                    "plan": {
+                        "sql": "SELECT * FROM celery_orders",
+                        "columns": [],
+                        "format": "parquet",
+                        "compression": None,
+                        "snapshot": gone,
+                    },
+                }
             },
         },
         resume=False,
@@ -535,3 +547,32 @@ def test_a_celery_export_refuses_mariadb_in_one_line(mysql_url: str, tmp_path: P
             mysql_url, "celery_orders", tmp_path / "x", broker="redis://127.0.0.1:1/0"
         )
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_gevent_pool_exports_parts_concurrently(
+    orders_url: str, redis_url: str, tmp_path: Path, fmt: str
+) -> None:
+    """Parts are written on the sync face (psycopg, ADBC): greenlets of one gevent worker
+    write several at once, where an event loop per task would fail."""
+    crew = Workers(redis_url, tmp_path, pool="gevent", sleep=0.0)
+    crew.concurrency = 4
+    try:
+        crew.start()
+        folder = tmp_path / "orders"
+        report = _export(orders_url, crew, folder, jobs=4, format=fmt)
+    finally:
+        crew.stop()
+    assert report.rows == EXPORT_ROWS and report.exact and len(report.parts) >= 4
+    if fmt == "parquet":
+        _same_as_table(orders_url, folder)
+    else:
+        reference = tmp_path / "reference.csv"
+        rowstream.sync.export(orders_url, "celery_orders", reference)
+        lines = [
+            line
+            for part in sorted(folder.glob("part-*.csv"))
+            for line in part.read_bytes().splitlines()[1:]
+        ]
+        want = reference.read_bytes().splitlines()[1:]
+        assert sorted(lines) == sorted(want)

@@ -206,11 +206,7 @@ async def write_part(
             assert partition.column is not None
             what = sa.select(*sub.c).where(partition.clause(sub.c[partition.column]))
     else:
-        predicate = partition.where(conn.dialect)
-        if where is not None and predicate is not None:
-            condition = f"({where}) AND ({predicate})"
-        else:
-            condition = predicate or where
+        condition = partition.narrowed(where, conn.dialect)
     resolved = ResolvedSource(conn.engine, borrowed=conn)
     plan = await plan_export(
         resolved,

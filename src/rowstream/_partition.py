@@ -105,6 +105,18 @@ class Partition:
         check_where(sql, dialect.name)
         return sql
 
+    def narrowed(self, where: str | None, dialect: Dialect) -> str | None:
+        """A caller's condition ``where`` and this part's predicate, as one condition.
+
+        >>> from sqlalchemy.dialects import postgresql
+        >>> Partition(0, "ctid", None, 8).narrowed("paid", postgresql.dialect())
+        "(paid) AND (ctid < '(8,0)'::tid)"
+        """
+        predicate = self.where(dialect)
+        if where is not None and predicate is not None:
+            return f"({where}) AND ({predicate})"
+        return predicate or where
+
     def clause(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
         """The predicate on ``column`` as a SQLAlchemy expression (key and null partitions)."""
         if self.kind == "null":

@@ -203,24 +203,15 @@ class _Session:
     def _join(self, snapshot: SnapshotInfo) -> None:
         """Import a partitioned export's snapshot (the transaction's first statement), and
         refuse to read unless the transaction now sees what the coordinator's does."""
-        from ._snapshot import _SNAPSHOT_ID, SnapshotError
+        from ._snapshot import POINT_QUERY, SnapshotError, cannot_join, check_point, join_statement
 
-        if snapshot.id is None or not _SNAPSHOT_ID.match(snapshot.id):
-            raise SnapshotError(f"malformed snapshot id {snapshot.id!r}")
+        if snapshot.id is None:
+            raise SnapshotError("the snapshot to join has no id")
         try:
-            self.execute(f"SET TRANSACTION SNAPSHOT '{snapshot.id}'")
+            self.execute(join_statement(snapshot.id))
         except self.error as exc:
-            raise SnapshotError(
-                f"ADBC's reader cannot join snapshot {snapshot.id}: {str(exc).splitlines()[0]}; "
-                "it is held only while the export that took it runs"
-            ) from None
-        got = self.query("SELECT pg_current_snapshot()::text").read_all()
-        point = got.column(0)[0].as_py()
-        if point != snapshot.point:
-            raise SnapshotError(
-                f"the ADBC reader's snapshot ({point}) is not the coordinator's "
-                f"({snapshot.point}): refusing to read from another point in time"
-            )
+            raise cannot_join(snapshot.id, "ADBC's connection", exc) from None
+        check_point(str(self.query(POINT_QUERY).read_all().column(0)[0].as_py()), snapshot.point)
 
     def get_server_pid(self) -> int | None:
         """The backend's pid (asyncpg's name: the watchdog asks drivers for it)."""
@@ -418,13 +409,30 @@ class _Pump:
                 self._queue.done(batch)
             del batch  # not kept alive while the next one is awaited
 
-    async def run(self) -> None:
+    def _start(self) -> list[threading.Thread]:
         threads = [
             threading.Thread(target=self.read, name="rowstream-adbc-read", daemon=True),
             threading.Thread(target=self.write, name="rowstream-parquet", daemon=True),
         ]
         for thread in threads:
             thread.start()
+        return threads
+
+    def run_blocking(self) -> None:
+        """:meth:`run` for the sync face: waits in the calling thread (a greenlet's, under
+        gevent or eventlet: ADBC's calls then block the hub for one batch at a time)."""
+        threads = self._start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            self.stop()
+            for thread in threads:
+                thread.join()
+            raise
+
+    async def run(self) -> None:
+        threads = self._start()
 
         def join() -> None:
             for thread in threads:
@@ -525,15 +533,53 @@ async def copy_to_arrow(
             in_background(session.close)  # its ROLLBACK would wait on the silent network
         else:
             await shielded(asyncio.to_thread(session.close))
-    if pump.errors:
-        error = pump.errors[0]
-        if isinstance(error, pa.ArrowException):
-            raise SinkError(
-                f"cannot convert PostgreSQL's rows to Parquet: {str(error).splitlines()[0]}"
-            ) from error
-        if isinstance(error, ReadError):
-            raise _read_failure(error, url) from error
-        if isinstance(error, session.error):
-            raise translate(error, url=url, resumable=False) from error
-        raise error
+    _raise_first(pump, session, url)
+    return pump.rows
+
+
+def _raise_first(pump: _Pump, session: _Session, url: URL) -> None:
+    """Raise what the first failure of ``pump`` means (nothing when it had none)."""
+    if not pump.errors:
+        return
+    error = pump.errors[0]
+    if isinstance(error, pa.ArrowException):
+        raise SinkError(
+            f"cannot convert PostgreSQL's rows to Parquet: {str(error).splitlines()[0]}"
+        ) from error
+    if isinstance(error, ReadError):
+        raise _read_failure(error, url) from error
+    if isinstance(error, session.error):
+        raise translate(error, url=url, resumable=False) from error
+    raise error
+
+
+def copy_to_arrow_blocking(
+    url: URL,
+    sql: str,
+    read: PgRead,
+    write: Callable[[pa.RecordBatch], object],
+    *,
+    snapshot: SnapshotInfo | None = None,
+    share: int = 1,
+) -> int:
+    """:func:`copy_to_arrow` for the sync face (rowstream._sync._pgparts): no event loop, so
+    it runs under gevent and eventlet too. No watchdog: a silent network is bounded by libpq's
+    keepalive and user timeout (:data:`rowstream._watchdog.LIBPQ_KEEPALIVE`), which end the
+    read with an error."""
+    try:
+        session = _Session(libpq_conninfo(url), batch_bytes(share))
+    except CannotConnect as exc:
+        raise translate(
+            ConnectionError(scrub(str(exc), url)), url=url, connecting=True, resumable=False
+        ) from None
+    try:
+        session.begin(snapshot)
+        reader = session.query(read.query(sql, adbc=True))
+        pump = _Pump(session, reader, read, write, lambda n: None, share)
+        pump.run_blocking()
+    except session.error as exc:
+        raise translate(exc, url=url, resumable=False) from None
+    finally:
+        session.close()
+    _raise_first(pump, session, url)
     return pump.rows

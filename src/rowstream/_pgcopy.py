@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 __all__ = [
     "SETTINGS",
     "PgColumn",
+    "Unescape",
     "copy_csv",
     "copy_jsonl",
+    "jsonl_query",
     "pg_transaction",
     "probe",
     "raw_pg_transaction",
@@ -259,8 +261,9 @@ def json_array(ref: str) -> str:
     )
 
 
-async def copy_jsonl(apg: Any, sql: str, columns: Sequence[PgColumn], write: Write) -> int:
-    """One ``to_jsonb()`` object per line, keys in column order; returns the number of rows."""
+def jsonl_query(sql: str, columns: Sequence[PgColumn]) -> str:
+    """The query whose COPY text is one ``to_jsonb()``-rendered object per line, keys in
+    column order (sent by both faces' JSONL readers)."""
     # Duplicate names would make t."a" ambiguous; JSON objects cannot hold them anyway.
     fields = [
         quote_literal(json.dumps(c.name, ensure_ascii=False) + ": ")
@@ -268,26 +271,47 @@ async def copy_jsonl(apg: Any, sql: str, columns: Sequence[PgColumn], write: Wri
         for c in columns
     ]
     body = " || ', ' || ".join(fields) if fields else "''"
-    query = f"SELECT '{{' || {body} || '}}' FROM ({sql}) AS t"
-    carry = b""
+    return f"SELECT '{{' || {body} || '}}' FROM ({sql}) AS t"
+
+
+class Unescape:
+    """COPY text of :func:`jsonl_query` to JSON lines: chunks in (split anywhere), whole lines
+    out with COPY's doubled backslashes made single again (I/O-free; both faces feed it)."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        # A chunk may end inside a line: keep the tail for the next.
+        data = self._carry + chunk
+        end = data.rfind(b"\n") + 1
+        self._carry = data[end:]
+        if end:
+            yield from unescaped(data, end)
+
+    def end(self) -> Iterator[bytes]:
+        if self._carry:
+            yield from unescaped(self._carry, len(self._carry))
+        self._carry = b""
+
+
+async def copy_jsonl(apg: Any, sql: str, columns: Sequence[PgColumn], write: Write) -> int:
+    """One ``to_jsonb()`` object per line, keys in column order; returns the number of rows."""
+    lines = Unescape()
 
     async def unescape(chunk: bytes) -> None:
-        # A chunk may end inside a line: keep the tail for the next.
-        nonlocal carry
-        data = carry + chunk
-        end = data.rfind(b"\n") + 1
-        carry = data[end:]
-        if end:
-            await _write_unescaped(write, data, end)
+        for piece in lines.feed(chunk):
+            await write(piece)
 
+    query = jsonl_query(sql, columns)
     status = await apg.copy_from_query(query, output=_coalescing(unescape), format="text")
-    if carry:
-        await _write_unescaped(write, carry, len(carry))
+    for piece in lines.end():
+        await write(piece)
     return _rows(str(status))
 
 
-async def _write_unescaped(write: Write, data: bytes, end: int) -> None:
-    """Write ``data[:end]`` with COPY text's doubled backslashes made single again.
+def unescaped(data: bytes, end: int) -> Iterator[bytes]:
+    """``data[:end]`` with COPY text's doubled backslashes made single again.
 
     jsonb text has no raw control characters, so doubling every backslash is the only escape
     COPY applies, and backslashes come in runs of even length. A large chunk (a line of a
@@ -295,7 +319,7 @@ async def _write_unescaped(write: Write, data: bytes, end: int) -> None:
     unescaped copy is never made whole; a slice never ends inside a doubled backslash.
     """
     if end <= UNESCAPE_SLICE:
-        await write(data[:end].replace(b"\\\\", b"\\"))
+        yield data[:end].replace(b"\\\\", b"\\")
         return
     view = memoryview(data)
     start = 0
@@ -306,5 +330,5 @@ async def _write_unescaped(write: Write, data: bytes, end: int) -> None:
             run += 1
         if run % 2 and stop - 1 > start:
             stop -= 1
-        await write(bytes(view[start:stop]).replace(b"\\\\", b"\\"))
+        yield bytes(view[start:stop]).replace(b"\\\\", b"\\")
         start = stop

@@ -64,6 +64,41 @@ class SnapshotError(SourceError):
     """The shared snapshot could not be taken, imported or verified."""
 
 
+# -- joining an exported snapshot: the same checks and words on every driver ------------------
+
+#: What a reader asks for its point in time, to compare with the coordinator's.
+POINT_QUERY = "SELECT pg_current_snapshot()::text"
+
+
+def join_statement(snapshot_id: str) -> str:
+    """The statement that imports PostgreSQL snapshot ``snapshot_id`` (the first of a
+    REPEATABLE READ transaction); the id is checked, since it is pasted into the SQL.
+
+    >>> join_statement("00000003-0000001B-1")
+    "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'"
+    """
+    if not _SNAPSHOT_ID.match(snapshot_id):
+        raise SnapshotError(f"malformed snapshot id {snapshot_id!r}")
+    return f"SET TRANSACTION SNAPSHOT '{snapshot_id}'"
+
+
+def cannot_join(snapshot_id: str, where: str, exc: BaseException) -> SnapshotError:
+    """The error of a reader whose import failed: the coordinator no longer holds it."""
+    return SnapshotError(
+        f"cannot join snapshot {snapshot_id} on {where}: {_first_line(exc)}; it is held only "
+        "while the export that took it runs"
+    )
+
+
+def check_point(point: str, want: str | None) -> None:
+    """Refuse to read unless the reader's transaction sees what the coordinator's does."""
+    if want is not None and point != want:
+        raise SnapshotError(
+            f"the reader's snapshot ({point}) is not the coordinator's ({want}): the import "
+            "did not take; refusing to read from another point in time"
+        )
+
+
 @dataclass(frozen=True)
 class SnapshotInfo:
     """Where the export's snapshot stands (recorded in a dataset's manifest)."""
@@ -260,27 +295,19 @@ class Snapshot:
         )
 
     async def _import_pg(self, snapshot_id: str, *, verify: bool = True) -> AsyncConnection:
-        if not _SNAPSHOT_ID.match(snapshot_id):
-            raise SnapshotError(f"malformed snapshot id {snapshot_id!r}")
+        statement = join_statement(snapshot_id)
         conn = await _connect(self._engine)
         try:
             try:
                 await conn.exec_driver_sql(
                     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
                 )
-                await conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+                await conn.exec_driver_sql(statement)
                 point = await _pg_point(conn)
             except Exception as exc:
-                raise SnapshotError(
-                    f"cannot join snapshot {snapshot_id} on {mask_url(self._engine.url)}: "
-                    f"{_first_line(exc)}; it is held only while the export that took it runs"
-                ) from None
-            want = self.info.point if verify else None
-            if want is not None and point != want:
-                raise SnapshotError(
-                    f"the reader's snapshot ({point}) is not the coordinator's ({want}): the "
-                    "import did not take; refusing to read from another point in time"
-                )
+                raise cannot_join(snapshot_id, mask_url(self._engine.url), exc) from None
+            if verify:
+                check_point(point, self.info.point)
         except BaseException:
             await shielded(_close(conn))
             raise
@@ -391,7 +418,7 @@ async def _close(conn: AsyncConnection) -> None:
 
 
 async def _pg_point(conn: AsyncConnection) -> str:
-    return str(await conn.scalar(sa.text("SELECT pg_current_snapshot()::text")))
+    return str(await conn.scalar(sa.text(POINT_QUERY)))
 
 
 async def _start_together(sessions: list[AsyncConnection]) -> list[str]:

@@ -64,7 +64,12 @@ from ._ledger import (
 from ._watchdog import DEFAULT_READ_TIMEOUT
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from ._dataset import PartRecord
     from ._jobs import JobProgress, JobReport
+    from ._pgcopy import PgColumn
+    from ._snapshot import SnapshotInfo
 
 __all__ = [
     "DistributedReport",
@@ -224,7 +229,7 @@ def run_partition(folder: str, part: str, attempt: int, url: str) -> str:
         return "skipped"
     try:
         if job["kind"] == "export":
-            result = asyncio.run(_export_part(ledger, job, part, url))
+            result = _export_part(ledger, job, part, url)
         else:
             result = _run_process_part(ledger, job, part, url)
     except BaseException as exc:
@@ -440,42 +445,56 @@ def _follow(
 LEDGER_DIR = "_rowstream_ledger"
 
 
-async def _export_part(ledger: Ledger, job: dict[str, Any], part: str, url: str) -> dict[str, Any]:
+def _export_part(ledger: Ledger, job: dict[str, Any], part: str, url: str) -> dict[str, Any]:
     """Write one part at the coordinator's snapshot into the ledger's folder (the coordinator
-    moves it into the dataset once it accepts the result)."""
-    from ._dataset import PartRecord, sha256_of
-    from ._jobs import write_part
-    from ._snapshot import SnapshotInfo, join_exported
-    from ._source import create_engine
-    from ._strategy import shielded
+    moves it into the dataset once it accepts the result), on the sync face: no event loop,
+    so any pool runs it (rowstream._sync._pgparts)."""
+    from ._dataset import sha256_of
+    from ._sync._pgparts import PgPart, write_part
 
-    info = SnapshotInfo(**job["snapshot"])
     spec = job["partitions"][part]
-    record = PartRecord(spec["id"], spec["file"], spec["bounds"])
-    path = ledger.root / record.file
-    engine = create_engine(url, pool_size=1, max_overflow=2)
-    try:
-        # Fails at once, saying so, when the coordinator no longer holds the snapshot.
-        conn = await join_exported(engine, info)
-        try:
-            rows, size = await write_part(
-                conn,
-                job["table"],
-                record.partition(),
-                path,
-                format=job["format"],
-                compression=job["compression"],
-                where=job["where"],
-                columns=job["columns"],
-                read_timeout=job["read_timeout"],
-                options={},
-                snapshot=info,
-            )
-        finally:
-            await shielded(conn.close())
-    finally:
-        await shielded(engine.dispose())
-    return {"rows": rows, "bytes": size, "sha256": await asyncio.to_thread(sha256_of, path)}
+    path = ledger.root / str(spec["file"])
+    # Fails at once, saying so, when the coordinator no longer holds the snapshot.
+    rows, size = write_part(url, PgPart.from_dict(spec.get("plan", {})), path)
+    return {"rows": rows, "bytes": size, "sha256": sha256_of(path)}
+
+
+async def _part_plans(
+    engine: AsyncEngine,
+    table: str,
+    where: str | None,
+    columns: list[str] | None,
+    fmt: str,
+    compression: str | None,
+    snapshot: SnapshotInfo,
+    parts: dict[str, PartRecord],
+    read_timeout: float | None,
+) -> dict[str, dict[str, Any]]:
+    """Each pending part's plan for the workers (:class:`rowstream._sync._pgparts.PgPart`):
+    its statement rendered and checked here, as ``rowstream.export --jobs`` renders it, and
+    the columns probed once (they do not depend on the part)."""
+    from ._readers._pgsession import pg_columns
+    from ._sinks._format import format_for_path
+    from ._source import ResolvedSource
+    from ._statement import build_statement, render_sql
+    from ._sync._pgparts import PgPart
+
+    fmt, compression = format_for_path(None, fmt, compression)
+    resolved = ResolvedSource(engine)
+    sqls: dict[str, str] = {}
+    for key, record in parts.items():
+        condition = record.partition().narrowed(where, engine.dialect)
+        statement, _, _ = await build_statement(resolved, table, condition, columns, fmt)
+        sqls[key] = render_sql(engine, statement)
+    probed: tuple[PgColumn, ...] = ()
+    if fmt != "csv" and sqls:
+        found, _ = await pg_columns(engine, next(iter(sqls.values())), read_timeout, estimate=False)
+        probed = tuple(found)
+    share = 1  # one part at a time per pool process
+    return {
+        key: PgPart(sql, probed, fmt, compression, snapshot, share).as_dict()
+        for key, sql in sqls.items()
+    }
 
 
 async def export_async(
@@ -641,6 +660,17 @@ async def _export(
             index = len(manifest.snapshots) - 1
             write_manifest(folder, manifest)
             ledger = Ledger(folder / LEDGER_DIR / f"s{index}", lease=rules.lease)
+            plans = await _part_plans(
+                engine,
+                table,
+                where,
+                columns,
+                format,
+                compression,
+                snap.info,
+                pending,
+                read_timeout,
+            )
             job = ledger.create(
                 {
                     "kind": "export",
@@ -653,7 +683,7 @@ async def _export(
                     "lease": rules.lease,
                     "snapshot": snap.info.as_dict(),
                     "partitions": {
-                        key: {"id": r.id, "file": r.file, "bounds": r.bounds}
+                        key: {"id": r.id, "file": r.file, "bounds": r.bounds, "plan": plans[key]}
                         for key, r in pending.items()
                     },
                 },
