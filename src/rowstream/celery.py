@@ -26,6 +26,11 @@ eventlet pools) with a checkpoint of its own. What is guaranteed:
 - the coordinator itself can be killed: ``resume=True`` with the same folder carries on,
   skipping finished partitions.
 
+:func:`export` spreads the parts of a partitioned export the same way; the coordinator holds
+the PostgreSQL snapshot and plans each part (its statement, checked, and its columns), and a
+worker writes it on the sync face (:mod:`rowstream._sync._pgparts`: psycopg's COPY for CSV
+and JSONL, ADBC's binary COPY for Parquet), so every pool runs export tasks as well.
+
 ``folder`` must be reachable at the same path by the coordinator and every worker. Statements
 and handlers cross to the workers as import paths (``"package.module:name"``), so messages stay
 JSON. The source URL travels in the task's arguments (shown masked in Celery's logs and
