@@ -365,6 +365,32 @@ async def test_bad_arguments_are_refused_before_anything_is_made_or_sent(tmp_pat
     assert not os.listdir(tmp_path)
 
 
+BAD_PART_OPTIONS = [
+    ({"bogus": 1}, "unknown export option 'bogus'"),
+    ({"infinity": "maybe"}, "unknown infinity choice 'maybe'"),
+    ({"nan": "zero"}, "unknown nan choice 'zero'"),
+    ({"zero_dates": "epoch"}, "unknown zero_dates 'epoch'"),
+    ({"batch_rows": 0}, "batch_rows must be at least 1"),
+    ({"batch_bytes": -1}, "batch_bytes must be positive"),
+    ({"text_columns": ["note"]}, "text_columns .* is for MariaDB and SQLite"),
+    ({"text_columns": "note"}, "text_columns must be a list of column names"),
+    ({"method": "fast"}, "unknown export method 'fast'"),
+    ({"read_timeout": 0}, "read_timeout must be a positive number"),
+]
+
+
+@pytest.mark.parametrize(("options", "says"), BAD_PART_OPTIONS)
+async def test_part_options_are_refused_before_the_first_part_runs(
+    tmp_path: Path, options: dict[str, Any], says: str
+) -> None:
+    # Nothing listens there: a refusal that needed a connection would fail differently.
+    url = "postgresql://nobody@127.0.0.1:1/nowhere"
+    with pytest.raises(ConfigurationError, match=says) as info:
+        await export_dataset(url, TABLE, tmp_path / "ds", jobs=2, **options)
+    assert "\n" not in str(info.value)
+    assert not os.listdir(tmp_path)
+
+
 _TYPED = "jobs_typed"
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from ._exceptions import (
     ResumeError,
     RowstreamError,
 )
-from ._export_plan import ExportOptions
+from ._export_plan import ExportOptions, check_method, check_text_columns
 from ._guard import check_where
 from ._partition import (
     DEFAULT_MIN_PARTITION_BYTES,
@@ -67,7 +67,14 @@ from ._strategy import shielded
 from ._translate import raise_translated
 from ._watchdog import DEFAULT_READ_TIMEOUT
 
-__all__ = ["JobProgress", "JobReport", "PartReport", "export_dataset", "write_part"]
+__all__ = [
+    "JobProgress",
+    "JobReport",
+    "PartReport",
+    "check_part_options",
+    "export_dataset",
+    "write_part",
+]
 
 DatasetFormat = str
 TableOrSelect = str | sa.Table | sa.Select[Any] | sa.TextClause
@@ -246,6 +253,23 @@ async def write_part(
     return rows, out.size
 
 
+def check_part_options(
+    dialect: str, read_timeout: float | None, options: Mapping[str, Any]
+) -> ExportOptions:
+    """Refuse an unknown or invalid part option in one line, before a directory is made or a
+    connection opened (each part would only find it once the job runs); returns the options
+    as each part's plan holds them.
+
+    >>> check_part_options("sqlite", 30, {"zero_dates": "null"}).zero_dates
+    'null'
+    """
+    settings = dict(options)
+    check_method(settings.pop("method", "auto"))
+    checked = _export_options(read_timeout, settings)
+    check_text_columns(checked, dialect)
+    return checked
+
+
 def _export_options(read_timeout: float | None, options: dict[str, Any]) -> ExportOptions:
     """``export_dataset``'s ``**options`` as the plan holds them (rowstream.export's names)."""
     unknown = sorted(set(options) - _EXPORT_OPTIONS)
@@ -255,7 +279,10 @@ def _export_options(read_timeout: float | None, options: dict[str, Any]) -> Expo
             + ", ".join(sorted(_EXPORT_OPTIONS))
         )
     if "text_columns" in options:
-        options = {**options, "text_columns": frozenset(options["text_columns"] or ())}
+        names = options["text_columns"] or ()
+        if isinstance(names, (str, bytes)) or not all(isinstance(n, str) for n in names):
+            raise ConfigurationError(f"text_columns must be a list of column names, not {names!r}")
+        options = {**options, "text_columns": frozenset(names)}
     return ExportOptions(read_timeout=read_timeout, **options)
 
 
@@ -359,8 +386,10 @@ async def export_dataset(
         raise ConfigurationError(f"jobs must be at least 1, not {jobs}")
     # Refused before the directory is made or anything is sent.
     part_name(0, format, compression)
+    dialect = _dialect_name(source)
+    check_part_options(dialect, read_timeout, options)
     if where is not None:
-        check_where(where, _dialect_name(source))
+        check_where(where, dialect)
     folder = Path(directory)
     manifest = prepare_directory(folder, resume=resume)
     owns = not isinstance(source, AsyncEngine)
