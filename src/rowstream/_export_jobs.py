@@ -417,6 +417,9 @@ async def _run_dataset(
                 resume=resume,
                 read_timeout=read_timeout,
                 progress=report_progress,
+                # On a terminal the bar moves as the parts read rows; elsewhere they do not
+                # count them.
+                live=bar.update if bar.live else None,
                 **options,
             )
         except BaseException:
