@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: the 5M-row orders table, per-child peak RSS, ratio tables.
+"""Shared benchmark helpers: the 5M-row orders table, per-child peak RSS, ratio tables, and
+the peers' children that more than one benchmark runs (ADBC to Parquet, psql's ``\\copy``).
 
 Benchmarks measure rowstream and its peers in the same run, each variant in a fresh child
 process, so every peak RSS belongs to one variant alone (``os.wait4`` reports the child's own
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -164,6 +166,46 @@ def _drain(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes
 def child_report(rows: int, seconds: float, **extra: Any) -> None:
     """What a benchmark child prints last: one JSON line for :func:`run_child`."""
     print(json.dumps({"rows": rows, "seconds": seconds, **extra}), flush=True)
+
+
+def child_adbc(dsn: str, sql: str, out: Path) -> None:
+    """Peer: ``sql`` through ADBC's PostgreSQL driver, each record batch into pyarrow's
+    Parquet writer (zstd), as a user of the two libraries would write it."""
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    count = 0
+    with adbc.connect(asyncpg_dsn(dsn)) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        reader = cur.fetch_record_batch()
+        with pq.ParquetWriter(out, reader.schema, compression="zstd") as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                count += batch.num_rows
+    child_report(count, time.perf_counter() - started)
+
+
+def child_psql(dsn: str, sql: str, out: Path) -> None:
+    """Peer: ``psql -c "\\copy (sql) TO 'out' WITH CSV HEADER"``, timestamps in UTC.
+
+    Reports the rows psql counted, or -1 when it says nothing (``-q`` may keep the count
+    back): the parent then counts the file's lines, once this child has exited.
+    """
+    started = time.perf_counter()
+    command = f"\\copy ({sql}) TO '{out}' WITH CSV HEADER"
+    done = subprocess.run(
+        [
+            *("psql", asyncpg_dsn(dsn), "-X", "-q", "-v", "ON_ERROR_STOP=1"),
+            *("-c", "SET TimeZone='UTC'", "-c", command),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seconds = time.perf_counter() - started
+    text = done.stdout.strip()
+    child_report(int(text.rsplit(" ", 1)[-1]) if text else -1, seconds)
 
 
 def ratio_table(results: Sequence[Result], baselines: Sequence[tuple[str, str]]) -> str:

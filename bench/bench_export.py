@@ -33,6 +33,8 @@ from _common import (
     ORDERS_TABLE,
     Result,
     asyncpg_dsn,
+    child_adbc,
+    child_psql,
     child_report,
     ensure_orders,
     ratio_table,
@@ -119,22 +121,6 @@ def count_rows(path: Path, fmt: str) -> int:
     return lines - 1 if fmt == "csv" else lines
 
 
-def child_adbc(dsn: str, rows: int, out: Path) -> None:
-    import adbc_driver_postgresql.dbapi as adbc
-    import pyarrow.parquet as pq
-
-    started = time.perf_counter()
-    count = 0
-    with adbc.connect(asyncpg_dsn(dsn)) as conn, conn.cursor() as cur:
-        cur.execute(query(rows))
-        reader = cur.fetch_record_batch()
-        with pq.ParquetWriter(out, reader.schema, compression="zstd") as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-                count += batch.num_rows
-    child_report(count, time.perf_counter() - started)
-
-
 def child_connectorx(dsn: str, rows: int, out: Path) -> None:
     import connectorx as cx
     import pyarrow.parquet as pq
@@ -205,38 +191,13 @@ def child_dlt(dsn: str, rows: int, out: Path) -> None:
     child_report(count, time.perf_counter() - started)
 
 
-def child_psql(dsn: str, rows: int, out: Path) -> None:
-    started = time.perf_counter()
-    command = f"\\copy ({query(rows)}) TO '{out}' WITH CSV HEADER"
-    result = subprocess.run(
-        [
-            "psql",
-            asyncpg_dsn(dsn),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            "SET TimeZone='UTC'",
-            "-c",
-            command,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seconds = time.perf_counter() - started
-    count = int(result.stdout.strip().rsplit(" ", 1)[-1]) if result.stdout.strip() else rows
-    child_report(count, seconds)
-
-
 def run_variant(name: str, dsn: str, rows: int, out: Path, before: Path | None) -> None:
     if name.startswith(BEFORE):
         child_rowstream(name.rsplit("-", 1)[1], dsn, rows, out, before)
     elif name.startswith("rowstream-"):
         child_rowstream(name.split("-", 1)[1], dsn, rows, out)
     elif name == "adbc-parquet":
-        child_adbc(dsn, rows, out)
+        child_adbc(dsn, query(rows), out)
     elif name == "connectorx-parquet":
         child_connectorx(dsn, rows, out)
     elif name == "polars-parquet":
@@ -246,7 +207,7 @@ def run_variant(name: str, dsn: str, rows: int, out: Path, before: Path | None) 
     elif name == "dlt-parquet":
         child_dlt(dsn, rows, out)
     elif name == "psql-copy-csv":
-        child_psql(dsn, rows, out)
+        child_psql(dsn, query(rows), out)
     else:
         raise SystemExit(f"unknown variant {name!r}")
 

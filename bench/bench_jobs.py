@@ -4,7 +4,8 @@
     python bench/bench_jobs.py --rows 1000000 --repeat 2
     python bench/bench_jobs.py --rows 1000000 --only psql-copy-csv,rowstream-csv-jobs2
 
-CSV: ``rowstream._jobs.export_dataset`` with ``jobs`` 1, 2 and 4 against ``psql \\copy``.
+CSV: the command ``rowstream export --table T --jobs N -o DIR/`` (with its allocator settings,
+``rowstream._allocators``) with N 1, 2 and 4 against ``psql \\copy``.
 Parquet: the same against rowstream's single-job export (``rowstream export``, one file),
 ADBC (``adbc_driver_postgresql`` + pyarrow's writer) and ConnectorX (``partition_num=2`` on
 ``id``, then pyarrow's writer). Every variant reads the whole table and writes zstd Parquet
@@ -52,6 +53,8 @@ from _common import (
     Result,
     _drain,
     asyncpg_dsn,
+    child_adbc,
+    child_psql,
     child_report,
     ensure_orders,
 )
@@ -79,15 +82,26 @@ def table_for(rows: int) -> str:
 
 
 def child_jobs(fmt: str, jobs: int, dsn: str, table: str, out: Path) -> None:
-    from rowstream._jobs import export_dataset
+    # The command users run: `rowstream export URL --table T --jobs N -o DIR/`. It sets its
+    # allocators before pyarrow loads (rowstream._allocators); this child imports pyarrow
+    # before the clock, as the peers' children do, so it makes the same call first.
+    from rowstream._allocators import lean_for_jobs
+    from rowstream._cli import USER_ARROW_POOL
+    from rowstream._cli import main as cli
+    from rowstream._dataset import MANIFEST_NAME
 
+    lean_for_jobs(user_pool=USER_ARROW_POOL)
     if fmt == "parquet":
-        import pyarrow.parquet  # noqa: F401  (loaded before the clock, as the peers do)
+        import pyarrow.parquet  # noqa: F401
 
+    argv = ["export", dsn, "--table", table, "--jobs", str(jobs), "--format", fmt]
     started = time.perf_counter()
-    report = asyncio.run(export_dataset(dsn, table, out, jobs=jobs, format=fmt))
+    code = cli([*argv, "-o", f"{out}/", "--quiet"])
     seconds = time.perf_counter() - started
-    child_report(report.rows, seconds, parts=len(report.parts))
+    if code != 0:
+        raise SystemExit(code)
+    parts = json.loads((out / MANIFEST_NAME).read_text())["parts"]
+    child_report(sum(p["rows"] for p in parts), seconds, parts=len(parts))
 
 
 def child_single(dsn: str, table: str, out: Path) -> None:
@@ -106,22 +120,6 @@ def child_single(dsn: str, table: str, out: Path) -> None:
     child_report(pq.ParquetFile(out).metadata.num_rows, seconds)
 
 
-def child_adbc(dsn: str, table: str, out: Path) -> None:
-    import adbc_driver_postgresql.dbapi as adbc
-    import pyarrow.parquet as pq
-
-    started = time.perf_counter()
-    count = 0
-    with adbc.connect(asyncpg_dsn(dsn)) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT * FROM {table}")
-        reader = cur.fetch_record_batch()
-        with pq.ParquetWriter(out, reader.schema, compression="zstd") as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-                count += batch.num_rows
-    child_report(count, time.perf_counter() - started)
-
-
 def child_connectorx(dsn: str, table: str, out: Path) -> None:
     import connectorx as cx
     import pyarrow.parquet as pq
@@ -138,23 +136,6 @@ def child_connectorx(dsn: str, table: str, out: Path) -> None:
     child_report(frame.num_rows, time.perf_counter() - started)
 
 
-def child_psql(dsn: str, table: str, out: Path) -> None:
-    started = time.perf_counter()
-    command = f"\\copy (SELECT * FROM {table}) TO '{out}' WITH CSV HEADER"
-    done = subprocess.run(
-        [
-            *("psql", asyncpg_dsn(dsn), "-X", "-q", "-v", "ON_ERROR_STOP=1"),
-            *("-c", "SET TimeZone='UTC'", "-c", command),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seconds = time.perf_counter() - started
-    text = done.stdout.strip()
-    child_report(int(text.rsplit(" ", 1)[-1]) if text else -1, seconds)
-
-
 def run_variant(name: str, dsn: str, table: str, out: Path) -> None:
     if name.startswith("rowstream-") and "-jobs" in name:
         fmt = name.split("-")[1]
@@ -162,11 +143,11 @@ def run_variant(name: str, dsn: str, table: str, out: Path) -> None:
     elif name == "rowstream-parquet":
         child_single(dsn, table, out)
     elif name == "adbc-parquet":
-        child_adbc(dsn, table, out)
+        child_adbc(dsn, f"SELECT * FROM {table}", out)
     elif name == "connectorx-parquet-p2":
         child_connectorx(dsn, table, out)
     elif name == "psql-copy-csv":
-        child_psql(dsn, table, out)
+        child_psql(dsn, f"SELECT * FROM {table}", out)
     else:
         raise SystemExit(f"unknown variant {name!r}")
 

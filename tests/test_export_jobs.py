@@ -471,6 +471,43 @@ BAD = [
 ]
 
 
+# Each part's options, refused before anything is made or any connection opened (nothing
+# listens at this URL: a check that needed the server would fail with another line).
+NOWHERE = "postgresql://nobody@127.0.0.1:1/nowhere"
+BAD_PART_OPTIONS = [
+    (["--batch-rows", "0"], "batch_rows must be at least 1"),  # PostgreSQL drops batch sizes
+    (["--text-columns", "note"], "--text-columns) is for MariaDB and SQLite"),
+    (["--batch-bytes", "0"], "must be positive"),
+]
+
+
+@pytest.mark.parametrize("out", ["{tmp}/d/", "{tmp}/x.parquet"])
+@pytest.mark.parametrize(("extra", "says"), BAD_PART_OPTIONS)
+def test_part_options_are_refused_up_front_in_one_line(
+    tmp_path: Path, extra: list[str], says: str, out: str
+) -> None:
+    target = out.replace("{tmp}", str(tmp_path))
+    result = cli(NOWHERE, "--table", TABLE, "--jobs", "2", *extra, "-o", target)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert says in lines[0] and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_api_refuses_part_options_up_front(tmp_path: Path) -> None:
+    for options, says in [
+        ({"infinity": "sometimes"}, "unknown infinity choice"),
+        ({"zero_dates": "epoch"}, "unknown zero_dates"),
+        ({"batch_rows": -5}, "batch_rows must be at least 1"),
+        ({"text_columns": ["note"]}, "is for MariaDB and SQLite"),
+        ({"read_timeout": -1.0}, "read_timeout must be a positive number"),
+    ]:
+        for path in (tmp_path / "x.csv", f"{tmp_path}/d/"):
+            with pytest.raises(rowstream.ConfigurationError, match=says):
+                await rowstream.export(NOWHERE, TABLE, path, jobs=2, **options)
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize(("extra", "says"), BAD)
 def test_bad_combinations_are_one_line_and_create_nothing(
     pg: str, tmp_path: Path, extra: list[str], says: str

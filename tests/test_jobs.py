@@ -145,6 +145,40 @@ async def test_jobs_4_under_concurrent_writes_equals_the_table_at_the_snapshot(
     assert seen[-1].parts_done == len(report.parts) and seen[-1].rows == ROWS
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+async def test_live_progress_counts_the_rows_of_running_parts(
+    source: tuple[str, AsyncEngine], tmp_path: Path, fmt: str
+) -> None:
+    url, _engine = source
+    live: list[tuple[int, int, int]] = []
+    finished: list[int] = []
+
+    def on_rows(state: JobProgress) -> None:
+        live.append((state.parts_done, state.rows_seen, state.reading))
+
+    report = await export_dataset(
+        url,
+        TABLE,
+        tmp_path / "ds",
+        jobs=2,
+        format=fmt,
+        min_partition_bytes=16 * 1024,
+        progress=lambda state: finished.append(state.rows),
+        live=on_rows,
+    )
+    parts = len(report.parts)
+    assert parts >= 4 and report.rows == ROWS
+    # Rows were counted while parts ran, not only when one finished...
+    assert any(reading > 0 for _, _, reading in live)
+    assert len(live) > parts
+    # ...never counted twice (a finished part's rows leave "reading" as they join "rows"),
+    # and the count reaches every row of the table once the last part is done.
+    seen = [rows for _, rows, _ in live]
+    assert seen == sorted(seen) and max(seen) == ROWS
+    assert live[-1] == (parts, ROWS, 0)
+    assert finished[-1] == ROWS and len(finished) == parts
+
+
 _CHILD = """
 import asyncio, sys
 from rowstream._jobs import export_dataset
@@ -362,6 +396,32 @@ async def test_bad_arguments_are_refused_before_anything_is_made_or_sent(tmp_pat
         await export_dataset(url, TABLE, tmp_path / "b", where="1 = 1); DROP TABLE x; --")
     with pytest.raises(ConfigurationError, match="jobs must be at least 1"):
         await export_dataset(url, TABLE, tmp_path / "c", jobs=0)
+    assert not os.listdir(tmp_path)
+
+
+BAD_PART_OPTIONS = [
+    ({"bogus": 1}, "unknown export option 'bogus'"),
+    ({"infinity": "maybe"}, "unknown infinity choice 'maybe'"),
+    ({"nan": "zero"}, "unknown nan choice 'zero'"),
+    ({"zero_dates": "epoch"}, "unknown zero_dates 'epoch'"),
+    ({"batch_rows": 0}, "batch_rows must be at least 1"),
+    ({"batch_bytes": -1}, "batch_bytes must be positive"),
+    ({"text_columns": ["note"]}, "text_columns .* is for MariaDB and SQLite"),
+    ({"text_columns": "note"}, "text_columns must be a list of column names"),
+    ({"method": "fast"}, "unknown export method 'fast'"),
+    ({"read_timeout": 0}, "read_timeout must be a positive number"),
+]
+
+
+@pytest.mark.parametrize(("options", "says"), BAD_PART_OPTIONS)
+async def test_part_options_are_refused_before_the_first_part_runs(
+    tmp_path: Path, options: dict[str, Any], says: str
+) -> None:
+    # Nothing listens there: a refusal that needed a connection would fail differently.
+    url = "postgresql://nobody@127.0.0.1:1/nowhere"
+    with pytest.raises(ConfigurationError, match=says) as info:
+        await export_dataset(url, TABLE, tmp_path / "ds", jobs=2, **options)
+    assert "\n" not in str(info.value)
     assert not os.listdir(tmp_path)
 
 

@@ -279,6 +279,11 @@ async def _run_jobs(
     """--jobs N: N readers on one snapshot into a dataset, or merged into one file."""
     from pathlib import Path
 
+    from ._allocators import lean_for_jobs
+    from ._cli import USER_ARROW_POOL
+
+    # Before pyarrow loads and the parts' threads start (see rowstream._allocators).
+    lean_for_jobs(user_pool=USER_ARROW_POOL)
     with loading():
         import sqlalchemy as sa
 
@@ -292,11 +297,7 @@ async def _run_jobs(
         fmt, _compression = format_for_path(None if dataset else args.output, fmt, args.compression)
         url = resolve_url(args.url)
         url.get_dialect().import_dbapi()
-        if fmt == "parquet":
-            from ._arrow import use_lean_memory_pool
 
-    if fmt == "parquet":
-        use_lean_memory_pool()
     show = not args.quiet and (sys.stderr.isatty() or args.progress or args.verbose)
     lines = not args.quiet and args.progress and not sys.stderr.isatty()
 

@@ -300,10 +300,14 @@ async def export_jobs(
         )
     if isinstance(table_or_statement, TextualSelect):
         raise ConfigurationError("jobs= takes a table name, a Table, a select() or a text()")
-    check_sqlite_file(source)
-    from ._jobs import _dialect_name
+    from ._jobs import _dialect_name, check_part_options
 
-    if _dialect_name(source) == "postgresql":
+    dialect = _dialect_name(source)
+    # Every part's options, checked once here rather than by the first part to run (and
+    # batch sizes before PostgreSQL drops them below, as a single export refuses them too).
+    check_part_options(dialect, read_timeout, options)
+    check_sqlite_file(source)
+    if dialect == "postgresql":
         # Parts on PostgreSQL are read by COPY, which batch sizes do not apply to (as in a
         # single export); passed on, they would force the slower stream path.
         options = {k: v for k, v in options.items() if k not in ("batch_rows", "batch_bytes")}
@@ -413,6 +417,9 @@ async def _run_dataset(
                 resume=resume,
                 read_timeout=read_timeout,
                 progress=report_progress,
+                # On a terminal the bar moves as the parts read rows; elsewhere they do not
+                # count them.
+                live=bar.update if bar.live else None,
                 **options,
             )
         except BaseException:

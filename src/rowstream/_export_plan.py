@@ -36,6 +36,7 @@ __all__ = [
     "ExportPlan",
     "Method",
     "check_method",
+    "check_text_columns",
     "choose_method",
     "plan_export",
 ]
@@ -69,6 +70,15 @@ class ExportOptions:
         check_edge_values(self.infinity, self.nan)
         object.__setattr__(self, "zero_dates", check_zero_dates(self.zero_dates))
         object.__setattr__(self, "read_timeout", check_read_timeout(self.read_timeout))
+
+
+def check_text_columns(options: ExportOptions, dialect: str) -> None:
+    """text_columns fix SQLite's (and MariaDB's) mixed columns; PostgreSQL casts in SQL."""
+    if options.text_columns and dialect == "postgresql":
+        raise ConfigurationError(
+            "text_columns (--text-columns) is for MariaDB and SQLite: on PostgreSQL, cast "
+            "the column to text in the query (col::text)"
+        )
 
 
 def check_method(requested: str) -> None:
@@ -155,11 +165,7 @@ async def plan_export(
     )
     borrowed = resolved.borrowed is not None and not copies_on_borrowed
     chosen = choose_method(method, resolved.dialect, borrowed)
-    if options.text_columns and resolved.dialect == "postgresql":
-        raise ConfigurationError(
-            "text_columns (--text-columns) is for MariaDB and SQLite: on PostgreSQL, cast "
-            "the column to text in the query (col::text)"
-        )
+    check_text_columns(options, resolved.dialect)
     statement, arrow, kinds = await build_statement(
         resolved, table_or_statement, where, columns, format
     )

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -48,7 +48,7 @@ from ._exceptions import (
     ResumeError,
     RowstreamError,
 )
-from ._export_plan import ExportOptions
+from ._export_plan import ExportOptions, check_method, check_text_columns
 from ._guard import check_where
 from ._partition import (
     DEFAULT_MIN_PARTITION_BYTES,
@@ -67,7 +67,18 @@ from ._strategy import shielded
 from ._translate import raise_translated
 from ._watchdog import DEFAULT_READ_TIMEOUT
 
-__all__ = ["JobProgress", "JobReport", "PartReport", "export_dataset", "write_part"]
+if TYPE_CHECKING:
+    from ._readers import Progress
+
+__all__ = [
+    "JobProgress",
+    "JobReport",
+    "PartMeter",
+    "PartReport",
+    "check_part_options",
+    "export_dataset",
+    "write_part",
+]
 
 DatasetFormat = str
 TableOrSelect = str | sa.Table | sa.Select[Any] | sa.TextClause
@@ -94,7 +105,12 @@ class PartReport:
 
 @dataclass
 class JobProgress:
-    """Progress of the whole job, handed to ``progress=`` after every part."""
+    """Progress of the whole job, handed to ``progress=`` after every part (and to ``live=``
+    as running parts read rows).
+
+    ``rows`` and ``bytes`` count finished parts; ``reading`` the rows that running parts have
+    read so far, counted only for ``live=`` (0 otherwise); ``rows_seen`` is both.
+    """
 
     parts_total: int
     parts_done: int = 0
@@ -102,6 +118,11 @@ class JobProgress:
     bytes: int = 0
     estimated_rows: int | None = None
     started: float = field(default_factory=time.perf_counter)
+    reading: int = 0
+
+    @property
+    def rows_seen(self) -> int:
+        return self.rows + self.reading
 
     @property
     def elapsed(self) -> float:
@@ -109,16 +130,16 @@ class JobProgress:
 
     @property
     def rows_per_second(self) -> float:
-        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+        return self.rows_seen / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def eta(self) -> float | None:
         """Seconds left: from the row estimate when there is one, else from the parts."""
         if self.parts_done >= self.parts_total:
             return 0.0
-        rate = self.rows_per_second
-        if self.estimated_rows and rate > 0 and self.rows < self.estimated_rows:
-            return (self.estimated_rows - self.rows) / rate
+        rate, seen = self.rows_per_second, self.rows_seen
+        if self.estimated_rows and rate > 0 and seen < self.estimated_rows:
+            return (self.estimated_rows - seen) / rate
         if self.parts_done == 0:
             return None
         return self.elapsed * (self.parts_total - self.parts_done) / self.parts_done
@@ -127,7 +148,7 @@ class JobProgress:
         eta = self.eta
         left = f", ETA {eta:.0f} s" if eta is not None else ""
         return (
-            f"{self.parts_done}/{self.parts_total} parts, {self.rows:,} rows "
+            f"{self.parts_done}/{self.parts_total} parts, {self.rows_seen:,} rows "
             f"({self.rows_per_second:,.0f} rows/s), {format_bytes(self.bytes)}{left}"
         )
 
@@ -178,10 +199,12 @@ async def write_part(
     options: dict[str, Any],
     snapshot: SnapshotInfo | None = None,
     writers: int = 1,
+    progress: Progress | None = None,
 ) -> tuple[int, int]:
     """Write ``partition`` of ``table`` to ``path`` (atomically), reading on ``conn`` inside
     its transaction (at the snapshot); return (rows, bytes). ``writers`` parts are written at
     once: each gets that share of the memory budget (Parquet row groups, ADBC's queue).
+    ``progress`` hears of the rows as the reader reads them (by default nothing counts them).
 
     The one adapter between the runner and the export code (see the module docstring): the
     partition is one more export plan (its key range in the statement, the snapshot in
@@ -230,9 +253,9 @@ async def write_part(
     try:
         with open_output(path, whole_file) as out:
             sinks = Sinks(fmt, out.out, compression, row_group_bytes=row_group)
-            # The pipeline of rowstream.export (_export.run), without a progress bar.
+            # The pipeline of rowstream.export (_export.run); the job draws the progress.
             try:
-                rows = await reader.read(sinks, _QUIET)
+                rows = await reader.read(sinks, progress or _QUIET)
                 sinks.finish()
             except BaseException:
                 sinks.abort()
@@ -240,6 +263,23 @@ async def write_part(
     finally:
         await shielded(reader.aclose())
     return rows, out.size
+
+
+def check_part_options(
+    dialect: str, read_timeout: float | None, options: Mapping[str, Any]
+) -> ExportOptions:
+    """Refuse an unknown or invalid part option in one line, before a directory is made or a
+    connection opened (each part would only find it once the job runs); returns the options
+    as each part's plan holds them.
+
+    >>> check_part_options("sqlite", 30, {"zero_dates": "null"}).zero_dates
+    'null'
+    """
+    settings = dict(options)
+    check_method(settings.pop("method", "auto"))
+    checked = _export_options(read_timeout, settings)
+    check_text_columns(checked, dialect)
+    return checked
 
 
 def _export_options(read_timeout: float | None, options: dict[str, Any]) -> ExportOptions:
@@ -251,7 +291,10 @@ def _export_options(read_timeout: float | None, options: dict[str, Any]) -> Expo
             + ", ".join(sorted(_EXPORT_OPTIONS))
         )
     if "text_columns" in options:
-        options = {**options, "text_columns": frozenset(options["text_columns"] or ())}
+        names = options["text_columns"] or ()
+        if isinstance(names, (str, bytes)) or not all(isinstance(n, str) for n in names):
+            raise ConfigurationError(f"text_columns must be a list of column names, not {names!r}")
+        options = {**options, "text_columns": frozenset(names)}
     return ExportOptions(read_timeout=read_timeout, **options)
 
 
@@ -261,7 +304,8 @@ _EXPORT_OPTIONS = frozenset(
 
 
 class _Quiet:
-    """Progress for a part's reader: the job counts parts, not rows as they come."""
+    """Progress for a part's reader when nothing shows rows as they come: the reader does
+    not count them (counting costs a pass over COPY's bytes)."""
 
     enabled = False
 
@@ -273,6 +317,39 @@ class _Quiet:
 
 
 _QUIET = _Quiet()
+
+
+class PartMeter:
+    """Progress for a running part's reader: its rows go into the whole job's ``reading``
+    as they are read, and ``live`` is told (readers call it on the event loop's thread,
+    ADBC's batches too). The job's estimate is the plan's: a part's own is ignored.
+
+    Example::
+
+        meter = PartMeter(state, bar.update)
+        rows, size = await write_part(..., progress=meter)
+        meter.finish()  # its rows are the part's now: state.rows += rows
+    """
+
+    enabled = True
+
+    def __init__(self, state: JobProgress, live: Callable[[JobProgress], None]) -> None:
+        self._state = state
+        self._live = live
+        self.rows = 0
+
+    def set_estimate(self, estimate: int | None) -> None:
+        pass
+
+    def advance(self, rows: int) -> None:
+        self.rows += rows
+        self._state.reading += rows
+        self._live(self._state)
+
+    def finish(self) -> None:
+        """Take this part's rows out of ``reading`` (it finished, or is read again)."""
+        self._state.reading -= self.rows
+        self.rows = 0
 
 
 def _dropped(exc: BaseException) -> bool:
@@ -327,6 +404,7 @@ async def export_dataset(
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     progress: Callable[[JobProgress], None] | None = None,
     on_snapshot: Callable[[Snapshot], Awaitable[None]] | None = None,
+    live: Callable[[JobProgress], None] | None = None,
     **options: Any,
 ) -> JobReport:
     """Export ``table`` into ``directory`` as a dataset: a part file per partition, read by
@@ -342,6 +420,9 @@ async def export_dataset(
 
     ``options`` go to :func:`rowstream.export` for each part (``zero_dates``, ``infinity``, ...).
     ``on_snapshot`` is awaited once the snapshot is held, before any part is read.
+    ``progress`` is called after every part; ``live`` also as running parts read rows (each
+    batch, or each chunk of COPY's bytes: every part then counts its rows, a pass over those
+    bytes; a bar throttles its redraws), so that a bar moves between parts.
 
     Example::
 
@@ -355,8 +436,10 @@ async def export_dataset(
         raise ConfigurationError(f"jobs must be at least 1, not {jobs}")
     # Refused before the directory is made or anything is sent.
     part_name(0, format, compression)
+    dialect = _dialect_name(source)
+    check_part_options(dialect, read_timeout, options)
     if where is not None:
-        check_where(where, _dialect_name(source))
+        check_where(where, dialect)
     folder = Path(directory)
     manifest = prepare_directory(folder, resume=resume)
     owns = not isinstance(source, AsyncEngine)
@@ -409,6 +492,7 @@ async def export_dataset(
             options,
             started,
             estimate,
+            live,
         )
     finally:
         if owns:
@@ -491,6 +575,7 @@ async def _run(
     options: dict[str, Any],
     started: float,
     estimate: int | None,
+    live: Callable[[JobProgress], None] | None,
 ) -> JobReport:
     done = finished_parts(folder, manifest)
     kept = [
@@ -532,6 +617,7 @@ async def _run(
                     part.started_at = now()
                     path = folder / part.file
                     attempt = 0
+                    meter = PartMeter(state, live) if live is not None else None
                     while True:
                         try:
                             rows, size = await write_part(
@@ -547,9 +633,12 @@ async def _run(
                                 options=options,
                                 snapshot=snap.info,
                                 writers=workers,
+                                progress=meter,
                             )
                             break
                         except (ConnectionLostError, ResumeError) as exc:
+                            if meter is not None:
+                                meter.finish()  # read again from its first row, or failed
                             if not _dropped(exc):
                                 raise
                             # While the coordinator holds the snapshot, a new connection
@@ -575,11 +664,15 @@ async def _run(
                         attempt,
                     )
                     written.append(report)
+                    if meter is not None:
+                        meter.finish()
                     state.parts_done += 1
                     state.rows += rows
                     state.bytes += size
                     if progress is not None:
                         progress(state)
+                    if live is not None:
+                        live(state)
             finally:
                 await snap.leave(conn)
 

@@ -139,12 +139,15 @@ class JobProgressBar:
     """The whole partitioned job's progress: parts done/total, rows, rows/s, bytes and ETA.
 
     A live bar when ``enabled`` and the stream is a terminal, silent otherwise (the CLI's
-    ``--progress`` prints :meth:`rowstream._jobs.JobProgress.line` to a log instead).
+    ``--progress`` prints :meth:`rowstream._jobs.JobProgress.line` to a log instead). Given
+    as ``live=``, it moves with the rows every running part reads: the bar fills by rows
+    when the planner estimated them (by parts otherwise), redrawn at most 4 times a second
+    and whenever a part finishes.
 
     Example::
 
         with JobProgressBar(enabled=True) as bar:
-            await export_dataset(url, "orders", "orders/", jobs=4, progress=bar.update)
+            await export_dataset(url, "orders", "orders/", jobs=4, live=bar.update)
     """
 
     def __init__(self, *, enabled: bool, stream: TextIO | None = None) -> None:
@@ -153,6 +156,11 @@ class JobProgressBar:
         self.live = enabled and out.isatty()
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._last = 0.0
+        self._parts_shown = -1
+        #: What the bar shows now: rows read (finished parts and running ones), parts done.
+        self.rows = 0
+        self.parts = 0
 
     def __enter__(self) -> JobProgressBar:
         if self.live:
@@ -162,7 +170,7 @@ class JobProgressBar:
             self._progress = Progress(
                 TextColumn("[bold]export[/]"),
                 BarColumn(),
-                TextColumn("{task.completed:.0f}/{task.total:.0f} parts"),
+                TextColumn("{task.fields[parts]} parts"),
                 TextColumn("{task.fields[rows]} rows"),
                 TextColumn("{task.fields[rate]} rows/s"),
                 TextColumn("{task.fields[size]}"),
@@ -175,18 +183,36 @@ class JobProgressBar:
         return self
 
     def update(self, state: JobProgress) -> None:
-        """Show ``state`` (called after every finished part)."""
+        """Show ``state``: after every finished part, and as running parts read rows."""
         if self._progress is None:
             return
+        now = time.monotonic()
+        if state.parts_done == self._parts_shown and now - self._last < 1 / _REFRESH_PER_SECOND:
+            return
+        self._last, self._parts_shown = now, state.parts_done
+        self.rows, self.parts = state.rows_seen, state.parts_done
+        if state.estimated_rows and state.parts_done < state.parts_total:
+            # By rows; a low estimate grows with the rows rather than show past 100%.
+            total, completed = max(state.estimated_rows, self.rows), self.rows
+        else:
+            total, completed = state.parts_total, state.parts_done
         eta = state.eta
-        rows, rate = f"{state.rows:,}", f"{state.rows_per_second:,.0f}"
-        size, left = format_bytes(state.bytes), "-" if eta is None else f"{eta:.0f} s"
+        parts, rows = f"{state.parts_done}/{state.parts_total}", f"{self.rows:,}"
+        rate, size = f"{state.rows_per_second:,.0f}", format_bytes(state.bytes)
+        left = "-" if eta is None else f"{eta:.0f} s"
         if self._task is None:
             self._task = self._progress.add_task(
-                "export", total=state.parts_total, rows=rows, rate=rate, size=size, eta=left
+                "export", total=total, parts=parts, rows=rows, rate=rate, size=size, eta=left
             )
         self._progress.update(
-            self._task, completed=state.parts_done, rows=rows, rate=rate, size=size, eta=left
+            self._task,
+            total=total,
+            completed=completed,
+            parts=parts,
+            rows=rows,
+            rate=rate,
+            size=size,
+            eta=left,
         )
         self._progress.refresh()
 

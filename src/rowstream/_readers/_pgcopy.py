@@ -55,12 +55,18 @@ class PgCopyReader:
                 columns, estimate = side
             progress.set_estimate(estimate)
             sink = sinks.encoded([c.name for c in columns])
+            # CSV's first line is COPY's header, not a row.
+            header = self._plan.format == "csv"
 
             async def write(chunk: bytes) -> None:
+                nonlocal header
                 arrived()
                 sink.write_bytes(chunk)
                 if counting:
-                    progress.advance(chunk.count(b"\n"))
+                    lines = chunk.count(b"\n")
+                    if header and lines:
+                        lines, header = lines - 1, False
+                    progress.advance(lines)
 
             out: Write = write
             if self._plan.format == "csv":
