@@ -61,6 +61,7 @@ from ._ledger import (
     Send,
     decide,
 )
+from ._remote_errors import one_line
 from ._watchdog import DEFAULT_READ_TIMEOUT
 
 if TYPE_CHECKING:
@@ -80,6 +81,22 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_PARTITIONS = 16
 TASK_NAME = "rowstream.run_partition"
 POLL_INTERVAL = 0.25
+# The coordinator's connection to the broker: a broker that accepts the connection and then
+# says nothing (Redis with no socket timeout waits for ever) fails a send in this long...
+SEND_TIMEOUT = 10.0
+SEND_TRANSPORT_OPTIONS: dict[str, Any] = {
+    "socket_timeout": SEND_TIMEOUT,  # Redis
+    "socket_connect_timeout": SEND_TIMEOUT,  # Redis
+    "read_timeout": SEND_TIMEOUT,  # RabbitMQ (py-amqp)
+    "write_timeout": SEND_TIMEOUT,  # RabbitMQ (py-amqp)
+}
+# ... and a broker that is gone fails it after these few reconnections.
+SEND_RETRY_POLICY: dict[str, Any] = {
+    "max_retries": 3,
+    "interval_start": 0.0,
+    "interval_step": 0.5,
+    "interval_max": 1.0,
+}
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -228,7 +245,7 @@ def run_partition(folder: str, part: str, attempt: int, url: str) -> str:
         else:
             result = _run_process_part(ledger, job, part, url)
     except BaseException as exc:
-        claim.failed(exc)
+        claim.failed(exc, url=url)
         raise
     claim.done(result)
     return "done"
@@ -392,8 +409,22 @@ def _follow(
     """Send partitions and watch the ledger until every one is done (or the job fails);
     ``on_done(part)`` runs once for each partition as it is seen done. ``stop`` ends the watch
     early (the coordinator was cancelled: its thread must not outlive it)."""
-    from ._source import mask_url
+    with sender.connection_for_write(transport_options=SEND_TRANSPORT_OPTIONS) as connection:
+        _watch(ledger, job, url, rules, report, sender, connection, queue, on_done, stop)
 
+
+def _watch(
+    ledger: Ledger,
+    job: dict[str, Any],
+    url: str,
+    rules: Rules,
+    report: DistributedReport,
+    sender: Celery,
+    connection: Any,
+    queue: str | None,
+    on_done: Callable[[str], None] | None,
+    stop: threading.Event | None,
+) -> None:
     parts = list(job["partitions"])
     started = time.monotonic()
     claimed_any = False
@@ -418,21 +449,47 @@ def _follow(
             )
         for action in decide(now, views, rules):
             if isinstance(action, Fail):
+                # The worker's own rowstream exception, when it raised one, is the cause.
                 raise JobError(
                     f"partition {action.part} failed: {action.why}",
                     partition=action.part,
                     folder=str(ledger.root),
-                )
+                ) from ledger.error(action.part)
             assert isinstance(action, Send)
             ledger.sent(action.part, action.attempt)
             report.attempts += 1
-            sender.send_task(
-                TASK_NAME,
-                args=[str(ledger.root), action.part, action.attempt, url],
-                argsrepr=repr([str(ledger.root), action.part, action.attempt, mask_url(url)]),
-                queue=queue,
-            )
+            _send(sender, connection, queue, [str(ledger.root), action.part, action.attempt, url])
         time.sleep(POLL_INTERVAL)
+
+
+def _send(sender: Celery, connection: Any, queue: str | None, args: list[Any]) -> None:
+    """Send one partition's task on the coordinator's own connection, every wait bounded.
+
+    The app's routing, serializer and exchange apply (a user's app is used as configured); its
+    publish retry policy does not: ``task_publish_retry_policy`` may retry for ever, and the
+    coordinator must fail in bounded time when the broker is gone.
+    """
+    from ._source import mask_url
+
+    try:
+        sender.send_task(
+            TASK_NAME,
+            args=args,
+            argsrepr=repr([*args[:3], mask_url(args[3])]),
+            queue=queue,
+            connection=connection,
+            ignore_result=True,
+            retry=True,
+            retry_policy=SEND_RETRY_POLICY,
+        )
+    except Exception as exc:
+        raise JobError(
+            f"cannot send rowstream's task to the broker {connection.as_uri()}: "
+            f"{type(exc).__name__}: {one_line(str(exc))}; check that the broker runs and the "
+            "URL (rowstream doctor amqp://... or redis://... checks it)",
+            partition=args[1],
+            folder=args[0],
+        ) from None
 
 
 # -- a partitioned export over workers ---------------------------------------------------------
