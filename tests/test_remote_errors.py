@@ -72,9 +72,7 @@ def test_other_exceptions_are_text_only() -> None:
 def test_a_multi_line_message_is_one_line() -> None:
     error = QueryError('relation "nope" does not exist\nLINE 1: SELECT * FROM nope\n  ^')
     document = record(error, None)
-    assert document["message"] == (
-        'relation "nope" does not exist; LINE 1: SELECT * FROM nope; ^'
-    )
+    assert document["message"] == ('relation "nope" does not exist; LINE 1: SELECT * FROM nope; ^')
     revived = revive(document)
     assert revived is not None and revived.message == error.message  # the whole message
 
