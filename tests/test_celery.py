@@ -7,6 +7,7 @@ pool process in the middle of a partition, a whole worker (then restarted), the 
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import json
@@ -373,12 +374,22 @@ def test_no_part_of_the_password_reaches_logs_or_the_ledger(
     from tests.plugins.servers import TLS_PASSWORD
 
     url = pg_tls_url  # asyncpg's ?ssl=require: the sync face (psycopg) takes it too
-    _fill(url, 2_000)
+    _fill(url, 5_000)
     workers.start()
     report = _run(url, workers, tmp_path / "job", partitions=2)
-    assert report.rows == 2_000
-    written = [*workers.logs.iterdir(), *(tmp_path / "job").rglob("*")]
+    assert report.rows == 5_000
+    # A failed partition too: its error is written into the ledger, text and pickle.
+    with pytest.raises(JobError) as caught:
+        _run(url, workers, tmp_path / "failed", statement="tests.celery_handlers:RECIPROCALS")
+    assert isinstance(caught.value.__cause__, rowstream.QueryError)
+    assert any((tmp_path / "failed" / "parts").glob("*.failed.json"))
+    written = [*workers.logs.iterdir(), *tmp_path.rglob("*")]
     texts = [path.read_text(errors="replace") for path in written if path.is_file()]
+    texts += [str(caught.value), repr(caught.value.__cause__)]
+    for failed in (tmp_path / "failed" / "parts").glob("*.failed.json"):  # inside the pickle
+        pickled = base64.b64decode(json.loads(failed.read_text())["pickled"])
+        assert b"division by zero" in pickled
+        texts.append(pickled.decode("latin-1"))
     assert texts and "run_partition" in "".join(texts)
     for secret in (TLS_PASSWORD, "s3cret", "quoted"):
         assert not any(secret in text for text in texts)
