@@ -561,6 +561,7 @@ def test_a_worker_that_cannot_join_the_snapshot_fails_its_part_at_once(
         resume=False,
     )
     app = rowstream.celery.make_app(workers.broker)
+    ledger.sent("p00000", 1)
     app.send_task(
         rowstream.celery.TASK_NAME,
         args=[str(ledger.root), "p00000", 1, orders_url],
@@ -570,6 +571,10 @@ def test_a_worker_that_cannot_join_the_snapshot_fails_its_part_at_once(
     _wait("the part to fail", failed.exists, timeout=60)
     message = json.loads(failed.read_text())["message"]
     assert "cannot join snapshot 00000003-000001A2-1" in message
+    # What the coordinator would raise as the JobError's cause: the worker's SnapshotError.
+    error = ledger.error("p00000")
+    assert type(error) is rowstream._exceptions.SnapshotError
+    assert error.message.startswith("cannot join snapshot 00000003-000001A2-1")
     assert not (ledger.root / "part-00000.parquet").exists()
 
 
