@@ -156,7 +156,8 @@ def _run(
     }
     defaults.update(options)
     statement = defaults.pop("statement", "tests.celery_handlers:INVOICES")
-    return rowstream.celery.process(url, statement, "tests.celery_handlers:record", **defaults)
+    handler = defaults.pop("handler", "tests.celery_handlers:record")
+    return rowstream.celery.process(url, statement, handler, **defaults)
 
 
 def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
@@ -343,6 +344,31 @@ def test_a_worker_s_rowstream_error_reaches_the_coordinator_as_itself(
     assert cause.context == {}
     # The worker's note on how far its partition got came along.
     assert cause.__notes__ and "rows) were handled before this error" in cause.__notes__[0]
+
+
+def test_a_hung_handler_fails_its_partition_in_bounded_time(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    """A hung handler's worker goes on beating: handler_timeout is what bounds the partition,
+    and its HandlerTimeoutError reaches the coordinator with the batch's keys."""
+    workers.start()
+    folder = tmp_path / "job"
+    started = time.monotonic()
+    with pytest.raises(JobError, match="HandlerTimeoutError: the handler ran longer") as caught:
+        _run(
+            invoices_url,
+            workers,
+            folder,
+            handler="tests.celery_handlers:hang_on_4242",
+            handler_timeout=1.0,
+        )
+    assert time.monotonic() - started < 18  # the handler's 20 s sleep was not waited for
+    error = caught.value
+    assert error.context["partition"] == _part_of(folder, 4242)
+    cause = error.__cause__
+    assert type(cause) is rowstream.HandlerTimeoutError and isinstance(cause, TimeoutError)
+    assert set(cause.context) == {"batch", "first_key", "last_key"}
+    assert cause.context["first_key"][0] <= 4242 <= cause.context["last_key"][0]
 
 
 def test_without_workers_the_job_fails_in_bounded_time(
