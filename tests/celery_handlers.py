@@ -42,3 +42,15 @@ def fail_on_4242(batch: list[Any]) -> None:
     record(batch)
     if any(row.id == 4242 for row in batch):
         raise ValueError("invoice 4242 has no customer")
+
+
+# Planned by the coordinator (min and max of the key only), then refused by the server in the
+# worker that reads invoice 4242: a real rowstream QueryError raised in a worker.
+RECIPROCALS = sa.select(invoices.c.id, (sa.literal(1) / (invoices.c.id - 4242)).label("inverse"))
+
+
+def hang_on_4242(batch: list[Any]) -> None:
+    """A handler that hangs (20 s, so the test's worker is not held for ever) on invoice 4242."""
+    record(batch)
+    if any(row.id == 4242 for row in batch):
+        time.sleep(20)

@@ -7,6 +7,7 @@ pool process in the middle of a partition, a whole worker (then restarted), the 
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import json
@@ -61,17 +62,21 @@ def invoices_url(pg_url: str) -> str:
 
 
 class Workers:
-    """Real ``celery -A rowstream.celery worker`` processes on one private queue."""
+    """Real ``celery -A rowstream.celery worker`` processes on one private queue (or workers of
+    another app, ``app``, importable from ``path``, on the queues that app consumes)."""
 
     def __init__(self, broker: str, tmp: Path, *, pool: str, sleep: float) -> None:
         self.broker = broker
         self.queue = f"rowstream-test-{uuid.uuid4().hex[:8]}"
+        self.app = "rowstream.celery"
+        self.queues: list[str] | None = None
+        self.path: list[Path] = []
+        self.concurrency = 1
         self.records = tmp / "records"
         self.records.mkdir()
         self.logs = tmp / "logs"
         self.logs.mkdir()
         self.pool = pool
-        self.concurrency = 1
         self.sleep = sleep
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -83,10 +88,11 @@ class Workers:
             ROWSTREAM_BROKER_URL=self.broker,
             ROWSTREAM_TEST_RECORD_DIR=str(self.records),
             ROWSTREAM_TEST_HANDLER_SLEEP=str(self.sleep),
-            PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+            PYTHONPATH=os.pathsep.join([*map(str, self.path), str(ROOT / "src"), str(ROOT)]),
         )
-        argv = [sys.executable, "-m", "celery", "-A", "rowstream.celery", "worker"]
-        argv += ["-Q", self.queue, "--pool", self.pool, "--concurrency", str(self.concurrency)]
+        argv = [sys.executable, "-m", "celery", "-A", self.app, "worker"]
+        argv += ["-Q", ",".join(self.queues or [self.queue])]
+        argv += ["--pool", self.pool, "--concurrency", str(self.concurrency)]
         argv += ["-n", f"w{n}-{self.queue}@localhost", "--loglevel", "INFO"]
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         with log.open("wb") as out:
@@ -149,9 +155,9 @@ def _run(
         "unclaimed": 30.0,
     }
     defaults.update(options)
-    return rowstream.celery.process(
-        url, "tests.celery_handlers:INVOICES", "tests.celery_handlers:record", **defaults
-    )
+    statement = defaults.pop("statement", "tests.celery_handlers:INVOICES")
+    handler = defaults.pop("handler", "tests.celery_handlers:record")
+    return rowstream.celery.process(url, statement, handler, **defaults)
 
 
 def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
@@ -297,19 +303,72 @@ def test_a_handler_error_fails_the_job_naming_the_partition(
     invoices_url: str, workers: Workers, tmp_path: Path
 ) -> None:
     workers.start()
+    folder = tmp_path / "job"
     with pytest.raises(
         JobError, match=r"partition p\d+ failed: attempt 1 failed: ValueError: invoice 4242"
-    ):
+    ) as caught:
         rowstream.celery.process(
             invoices_url,
             "tests.celery_handlers:INVOICES",
             "tests.celery_handlers:fail_on_4242",
-            folder=tmp_path / "job",
+            folder=folder,
             partitions=PARTITIONS,
             broker=workers.broker,
             queue=workers.queue,
             lease=3.0,
         )
+    error = caught.value
+    assert error.context["partition"] == _part_of(folder, 4242)
+    assert "\n" not in str(error)
+    # Not one of rowstream's exceptions: its type and text are all that crossed.
+    assert error.__cause__ is None
+
+
+def test_a_worker_s_rowstream_error_reaches_the_coordinator_as_itself(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    workers.start()
+    folder = tmp_path / "job"
+    with pytest.raises(JobError) as caught:
+        _run(invoices_url, workers, folder, statement="tests.celery_handlers:RECIPROCALS")
+    error = caught.value
+    part = _part_of(folder, 4242)
+    assert error.context == {"partition": part, "folder": str(folder)}
+    assert str(error).startswith(
+        f"partition {part} failed: attempt 1 failed: QueryError: the server rejected the "
+        "query: division by zero"
+    )
+    cause = error.__cause__
+    assert type(cause) is rowstream.QueryError
+    assert cause.message == "the server rejected the query: division by zero"
+    assert cause.context == {}
+    # The worker's note on how far its partition got came along.
+    assert cause.__notes__ and "rows) were handled before this error" in cause.__notes__[0]
+
+
+def test_a_hung_handler_fails_its_partition_in_bounded_time(
+    invoices_url: str, workers: Workers, tmp_path: Path
+) -> None:
+    """A hung handler's worker goes on beating: handler_timeout is what bounds the partition,
+    and its HandlerTimeoutError reaches the coordinator with the batch's keys."""
+    workers.start()
+    folder = tmp_path / "job"
+    started = time.monotonic()
+    with pytest.raises(JobError, match="HandlerTimeoutError: the handler ran longer") as caught:
+        _run(
+            invoices_url,
+            workers,
+            folder,
+            handler="tests.celery_handlers:hang_on_4242",
+            handler_timeout=1.0,
+        )
+    assert time.monotonic() - started < 18  # the handler's 20 s sleep was not waited for
+    error = caught.value
+    assert error.context["partition"] == _part_of(folder, 4242)
+    cause = error.__cause__
+    assert type(cause) is rowstream.HandlerTimeoutError and isinstance(cause, TimeoutError)
+    assert set(cause.context) == {"batch", "first_key", "last_key"}
+    assert cause.context["first_key"][0] <= 4242 <= cause.context["last_key"][0]
 
 
 def test_without_workers_the_job_fails_in_bounded_time(
@@ -341,12 +400,22 @@ def test_no_part_of_the_password_reaches_logs_or_the_ledger(
     from tests.plugins.servers import TLS_PASSWORD
 
     url = pg_tls_url  # asyncpg's ?ssl=require: the sync face (psycopg) takes it too
-    _fill(url, 2_000)
+    _fill(url, 5_000)
     workers.start()
     report = _run(url, workers, tmp_path / "job", partitions=2)
-    assert report.rows == 2_000
-    written = [*workers.logs.iterdir(), *(tmp_path / "job").rglob("*")]
+    assert report.rows == 5_000
+    # A failed partition too: its error is written into the ledger, text and pickle.
+    with pytest.raises(JobError) as caught:
+        _run(url, workers, tmp_path / "failed", statement="tests.celery_handlers:RECIPROCALS")
+    assert isinstance(caught.value.__cause__, rowstream.QueryError)
+    assert any((tmp_path / "failed" / "parts").glob("*.failed.json"))
+    written = [*workers.logs.iterdir(), *tmp_path.rglob("*")]
     texts = [path.read_text(errors="replace") for path in written if path.is_file()]
+    texts += [str(caught.value), repr(caught.value.__cause__)]
+    for failed in (tmp_path / "failed" / "parts").glob("*.failed.json"):  # inside the pickle
+        pickled = base64.b64decode(json.loads(failed.read_text())["pickled"])
+        assert b"division by zero" in pickled
+        texts.append(pickled.decode("latin-1"))
     assert texts and "run_partition" in "".join(texts)
     for secret in (TLS_PASSWORD, "s3cret", "quoted"):
         assert not any(secret in text for text in texts)
@@ -529,6 +598,7 @@ def test_a_worker_that_cannot_join_the_snapshot_fails_its_part_at_once(
         resume=False,
     )
     app = rowstream.celery.make_app(workers.broker)
+    ledger.sent("p00000", 1)
     app.send_task(
         rowstream.celery.TASK_NAME,
         args=[str(ledger.root), "p00000", 1, orders_url],
@@ -538,6 +608,10 @@ def test_a_worker_that_cannot_join_the_snapshot_fails_its_part_at_once(
     _wait("the part to fail", failed.exists, timeout=60)
     message = json.loads(failed.read_text())["message"]
     assert "cannot join snapshot 00000003-000001A2-1" in message
+    # What the coordinator would raise as the JobError's cause: the worker's SnapshotError.
+    error = ledger.error("p00000")
+    assert type(error) is rowstream._exceptions.SnapshotError
+    assert error.message.startswith("cannot join snapshot 00000003-000001A2-1")
     assert not (ledger.root / "part-00000.parquet").exists()
 
 
@@ -576,3 +650,169 @@ def test_a_gevent_pool_exports_parts_concurrently(
         ]
         want = reference.read_bytes().splitlines()[1:]
         assert sorted(lines) == sorted(want)
+
+
+def test_the_threads_pool_writes_an_exact_export(
+    orders_url: str, amqp_url: str, tmp_path: Path
+) -> None:
+    crew = Workers(amqp_url, tmp_path, pool="threads", sleep=0.0)
+    crew.concurrency = 2  # two parts at once in one worker process, each in its own thread
+    try:
+        crew.start()
+        folder = tmp_path / "orders"
+        report = _export(orders_url, crew, folder)
+    finally:
+        crew.stop()
+    assert report.rows == EXPORT_ROWS and report.exact and report.warning is None
+    _same_as_table(orders_url, folder)
+
+
+# -- rowstream's task in a user's own app --------------------------------------------------------
+
+USER_APP = '''\
+"""A user's own Celery app: its own task and settings, and rowstream's task included."""
+
+import json
+
+from celery import Celery, current_app
+
+app = Celery("userapp", broker={broker!r}, include=["rowstream.celery"])
+app.conf.update(
+    task_default_queue={queue!r},
+    task_routes={{"rowstream.run_partition": {{"queue": {queue!r} + "-rowstream"}}}},
+    task_acks_late=False,
+    worker_prefetch_multiplier=4,
+    broker_transport_options={{"visibility_timeout": 7200}},
+)
+
+
+@app.task(name="userapp.note")
+def note(path):
+    """What this worker runs with: the user's settings, and rowstream's task options."""
+    theirs = app.tasks["rowstream.run_partition"]
+    facts = {{
+        "current_app": current_app.main,
+        "rowstream_task_app": theirs.app.main,
+        "rowstream_task": [theirs.acks_late, theirs.reject_on_worker_lost, theirs.ignore_result],
+        "own_task": [note.acks_late, note.reject_on_worker_lost, note.ignore_result],
+        "task_acks_late": app.conf.task_acks_late,
+        "worker_prefetch_multiplier": app.conf.worker_prefetch_multiplier,
+        "broker_transport_options": app.conf.broker_transport_options,
+        "task_ignore_result": app.conf.task_ignore_result,
+    }}
+    with open(path, "w") as f:
+        json.dump(facts, f)
+'''
+
+
+@contextlib.contextmanager
+def _user_app(folder: Path, broker: str, queue: str) -> Iterator[Any]:
+    """The user's app module, written to ``folder`` and imported here as the user's own code
+    would; Celery's current app is given back afterwards."""
+    import importlib.util
+
+    from celery import _state
+
+    path = folder / "userapp.py"
+    path.write_text(USER_APP.format(broker=broker, queue=queue))
+    previous = _state.get_current_app()
+    spec = importlib.util.spec_from_file_location("userapp", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        yield module
+    finally:
+        module.app.close()
+        previous.set_current()
+
+
+def test_a_user_app_that_includes_rowstream_runs_its_jobs_and_its_own_tasks(
+    invoices_url: str, orders_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    # rowstream's own app would send to RabbitMQ (no ROWSTREAM_BROKER_URL here): only the
+    # user's app, on Redis, reaches these workers.
+    crew = Workers(redis_url, tmp_path, pool="prefork", sleep=0.0)
+    crew.app, crew.path, crew.concurrency = "userapp", [tmp_path], 2
+    # As the README says: rowstream's task routed to a queue of its own (here served by the
+    # same worker as the user's queue, to show both run side by side).
+    crew.queues = [crew.queue, f"{crew.queue}-rowstream"]
+    with _user_app(tmp_path, redis_url, crew.queue) as userapp:
+        try:
+            crew.start()
+            report = rowstream.celery.process(
+                invoices_url,
+                "tests.celery_handlers:INVOICES",
+                "tests.celery_handlers:record",
+                folder=tmp_path / "job",
+                partitions=PARTITIONS,
+                batch_rows=250,
+                celery_app=userapp.app,
+                lease=3.0,
+                unclaimed=30.0,
+            )
+            folder = tmp_path / "orders"
+            exported = rowstream.celery.export(
+                orders_url, "celery_orders", folder, jobs=2, celery_app=userapp.app, lease=3.0
+            )
+            facts_path = tmp_path / "facts.json"
+            userapp.note.delay(str(facts_path))
+            _wait("the user's own task", facts_path.exists, timeout=60)
+        finally:
+            crew.stop()
+    assert report.rows == ROWS and report.partitions == PARTITIONS
+    handled = crew.handled()
+    assert set(handled) == set(range(1, ROWS + 1)) and max(handled.values()) == 1
+    assert exported.rows == EXPORT_ROWS and exported.exact
+    _same_as_table(orders_url, folder)
+    # rowstream's task options are its own (acknowledged late, given back when its worker is
+    # lost, no result); the user's app-wide settings and the user's task are as the user set
+    # them: rowstream changed nothing of the app it was included in.
+    assert json.loads(facts_path.read_text()) == {
+        "current_app": "userapp",
+        "rowstream_task_app": "userapp",
+        "rowstream_task": [True, True, True],
+        "own_task": [False, None, False],  # None: the app-wide setting (off) holds
+        "task_acks_late": False,
+        "worker_prefetch_multiplier": 4,
+        "broker_transport_options": {"visibility_timeout": 7200},
+        "task_ignore_result": False,
+    }
+
+
+# -- a broker that is gone or silent -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_a_silent_broker_fails_the_job_in_bounded_time(
+    invoices_url: str, tmp_path: Path, scheme: str
+) -> None:
+    """A broker that accepts the connection and never answers (a hung server, a half-open
+    connection): Redis's client would wait for ever on the send."""
+    import socket
+
+    held: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def accept() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    held.append(server.accept()[0])
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
+        port = server.getsockname()[1]
+        broker = f"{scheme}://guest:s3cret@127.0.0.1:{port}/" + ("0" if scheme == "redis" else "/")
+        started = time.monotonic()
+        try:
+            with pytest.raises(JobError, match="cannot send rowstream's task to the broker") as c:
+                _run(invoices_url, Workers(broker, tmp_path, pool="solo", sleep=0), tmp_path / "j")
+        finally:
+            stop.set()
+            acceptor.join(5)
+            for conn in held:
+                conn.close()
+    assert time.monotonic() - started < 90
+    assert "s3cret" not in str(c.value) and "\n" not in str(c.value)

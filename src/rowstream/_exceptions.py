@@ -8,7 +8,9 @@
     │                                SELECT ... INTO, FOR UPDATE): rowstream only reads
     ├── SourceError              the database cannot be reached or used: refused, unknown host,
     │   │                        missing database, bad credentials, a pooler in the way
-    │   └── ConnectionLostError      the connection dropped in the middle of a stream
+    │   ├── ConnectionLostError      the connection dropped in the middle of a stream
+    │   └── SnapshotError            a shared snapshot could not be taken, joined or verified
+    │                                (a partitioned export's workers join the coordinator's)
     ├── QueryError               the server rejected the statement: unknown table or column,
     │                            syntax, permissions, a timeout; or a value of the result
     │                            cannot be converted here (the message names column and value)
@@ -34,6 +36,7 @@ __all__ = [
     "ResumeError",
     "RowstreamError",
     "SinkError",
+    "SnapshotError",
     "SourceError",
     "StreamKeyError",
     "UnsupportedQueryError",
@@ -80,6 +83,10 @@ class SourceError(RowstreamError):
 
 class ConnectionLostError(SourceError):
     """The connection dropped in the middle of a stream."""
+
+
+class SnapshotError(SourceError):
+    """The shared snapshot could not be taken, imported or verified."""
 
 
 class QueryError(RowstreamError):

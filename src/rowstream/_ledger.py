@@ -17,6 +17,7 @@ or absent:
                                 and beats in it; its ``beat`` counter grows every few seconds
     parts/P.done.json           partition P is written, with its result
     parts/P.A.failed.json       attempt A raised; the error, kept for the coordinator to report
+                                (type and one-line message; rowstream's exceptions pickled too)
 
 A lease has expired when its counter has not moved for ``lease`` seconds of the coordinator's
 own clock, so clocks that differ between machines do not matter. :func:`decide` turns what the
@@ -38,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import ConfigurationError, SinkError
+from ._exceptions import ConfigurationError, RowstreamError, SinkError
+from ._remote_errors import one_line, record, revive
 
 DEFAULT_LEASE = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -193,11 +195,13 @@ class Claim:
         self.release()
         self.ledger.mark_done(self.part, self.attempt, result)
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: BaseException, *, url: str | None = None) -> None:
+        """Record that this attempt raised ``error`` (nothing of ``url``'s password is kept;
+        rowstream's own exceptions are kept whole, see :mod:`rowstream._remote_errors`)."""
         self.release()
         write_json(
             self.ledger.parts / f"{self.part}.{self.attempt}.failed.json",
-            {"error": type(error).__name__, "message": str(error), "at": time.time()},
+            {**record(error, url), "at": time.time()},
         )
 
 
@@ -260,7 +264,7 @@ class Ledger:
         view.sent_at = self._sent_clock.setdefault((part, view.attempt), now)
         failed = read_json(self.parts / f"{part}.{view.attempt}.failed.json")
         if failed is not None:
-            view.failure = f"{failed['error']}: {failed['message']}"
+            view.failure = f"{failed['error']}: {one_line(str(failed['message']))}"
             return view
         lease = read_json(self.parts / f"{part}.{view.attempt}.lease")
         if lease is not None:
@@ -271,6 +275,16 @@ class Ledger:
             view.beat = beat
             view.beat_seen_at = self._seen[part][2]
         return view
+
+    def error(self, part: str) -> RowstreamError | None:
+        """The rowstream exception that failed the last attempt of ``part``, as the worker
+        raised it (class, message, context), or None: not failed, or not one of rowstream's
+        exceptions (the failure's text, in :meth:`view`, is all there is)."""
+        sent = read_json(self.parts / f"{part}.sent.json")
+        if sent is None:
+            return None
+        failed = read_json(self.parts / f"{part}.{int(sent['attempt'])}.failed.json")
+        return None if failed is None else revive(failed)
 
     def result(self, part: str) -> dict[str, Any] | None:
         return read_json(self.parts / f"{part}.done.json")

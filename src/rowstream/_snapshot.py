@@ -38,7 +38,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._exceptions import ConfigurationError, SourceError
+from ._exceptions import ConfigurationError, SnapshotError
 from ._pooler import inspect_path
 from ._source import mask_url
 from ._strategy import shielded
@@ -58,10 +58,6 @@ Method = Literal["pg_export_snapshot", "flush_tables_with_read_lock", "binlog_po
 # pg_export_snapshot() gives e.g. 00000003-0000001B-1: checked before it is quoted.
 _SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f]+(-[0-9A-Fa-f]+){1,2}$")
 _MY_ACCESS_DENIED = {1227, 1044, 1045, 1142}
-
-
-class SnapshotError(SourceError):
-    """The shared snapshot could not be taken, imported or verified."""
 
 
 # -- joining an exported snapshot: the same checks and words on every driver ------------------

@@ -1,9 +1,17 @@
 """Distributed runs on Celery: one ``process`` job spread over worker processes and machines.
 
-Install the extra (``pip install 'rowstream[celery]'``). Workers come from your own Celery app
-(add ``include=["rowstream.celery"]``) or from rowstream's::
+Install the extra (``pip install 'rowstream[celery]'``). Workers come from rowstream's own app::
 
     ROWSTREAM_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// celery -A rowstream.celery worker
+
+or from your own, which then runs rowstream's task beside yours::
+
+    # billing/celery.py
+    app = Celery("billing", broker="amqp://...", include=["rowstream.celery"])
+    app.conf.task_routes = {"rowstream.run_partition": {"queue": "rowstream"}}
+
+    celery -A billing worker -Q rowstream --prefetch-multiplier 1    # rowstream's queue
+    celery -A billing worker -Q celery                               # your tasks, as before
 
 Then, from any process (a script, a web request, another task)::
 
@@ -12,7 +20,20 @@ Then, from any process (a script, a web request, another task)::
         "billing.queries:READY_INVOICES",     # a select() (or a function returning one)
         "billing.tasks:send_invoice_batch",   # called with each batch, in the workers
         folder="/shared/runs/invoices-2026-11",
-    )
+        celery_app=app,                       # your app; or broker="amqp://...", or neither:
+    )                                         # $ROWSTREAM_BROKER_URL, rowstream's app
+
+What is set where. On rowstream's task itself, whichever app runs it: ``acks_late``,
+``reject_on_worker_lost`` and ``ignore_result``. Nothing of your app: including rowstream's
+module registers its task and changes no setting (rowstream's app is never made the current
+one). The settings that only exist app- or worker-wide are yours to choose, and rowstream's own
+app sets them for its workers: ``worker_prefetch_multiplier=1`` (a prefetched partition waits
+behind a long one while another worker idles; give rowstream's task a queue of its own and
+start its workers with ``--prefetch-multiplier 1``), JSON messages only, and on Redis a
+``visibility_timeout`` of 6 h in ``broker_transport_options`` (Celery's default is 1 h: a
+partition running longer is delivered again, which the ledger makes harmless, but the work is
+repeated). The coordinator sends through ``celery_app`` as it routes and serializes, on a
+connection of its own whose waits are bounded (``SEND_TIMEOUT``, ``SEND_RETRY_POLICY``).
 
 The job is split into partitions of the key; each partition is one Celery task, which streams
 its rows with :func:`rowstream.sync.process` (so it runs under the prefork, threads, gevent and
@@ -30,6 +51,13 @@ eventlet pools) with a checkpoint of its own. What is guaranteed:
 the PostgreSQL snapshot and plans each part (its statement, checked, and its columns), and a
 worker writes it on the sync face (:mod:`rowstream._sync._pgparts`: psycopg's COPY for CSV
 and JSONL, ADBC's binary COPY for Parquet), so every pool runs export tasks as well.
+
+A failed partition fails the job with a :class:`JobError` naming it; when the worker raised one
+of rowstream's exceptions, that exception is the JobError's ``__cause__``, of the same class
+with its ``message``, ``context`` and notes (the worker pickles it into the ledger, scrubbed of
+the URL's password, and the coordinator unpickles nothing but rowstream's exceptions). The
+JobError, not the worker's class, is raised: the job failed, in one partition, and a
+``QueryError`` caught around a distributed job would otherwise look like the coordinator's own.
 
 ``folder`` must be reachable at the same path by the coordinator and every worker. Statements
 and handlers cross to the workers as import paths (``"package.module:name"``), so messages stay
@@ -66,6 +94,7 @@ from ._ledger import (
     Send,
     decide,
 )
+from ._remote_errors import one_line
 from ._watchdog import DEFAULT_READ_TIMEOUT
 
 if TYPE_CHECKING:
@@ -90,6 +119,22 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_PARTITIONS = 16
 TASK_NAME = "rowstream.run_partition"
 POLL_INTERVAL = 0.25
+# The coordinator's connection to the broker: a broker that accepts the connection and then
+# says nothing (Redis with no socket timeout waits for ever) fails a send in this long...
+SEND_TIMEOUT = 10.0
+SEND_TRANSPORT_OPTIONS: dict[str, Any] = {
+    "socket_timeout": SEND_TIMEOUT,  # Redis
+    "socket_connect_timeout": SEND_TIMEOUT,  # Redis
+    "read_timeout": SEND_TIMEOUT,  # RabbitMQ (py-amqp)
+    "write_timeout": SEND_TIMEOUT,  # RabbitMQ (py-amqp)
+}
+# ... and a broker that is gone fails it after these few reconnections.
+SEND_RETRY_POLICY: dict[str, Any] = {
+    "max_retries": 3,
+    "interval_start": 0.0,
+    "interval_step": 0.5,
+    "interval_max": 1.0,
+}
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -238,7 +283,7 @@ def run_partition(folder: str, part: str, attempt: int, url: str) -> str:
         else:
             result = _run_process_part(ledger, job, part, url)
     except BaseException as exc:
-        claim.failed(exc)
+        claim.failed(exc, url=url)
         raise
     claim.done(result)
     return "done"
@@ -260,6 +305,8 @@ def _run_process_part(ledger: Ledger, job: dict[str, Any], part: str, url: str) 
         batch_rows=job["batch_rows"],
         on_error=job["on_error"],
         checkpoint=FileCheckpoint(ledger.parts / f"{part}.checkpoint.json"),
+        handler_timeout=job.get("handler_timeout"),
+        read_timeout=job.get("read_timeout", DEFAULT_READ_TIMEOUT),
     )
     return {"rows": report.rows, "failed_rows": report.failed_rows}
 
@@ -313,6 +360,8 @@ def process(
     concurrency: int = 1,
     batch_rows: int | None = None,
     on_error: str = "raise",
+    handler_timeout: float | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     resume: bool = False,
     lease: float = DEFAULT_LEASE,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
@@ -326,13 +375,20 @@ def process(
     ``source`` is a database URL, ``statement`` and ``handler`` import paths
     (``"package.module:name"``) that every worker can import. The key (``key``, or the
     statement's single-column integer primary key) is cut into ``partitions`` ranges; each is
-    one task running :func:`rowstream.sync.process` with ``concurrency``, ``batch_rows`` and
-    ``on_error``, and a checkpoint of its own in ``folder``. Returns when every partition is
-    done; raises :class:`JobError` naming the partition that failed or was lost more than
-    ``max_attempts`` times, or when no worker takes the tasks within ``unclaimed`` seconds.
-    Tasks go through ``celery_app`` when given, else to ``broker`` (a RabbitMQ or Redis URL),
-    else to ``ROWSTREAM_BROKER_URL``; on ``queue`` when given (start the workers with
-    ``-Q`` naming it), else on Celery's default queue.
+    one task running :func:`rowstream.sync.process` with ``concurrency``, ``batch_rows``,
+    ``on_error``, ``handler_timeout`` and ``read_timeout``, and a checkpoint of its own in
+    ``folder``. A worker beats while its partition runs, so a partition is bounded by these two
+    timeouts (set ``handler_timeout`` when a handler could hang: a hung handler keeps beating).
+    Returns when every partition is done; raises :class:`JobError` naming the partition that
+    failed or was lost more than ``max_attempts`` times, or when no worker takes the tasks
+    within ``unclaimed`` seconds, or when the broker cannot be reached (within seconds). When a
+    worker raised one of rowstream's exceptions, the JobError's ``__cause__`` is that
+    exception, of its class and with its ``context``; another exception (a handler's
+    ``ValueError``) is named in the JobError's one-line message, type and text.
+    Tasks go through ``celery_app`` when given (your own app, with
+    ``include=["rowstream.celery"]``), else to ``broker`` (a RabbitMQ or Redis URL), else to
+    ``ROWSTREAM_BROKER_URL``; on ``queue`` when given (start the workers with ``-Q`` naming
+    it), else as the app routes ``rowstream.run_partition``.
 
     Example::
 
@@ -346,8 +402,11 @@ def process(
             "partitions and max_attempts must be at least 1, lease and unclaimed positive"
         )
     from ._source import mask_url, resolve_url
+    from ._watchdog import check_read_timeout
 
     # Wrong arguments fail here, in the caller, before anything is written or sent.
+    handler_timeout = check_read_timeout(handler_timeout, "handler_timeout")
+    read_timeout = check_read_timeout(read_timeout)
     resolve_url(source)
     load(handler, "handler")
     _statement(statement)
@@ -364,6 +423,8 @@ def process(
             "concurrency": concurrency,
             "batch_rows": batch_rows,
             "on_error": on_error,
+            "handler_timeout": handler_timeout,
+            "read_timeout": read_timeout,
             "lease": lease,
             "partitions": {},
         },
@@ -402,8 +463,22 @@ def _follow(
     """Send partitions and watch the ledger until every one is done (or the job fails);
     ``on_done(part)`` runs once for each partition as it is seen done. ``stop`` ends the watch
     early (the coordinator was cancelled: its thread must not outlive it)."""
-    from ._source import mask_url
+    with sender.connection_for_write(transport_options=SEND_TRANSPORT_OPTIONS) as connection:
+        _watch(ledger, job, url, rules, report, sender, connection, queue, on_done, stop)
 
+
+def _watch(
+    ledger: Ledger,
+    job: dict[str, Any],
+    url: str,
+    rules: Rules,
+    report: DistributedReport,
+    sender: Celery,
+    connection: Any,
+    queue: str | None,
+    on_done: Callable[[str], None] | None,
+    stop: threading.Event | None,
+) -> None:
     parts = list(job["partitions"])
     started = time.monotonic()
     claimed_any = False
@@ -428,21 +503,47 @@ def _follow(
             )
         for action in decide(now, views, rules):
             if isinstance(action, Fail):
+                # The worker's own rowstream exception, when it raised one, is the cause.
                 raise JobError(
                     f"partition {action.part} failed: {action.why}",
                     partition=action.part,
                     folder=str(ledger.root),
-                )
+                ) from ledger.error(action.part)
             assert isinstance(action, Send)
             ledger.sent(action.part, action.attempt)
             report.attempts += 1
-            sender.send_task(
-                TASK_NAME,
-                args=[str(ledger.root), action.part, action.attempt, url],
-                argsrepr=repr([str(ledger.root), action.part, action.attempt, mask_url(url)]),
-                queue=queue,
-            )
+            _send(sender, connection, queue, [str(ledger.root), action.part, action.attempt, url])
         time.sleep(POLL_INTERVAL)
+
+
+def _send(sender: Celery, connection: Any, queue: str | None, args: list[Any]) -> None:
+    """Send one partition's task on the coordinator's own connection, every wait bounded.
+
+    The app's routing, serializer and exchange apply (a user's app is used as configured); its
+    publish retry policy does not: ``task_publish_retry_policy`` may retry for ever, and the
+    coordinator must fail in bounded time when the broker is gone.
+    """
+    from ._source import mask_url
+
+    try:
+        sender.send_task(
+            TASK_NAME,
+            args=args,
+            argsrepr=repr([*args[:3], mask_url(args[3])]),
+            queue=queue,
+            connection=connection,
+            ignore_result=True,
+            retry=True,
+            retry_policy=SEND_RETRY_POLICY,
+        )
+    except Exception as exc:
+        broker = mask_url(connection.as_uri(include_password=True))
+        raise JobError(
+            f"cannot send rowstream's task to the broker {broker}: {type(exc).__name__}: "
+            f"{one_line(str(exc))}; check the broker URL and that the broker runs "
+            f"(rowstream doctor {broker} checks both)",
+            folder=args[0],
+        ) from None
 
 
 # -- a partitioned export over workers ---------------------------------------------------------
