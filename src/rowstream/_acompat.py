@@ -32,6 +32,7 @@ from ._watchdog import Watchdog as Watchdog
 from ._watchdog import abandon as abandon
 from ._watchdog import dispose as dispose
 from ._watchdog import release as release
+from ._zerodates import ZeroDates, mysql_converters
 
 T = TypeVar("T")
 
@@ -121,13 +122,14 @@ async def exact_fetches(conn: AsyncConnection) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def exact_temporals(
-    conn: AsyncConnection, infinity: Infinity, *, diagnose: bool = False
+    conn: AsyncConnection, infinity: Infinity, zero_dates: ZeroDates, *, diagnose: bool = False
 ) -> AsyncIterator[None]:
     """While open, statements prepared on ``conn`` decode ``date``, ``timestamp`` and
     ``timestamptz`` with rowstream._temporal's codecs: ``infinity`` is no longer
-    ``date.max``/``datetime.max`` (asyncpg; psycopg gets loaders, other drivers hold no
-    infinity). A statement keeps the codecs it was prepared with, so a cursor opened here reads
-    with them to its end.
+    ``date.max``/``datetime.max`` (asyncpg; psycopg gets loaders). On MySQL/MariaDB (asyncmy,
+    aiomysql) results give zero dates as ``zero_dates`` says (rowstream._zerodates); SQLite
+    holds neither. A statement keeps the codecs it was prepared with (a MySQL result its
+    converters), so a cursor opened here reads with them to its end.
 
     SQLAlchemy's prepared-statement cache is swapped meanwhile for one of the connection's
     that holds only statements prepared with these codecs (one per ``infinity`` choice: the
@@ -140,7 +142,11 @@ async def exact_temporals(
     adapted: Any = raw.dbapi_connection
     if not isinstance(adapted, AsyncAdapt_asyncpg_connection):
         # psycopg (postgresql+psycopg://) refuses such values; its loaders name the column.
-        with psycopg_loaders(raw.driver_connection, infinity, diagnose=diagnose):
+        driver_conn = raw.driver_connection
+        with (
+            psycopg_loaders(driver_conn, infinity, diagnose=diagnose),
+            mysql_converters(driver_conn, zero_dates),
+        ):
             yield
         return
     pg: Any = adapted

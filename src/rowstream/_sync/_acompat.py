@@ -19,6 +19,7 @@ from .._watchdog import SyncWatchdog as Watchdog
 from .._watchdog import sync_abandon as abandon
 from .._watchdog import sync_dispose as dispose
 from .._watchdog import sync_release as release
+from .._zerodates import ZeroDates, mysql_converters
 
 __all__ = [
     "Lock",
@@ -90,10 +91,15 @@ def exact_fetches(conn: sa.Connection) -> Iterator[None]:
 
 @contextlib.contextmanager
 def exact_temporals(
-    conn: sa.Connection, infinity: Infinity, *, diagnose: bool = False
+    conn: sa.Connection, infinity: Infinity, zero_dates: ZeroDates, *, diagnose: bool = False
 ) -> Iterator[None]:
     """While open, cursors created on ``conn`` load ``date``, ``timestamp`` and
-    ``timestamptz`` as rowstream._temporal says (psycopg only: PyMySQL and sqlite3 hold no
-    infinity); a cursor keeps its loaders to its end."""
-    with psycopg_loaders(conn.connection.driver_connection, infinity, diagnose=diagnose):
+    ``timestamptz`` as rowstream._temporal says (psycopg), and results give MariaDB's zero
+    dates as ``zero_dates`` says (PyMySQL, rowstream._zerodates); sqlite3 holds neither. A
+    cursor keeps its loaders (a PyMySQL result its converters) to its end."""
+    driver = conn.connection.driver_connection
+    with (
+        psycopg_loaders(driver, infinity, diagnose=diagnose),
+        mysql_converters(driver, zero_dates),
+    ):
         yield
