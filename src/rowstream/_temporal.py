@@ -27,9 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from typing import Any, Literal
 
-import sqlalchemy as sa
-from sqlalchemy.sql.selectable import Select, TextualSelect
-
 from ._exceptions import ConfigurationError, QueryError
 
 __all__ = [
@@ -359,6 +356,11 @@ def window(statement: Any, *, skip: int, limit: int) -> tuple[Any, list[str]] | 
     """``statement``'s rows ``skip`` to ``skip + limit`` as plain columns, and their names:
     read again with the exact loaders, they show which column held the refused value. None
     for a bare ``text()`` (it cannot be wrapped)."""
+    # Here, not at the top: the CLI's parser reaches this module (rowstream._zerodates's
+    # option) and must not load SQLAlchemy.
+    import sqlalchemy as sa
+    from sqlalchemy.sql.selectable import Select, TextualSelect
+
     if not isinstance(statement, (Select, TextualSelect)):
         return None
     selected = list(statement.selected_columns)
