@@ -12,20 +12,28 @@ hand such a value back as the server's text: a ``str`` in a ``DATE``, ``DATETIME
   with one line naming the column and the value;
 - ``"null"``: None; ``"text"``: the server's text (``'0000-00-00'``), as the driver gives it.
 
-It is done in the driver's own converters (:func:`mysql_converters`): a result takes its
-converters when its columns are described, at execute, so while the context is open the
-connection's converters of the temporal types are wrapped. Only temporal columns pay (one
-Python call around the driver's own converter per value); a result without one pays nothing.
+Where the driver hands the ``str`` back, and only for the temporal columns of a result:
 
-I/O-free: both faces use it (asyncmy or aiomysql on the async face, PyMySQL on the sync one).
+- async face (SQLAlchemy's asyncmy and aiomysql adapters): :func:`checked_rows` looks at each
+  fetched batch of raw rows, a column at a time, before SQLAlchemy builds rows or entities
+  from them: a scan in C (``map``), so the common batch, with no zero date, costs tens of ns
+  per temporal value and asyncmy keeps its fast parsing from bytes. rowstream._acompat puts it
+  in the adapter's cursors.
+- sync face (PyMySQL, whose converters are Python already): :func:`mysql_converters` wraps the
+  connection's converters of the temporal types; a result takes its converters when its
+  columns are described, at execute.
+
+A result without a temporal column pays nothing, and ``"text"`` changes nothing.
+
+I/O-free: both faces use it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any, Literal
 
 from ._exceptions import ConfigurationError, QueryError
@@ -37,7 +45,10 @@ __all__ = [
     "ZeroDate",
     "ZeroDates",
     "check_zero_dates",
+    "checked_rows",
     "mysql_converters",
+    "temporal_columns",
+    "text_protocol",
 ]
 
 # The export's option too (rowstream._values): one name, one set of values, one default.
@@ -79,74 +90,93 @@ class ZeroDate(Unrepresentable):
         )
 
 
-def _refuse(base: Callable[[Any], Any], typname: str, value: Any) -> Any:
-    out = base(value)
-    if out.__class__ is str:
-        return marked(ZeroDate(out, typname))
+def _no_date(text: str, typname: str, zero_dates: ZeroDates) -> Any:
+    return None if zero_dates == "null" else marked(ZeroDate(text, typname))
+
+
+def temporal_columns(description: Any) -> list[tuple[int, str]]:
+    """The positions and types of a result's ``DATE``, ``DATETIME`` and ``TIMESTAMP`` columns
+    (from a DB-API ``cursor.description``)."""
+    if not description:
+        return []
+    return [
+        (i, _TEMPORAL_TYPES[d[1]]) for i, d in enumerate(description) if d[1] in _TEMPORAL_TYPES
+    ]
+
+
+def checked_rows(rows: Sequence[Any], description: Any, zero_dates: ZeroDates) -> Sequence[Any]:
+    """``rows`` (a driver's raw tuples) with the zero dates of their temporal columns made
+    ``zero_dates`` ("refuse": markers; "null": None); ``rows`` itself when there is none.
+
+    >>> checked_rows([(1, "0000-00-00")], [("id", 3), ("d", 10)], "null")
+    [(1, None)]
+    """
+    if not rows:
+        return rows
+    columns = temporal_columns(description)
+    for i, _ in columns:
+        if str in map(type, map(itemgetter(i), rows)):
+            break
+    else:
+        return rows
+    out = []
+    for row in rows:
+        if any(row[i].__class__ is str for i, _ in columns):
+            values = list(row)
+            for i, typname in columns:
+                if values[i].__class__ is str:
+                    values[i] = _no_date(values[i], typname, zero_dates)
+            row = tuple(values)
+        out.append(row)
     return out
 
 
-def _null(base: Callable[[Any], Any], value: Any) -> Any:
-    out = base(value)
-    return None if out.__class__ is str else out
+def _checked(base: Callable[[Any], Any], typname: str, zero_dates: ZeroDates) -> Any:
+    def convert(value: Any) -> Any:
+        out = base(value)
+        if out.__class__ is str:
+            return _no_date(out, typname, zero_dates)
+        return out
 
-
-class _Checked(functools.partial[Any]):
-    """The driver's converter ``args[0]``, checked; it hashes and compares equal to it.
-
-    asyncmy hands raw bytes (no ``str`` made first: several times faster) only to the
-    converters it knows, which it looks up in a set: being equal to the wrapped one keeps that.
-    """
-
-    def __hash__(self) -> int:
-        return hash(self.args[0])
-
-    def __eq__(self, other: object) -> bool:
-        return other is self or other is self.args[0]
-
-
-def _converters(decoders: dict[int, Any], zero_dates: ZeroDates) -> dict[int, Any]:
-    checked = dict(decoders)
-    for code, typname in _TEMPORAL_TYPES.items():
-        base = decoders.get(code)
-        if base is None:
-            continue
-        if isinstance(base, _Checked):
-            base = base.args[0]
-        if zero_dates == "null":
-            checked[code] = _Checked(_null, base)
-        else:
-            checked[code] = _Checked(_refuse, base, typname)
-    return checked
+    convert.__wrapped__ = base  # type: ignore[attr-defined]
+    return convert
 
 
 @contextlib.contextmanager
 def mysql_converters(driver: Any, zero_dates: ZeroDates) -> Iterator[None]:
-    """While open, results of the MySQL/MariaDB connection ``driver`` (asyncmy, aiomysql or
-    PyMySQL; sync or async) give zero dates as ``zero_dates`` says; the connection leaves as
-    it came (it may be the caller's, or go back to the pool). Any other driver: nothing to do.
-
-    asyncmy runs statements with parameters as prepared statements when its statement cache
-    is on (``stmt_cache_size``), and its binary rows make a zero date None, like NULL: the
-    text protocol is used meanwhile, so every zero date is seen.
+    """While open, results of the PyMySQL connection ``driver`` give zero dates as
+    ``zero_dates`` says: its converters of the temporal types are wrapped (one Python call
+    around PyMySQL's own, itself Python, per value). The connection leaves as it came (it may
+    be the caller's, or go back to the pool). Any other driver: nothing to do.
     """
-    module = type(driver).__module__
-    if module.startswith("asyncmy"):
-        attr = "_decoders"
-    elif module.startswith(("pymysql", "aiomysql")):
-        attr = "decoders"
-    else:
+    if zero_dates == "text" or not type(driver).__module__.startswith("pymysql"):
         yield
         return
-    decoders = getattr(driver, attr)
-    cached = int(getattr(driver, "_stmt_cache_size", 0) or 0)
+    decoders: dict[int, Any] = driver.decoders
+    checked = dict(decoders)
+    for code, typname in _TEMPORAL_TYPES.items():
+        base = decoders.get(code)
+        if base is not None:
+            checked[code] = _checked(getattr(base, "__wrapped__", base), typname, zero_dates)
+    driver.decoders = checked
     try:
-        if zero_dates != "text":
-            setattr(driver, attr, _converters(decoders, zero_dates))
-        if cached:
-            driver._stmt_cache_size = 0
         yield
     finally:
-        setattr(driver, attr, decoders)
-        if cached:
-            driver._stmt_cache_size = cached
+        driver.decoders = decoders
+
+
+@contextlib.contextmanager
+def text_protocol(driver: Any) -> Iterator[None]:
+    """While open, the asyncmy connection ``driver`` runs every statement on the text
+    protocol. With its statement cache on (``stmt_cache_size``), asyncmy runs a statement with
+    parameters as a prepared statement, and its binary rows make a zero date None, like NULL:
+    no check could tell them apart. Any other driver: nothing to do."""
+    cached = getattr(driver, "_stmt_cache_size", 0)
+    if not cached or not type(driver).__module__.startswith("asyncmy"):
+        yield
+        return
+    driver._stmt_cache_size = 0
+    try:
+        yield
+    finally:
+        driver._stmt_cache_size = cached
