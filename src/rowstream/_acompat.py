@@ -34,7 +34,7 @@ from ._watchdog import Watchdog as Watchdog
 from ._watchdog import abandon as abandon
 from ._watchdog import dispose as dispose
 from ._watchdog import release as release
-from ._zerodates import ZeroDates, checked_rows, text_protocol
+from ._zerodates import ZeroDates, checked_cursor, text_protocol
 
 T = TypeVar("T")
 
@@ -184,6 +184,7 @@ async def _zero_date_rows(adapted: Any, zero_dates: ZeroDates) -> AsyncIterator[
     aiomysql) hand their rows through rowstream._zerodates's ``checked_rows`` (``"text"``:
     the driver's own rows are the server's text already). Swapped back afterwards, as
     :func:`exact_fetches` does: the connection may be the caller's, or go back to the pool.
+    The sync twin does the same to PyMySQL's connection.
     """
     with text_protocol(adapted.driver_connection):
         if zero_dates == "text" or not isinstance(adapted, AsyncAdapt_dbapi_connection):
@@ -200,26 +201,11 @@ async def _zero_date_rows(adapted: Any, zero_dates: ZeroDates) -> AsyncIterator[
 @functools.cache
 def _zero_date_connection(plain: type[Any], zero_dates: ZeroDates) -> type[Any]:
     """``plain`` (a SQLAlchemy adapter's connection class), opening cursors whose fetches go
-    through ``checked_rows``: one class per adapter and choice."""
-
-    def checked(cursor_cls: type[Any]) -> type[Any]:
-        def fetchone(self: Any) -> Any:
-            row = cursor_cls.fetchone(self)
-            return row if row is None else checked_rows([row], self.description, zero_dates)[0]
-
-        def fetchmany(self: Any, size: int | None = None) -> Any:
-            return checked_rows(cursor_cls.fetchmany(self, size), self.description, zero_dates)
-
-        def fetchall(self: Any) -> Any:
-            return checked_rows(cursor_cls.fetchall(self), self.description, zero_dates)
-
-        methods = {"fetchone": fetchone, "fetchmany": fetchmany, "fetchall": fetchall}
-        return type(f"ZeroDate{cursor_cls.__name__}", (cursor_cls,), {"__slots__": (), **methods})
-
+    through rowstream._zerodates's ``checked_rows``: one class per adapter and choice."""
     attributes = {
         "__slots__": (),
-        "_cursor_cls": checked(plain._cursor_cls),
-        "_ss_cursor_cls": checked(plain._ss_cursor_cls),
+        "_cursor_cls": checked_cursor(plain._cursor_cls, zero_dates),
+        "_ss_cursor_cls": checked_cursor(plain._ss_cursor_cls, zero_dates),
     }
     return type(f"ZeroDate{plain.__name__}", (plain,), attributes)
 

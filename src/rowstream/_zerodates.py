@@ -12,18 +12,14 @@ hand such a value back as the server's text: a ``str`` in a ``DATE``, ``DATETIME
   with one line naming the column and the value;
 - ``"null"``: None; ``"text"``: the server's text (``'0000-00-00'``), as the driver gives it.
 
-Where the driver hands the ``str`` back, and only for the temporal columns of a result:
-
-- async face (SQLAlchemy's asyncmy and aiomysql adapters): :func:`checked_rows` looks at each
-  fetched batch of raw rows, a column at a time, before SQLAlchemy builds rows or entities
-  from them: a scan in C (``map``), so the common batch, with no zero date, costs tens of ns
-  per temporal value and asyncmy keeps its fast parsing from bytes. rowstream._acompat puts it
-  in the adapter's cursors.
-- sync face (PyMySQL, whose converters are Python already): :func:`mysql_converters` wraps the
-  connection's converters of the temporal types; a result takes its converters when its
-  columns are described, at execute.
-
-A result without a temporal column pays nothing, and ``"text"`` changes nothing.
+Where the driver hands the ``str`` back: while the stream's statement (each keyset page)
+executes, the cursors opened on its connection are of a subclass (:func:`checked_cursor`) whose
+fetches pass each batch of raw rows through :func:`checked_rows` before SQLAlchemy builds rows
+or entities from them. It looks at the temporal columns only, a column at a time, in C
+(``map``), so a batch without a zero date costs tens of ns per temporal value and asyncmy keeps
+its fast parsing from bytes; a result without a temporal column pays nothing, and ``"text"``
+changes nothing. rowstream._acompat swaps the class of SQLAlchemy's asyncmy or aiomysql
+adapter, rowstream._sync._acompat that of PyMySQL's connection.
 
 I/O-free: both faces use it.
 """
@@ -31,8 +27,9 @@ I/O-free: both faces use it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -45,8 +42,8 @@ __all__ = [
     "ZeroDate",
     "ZeroDates",
     "check_zero_dates",
+    "checked_cursor",
     "checked_rows",
-    "mysql_converters",
     "temporal_columns",
     "text_protocol",
 ]
@@ -90,10 +87,6 @@ class ZeroDate(Unrepresentable):
         )
 
 
-def _no_date(text: str, typname: str, zero_dates: ZeroDates) -> Any:
-    return None if zero_dates == "null" else marked(ZeroDate(text, typname))
-
-
 def temporal_columns(description: Any) -> list[tuple[int, str]]:
     """The positions and types of a result's ``DATE``, ``DATETIME`` and ``TIMESTAMP`` columns
     (from a DB-API ``cursor.description``)."""
@@ -124,45 +117,32 @@ def checked_rows(rows: Sequence[Any], description: Any, zero_dates: ZeroDates) -
         if any(row[i].__class__ is str for i, _ in columns):
             values = list(row)
             for i, typname in columns:
-                if values[i].__class__ is str:
-                    values[i] = _no_date(values[i], typname, zero_dates)
+                text = values[i]
+                if text.__class__ is str:
+                    values[i] = None if zero_dates == "null" else marked(ZeroDate(text, typname))
             row = tuple(values)
         out.append(row)
     return out
 
 
-def _checked(base: Callable[[Any], Any], typname: str, zero_dates: ZeroDates) -> Any:
-    def convert(value: Any) -> Any:
-        out = base(value)
-        if out.__class__ is str:
-            return _no_date(out, typname, zero_dates)
-        return out
+@functools.cache
+def checked_cursor(cursor_cls: type[Any], zero_dates: ZeroDates) -> type[Any]:
+    """``cursor_cls`` (a DB-API cursor class, or SQLAlchemy's adapter of one), whose
+    ``fetchone``, ``fetchmany`` and ``fetchall`` go through :func:`checked_rows`; one class per
+    cursor class and choice."""
 
-    convert.__wrapped__ = base  # type: ignore[attr-defined]
-    return convert
+    def fetchone(self: Any) -> Any:
+        row = cursor_cls.fetchone(self)
+        return row if row is None else checked_rows([row], self.description, zero_dates)[0]
 
+    def fetchmany(self: Any, size: int | None = None) -> Any:
+        return checked_rows(cursor_cls.fetchmany(self, size), self.description, zero_dates)
 
-@contextlib.contextmanager
-def mysql_converters(driver: Any, zero_dates: ZeroDates) -> Iterator[None]:
-    """While open, results of the PyMySQL connection ``driver`` give zero dates as
-    ``zero_dates`` says: its converters of the temporal types are wrapped (one Python call
-    around PyMySQL's own, itself Python, per value). The connection leaves as it came (it may
-    be the caller's, or go back to the pool). Any other driver: nothing to do.
-    """
-    if zero_dates == "text" or not type(driver).__module__.startswith("pymysql"):
-        yield
-        return
-    decoders: dict[int, Any] = driver.decoders
-    checked = dict(decoders)
-    for code, typname in _TEMPORAL_TYPES.items():
-        base = decoders.get(code)
-        if base is not None:
-            checked[code] = _checked(getattr(base, "__wrapped__", base), typname, zero_dates)
-    driver.decoders = checked
-    try:
-        yield
-    finally:
-        driver.decoders = decoders
+    def fetchall(self: Any) -> Any:
+        return checked_rows(cursor_cls.fetchall(self), self.description, zero_dates)
+
+    methods = {"fetchone": fetchone, "fetchmany": fetchmany, "fetchall": fetchall}
+    return type(f"ZeroDate{cursor_cls.__name__}", (cursor_cls,), {"__slots__": (), **methods})
 
 
 @contextlib.contextmanager
