@@ -393,3 +393,46 @@ def test_no_effect_on_postgresql_and_sqlite(
         expected = ("0000-00-00", None)
     for choice in ("refuse", "null", "text"):
         assert [tuple(r) for r in _read(face, url, query, zero_dates=choice)] == [expected]
+
+
+KEYED = "rs_zero_keyed"
+
+
+@pytest.fixture
+def date_keyed(mysql_url: str) -> Iterator[str]:
+    admin = _admin(mysql_url)
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SET SESSION sql_mode = ''")
+            cur.execute(f"DROP TABLE IF EXISTS {KEYED}")
+            cur.execute(f"CREATE TABLE {KEYED} (d date PRIMARY KEY, v int)")
+            cur.execute(
+                f"INSERT INTO {KEYED} VALUES ('0000-00-00', 1), ('2024-00-15', 2), "
+                "('2024-01-01', 3), ('2024-01-02', 4), ('2024-01-03', 5)"
+            )
+        yield mysql_url
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {KEYED}")
+        admin.close()
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_zero_dates_in_a_key_column(date_keyed: str, face: str) -> None:
+    keyed = sa.table(KEYED, sa.column("d", sa.Date), sa.column("v", sa.Integer))
+    statement = sa.select(keyed.c.d, keyed.c.v)
+    # As text, the key still orders the pages: MariaDB compares its own text with the column.
+    rows = _read(face, date_keyed, statement, key="d", strategy="keyset", zero_dates="text")
+    assert [tuple(r) for r in rows] == [
+        ("0000-00-00", 1),
+        ("2024-00-15", 2),
+        (dt.date(2024, 1, 1), 3),
+        (dt.date(2024, 1, 2), 4),
+        (dt.date(2024, 1, 3), 5),
+    ]
+    # As None, no page can start after it: refused in one line, never rows left out.
+    with pytest.raises(rowstream.StreamKeyError) as caught:
+        _read(face, date_keyed, statement, key="d", strategy="keyset", zero_dates="null")
+    message = str(caught.value)
+    assert message.startswith("the key (d) of a row came as None, and rows cannot be read")
+    assert "zero_dates='null'" in message and "\n" not in message

@@ -94,6 +94,7 @@ class KeysetStrategy:
 
     def _check_boundary(self, last: Any, beyond: Any) -> None:
         value = self._key.of(last)
+        self._key.check_known(value)
         if self._key.of(beyond) == value:
             names = ", ".join(self._key.names)
             shown = value[0] if len(value) == 1 else value
