@@ -297,10 +297,10 @@ class RowStream(KeyedStream):
                 attempt += 1
                 await self._resume(exc, attempt)
         if hits() != self._hits:
-            # A date or timestamp Python cannot hold was read (rowstream._temporal, a MariaDB
-            # zero date: rowstream._zerodates): rare, so
-            # batches are searched only from then on (the count is not reset: a driver may
-            # decode rows a batch or more before they are delivered).
+            # A date or timestamp Python cannot hold was read (rowstream._temporal; a MariaDB
+            # zero date: rowstream._zerodates): rare, so batches are searched only from then
+            # on (the count is not reset: a driver may decode rows a batch or more before they
+            # are delivered).
             error = refusal(batch, self._strategy.keys())
             if error is not None:
                 raise error
