@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
 from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
     AsyncAdapt_asyncpg_ss_cursor,
@@ -32,6 +34,7 @@ from ._watchdog import Watchdog as Watchdog
 from ._watchdog import abandon as abandon
 from ._watchdog import dispose as dispose
 from ._watchdog import release as release
+from ._zerodates import ZeroDates, checked_cursor, text_protocol
 
 T = TypeVar("T")
 
@@ -121,13 +124,14 @@ async def exact_fetches(conn: AsyncConnection) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def exact_temporals(
-    conn: AsyncConnection, infinity: Infinity, *, diagnose: bool = False
+    conn: AsyncConnection, infinity: Infinity, zero_dates: ZeroDates, *, diagnose: bool = False
 ) -> AsyncIterator[None]:
     """While open, statements prepared on ``conn`` decode ``date``, ``timestamp`` and
     ``timestamptz`` with rowstream._temporal's codecs: ``infinity`` is no longer
-    ``date.max``/``datetime.max`` (asyncpg; psycopg gets loaders, other drivers hold no
-    infinity). A statement keeps the codecs it was prepared with, so a cursor opened here reads
-    with them to its end.
+    ``date.max``/``datetime.max`` (asyncpg; psycopg gets loaders). On MySQL/MariaDB (asyncmy,
+    aiomysql) cursors opened meanwhile give zero dates as ``zero_dates`` says
+    (:func:`_zero_date_rows`); SQLite holds neither. A statement keeps the codecs it was
+    prepared with (a cursor its class), so a cursor opened here reads with them to its end.
 
     SQLAlchemy's prepared-statement cache is swapped meanwhile for one of the connection's
     that holds only statements prepared with these codecs (one per ``infinity`` choice: the
@@ -138,6 +142,10 @@ async def exact_temporals(
     """
     raw = await conn.get_raw_connection()
     adapted: Any = raw.dbapi_connection
+    if conn.dialect.name in ("mysql", "mariadb"):
+        async with _zero_date_rows(adapted, zero_dates):
+            yield
+        return
     if not isinstance(adapted, AsyncAdapt_asyncpg_connection):
         # psycopg (postgresql+psycopg://) refuses such values; its loaders name the column.
         with psycopg_loaders(raw.driver_connection, infinity, diagnose=diagnose):
@@ -168,6 +176,38 @@ async def exact_temporals(
             with contextlib.suppress(Exception):
                 await driver.reset_type_codec(typname, schema="pg_catalog")
         pg._prepared_statement_cache = cache
+
+
+@contextlib.asynccontextmanager
+async def _zero_date_rows(adapted: Any, zero_dates: ZeroDates) -> AsyncIterator[None]:
+    """While open, cursors SQLAlchemy opens on the MySQL/MariaDB adapter ``adapted`` (asyncmy,
+    aiomysql) hand their rows through rowstream._zerodates's ``checked_rows`` (``"text"``:
+    the driver's own rows are the server's text already). Swapped back afterwards, as
+    :func:`exact_fetches` does: the connection may be the caller's, or go back to the pool.
+    The sync twin does the same to PyMySQL's connection.
+    """
+    with text_protocol(adapted.driver_connection):
+        if zero_dates == "text" or not isinstance(adapted, AsyncAdapt_dbapi_connection):
+            yield
+            return
+        plain: Any = type(adapted)
+        adapted.__class__ = _zero_date_connection(plain, zero_dates)
+        try:
+            yield
+        finally:
+            adapted.__class__ = plain
+
+
+@functools.cache
+def _zero_date_connection(plain: type[Any], zero_dates: ZeroDates) -> type[Any]:
+    """``plain`` (a SQLAlchemy adapter's connection class), opening cursors whose fetches go
+    through rowstream._zerodates's ``checked_rows``: one class per adapter and choice."""
+    attributes = {
+        "__slots__": (),
+        "_cursor_cls": checked_cursor(plain._cursor_cls, zero_dates),
+        "_ss_cursor_cls": checked_cursor(plain._ss_cursor_cls, zero_dates),
+    }
+    return type(f"ZeroDate{plain.__name__}", (plain,), attributes)
 
 
 # Per asyncpg connection (gone with it): SQLAlchemy-style caches of statements prepared with

@@ -42,13 +42,15 @@ from ._strategy import MYSQL
 from ._temporal import DEFAULT_INFINITY, Infinity, refusal, refused_by_driver, window
 from ._translate import is_conversion_error, raise_translated, translate
 from ._watchdog import CLEANUP_TIMEOUT
+from ._zerodates import DEFAULT_ZERO_DATES, ZeroDates
 
 
 class CursorStrategy:
     """Read ``statement`` (``plan``'s, unless given) through one server-side cursor.
 
     ``setup`` statements run first in the transaction (``SET LOCAL ...``). ``infinity``:
-    what a date or timestamp Python cannot hold becomes (see rowstream._temporal).
+    what a date or timestamp Python cannot hold becomes (see rowstream._temporal);
+    ``zero_dates``: what a MariaDB zero date becomes (see rowstream._zerodates).
     """
 
     name = "cursor"
@@ -62,6 +64,7 @@ class CursorStrategy:
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
         infinity: Infinity = DEFAULT_INFINITY,
+        zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
     ) -> None:
         if plan.side_queries and source.dialect in MYSQL:
             raise UnsupportedQueryError(
@@ -75,6 +78,7 @@ class CursorStrategy:
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
         self._infinity = infinity
+        self._zero_dates = zero_dates
         self._temporals_held: Any = None
         self._owned = source.borrowed is None
         self._conn: AsyncConnection | None = None
@@ -124,7 +128,7 @@ class CursorStrategy:
                 await conn.exec_driver_sql(sql)
             statement = self._statement.execution_options(yield_per=FIRST_BATCH_ROWS)
             # Held to the end: selectinload()'s queries on this connection decode the same way.
-            held = exact_temporals(conn, self._infinity)
+            held = exact_temporals(conn, self._infinity, self._zero_dates)
             await held.__aenter__()
             self._temporals_held = held
             result: AsyncResult[Any]
@@ -194,12 +198,12 @@ class CursorStrategy:
         statement, names = found
         try:
             if source.borrowed is not None:
-                async with exact_temporals(source.borrowed, "error", diagnose=True):
+                async with exact_temporals(source.borrowed, "error", "refuse", diagnose=True):
                     rows = (await source.borrowed.execute(statement)).all()
             else:
                 async with (
                     source.engine.connect() as conn,
-                    exact_temporals(conn, "error", diagnose=True),
+                    exact_temporals(conn, "error", "refuse", diagnose=True),
                 ):
                     rows = (await conn.execute(statement)).all()
         except Exception:

@@ -43,6 +43,7 @@ class Key:
     def after(self, last: Sequence[Any], *, dialect: str) -> ColumnElement[bool]:
         """``key > last`` in the key's order: a row-value comparison where the database plans
         it well (PostgreSQL, SQLite), the expanded OR form on MySQL/MariaDB."""
+        self.check_known(last)
         cols = self.columns
         if len(cols) == 1:
             single: ColumnElement[bool] = cols[0] > last[0]
@@ -55,6 +56,20 @@ class Key:
             return sa.or_(*terms)
         comparison: ColumnElement[bool] = sa.tuple_(*cols) > tuple(last)
         return comparison
+
+    def check_known(self, value: Sequence[Any]) -> None:
+        """Refuse a key value holding None: nothing can be read after it. A key is non-null,
+        but a zero date or infinity in it read with ``zero_dates="null"`` or
+        ``infinity="null"`` comes as None."""
+        if any(v is None for v in value):
+            names = ", ".join(self.names)
+            raise StreamKeyError(
+                f"the key ({names}) of a row came as None, and rows cannot be read after it: "
+                "a zero date or infinity in a key column becomes None with zero_dates='null' "
+                "or infinity='null'; keep the default or 'text' for that option, or pass key= "
+                "with other unique columns",
+                key=names,
+            )
 
     def ordered_by(self, statement: Select[Any]) -> bool:
         """True when ``statement`` is ordered by exactly this key, ascending."""

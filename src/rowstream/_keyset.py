@@ -23,6 +23,7 @@ from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
 from ._temporal import DEFAULT_INFINITY, Infinity, refusal, refused_by_driver, window
 from ._translate import is_conversion_error, raise_translated, translate
+from ._zerodates import DEFAULT_ZERO_DATES, ZeroDates
 
 
 class KeysetStrategy:
@@ -40,6 +41,7 @@ class KeysetStrategy:
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
         infinity: Infinity = DEFAULT_INFINITY,
+        zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
     ) -> None:
         statement = plan.statement
         if not isinstance(statement, Select):
@@ -55,6 +57,7 @@ class KeysetStrategy:
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
         self._infinity = infinity
+        self._zero_dates = zero_dates
         self._keys = list(statement.selected_columns.keys())
         self.exhausted = False
 
@@ -91,6 +94,7 @@ class KeysetStrategy:
 
     def _check_boundary(self, last: Any, beyond: Any) -> None:
         value = self._key.of(last)
+        self._key.check_known(value)
         if self._key.of(beyond) == value:
             names = ", ".join(self._key.names)
             shown = value[0] if len(value) == 1 else value
@@ -146,7 +150,7 @@ class KeysetStrategy:
         try:
             for sql in self._setup:
                 await conn.exec_driver_sql(sql)
-            async with exact_temporals(conn, self._infinity):
+            async with exact_temporals(conn, self._infinity, self._zero_dates):
                 if self._plan.orm:
                     session = AsyncSession(bind=conn, autoflush=False, expire_on_commit=False)
                     try:
@@ -194,7 +198,7 @@ async def _temporal_error(
         return fallback
     statement, names = found
     try:
-        async with exact_temporals(conn, "error", diagnose=True):
+        async with exact_temporals(conn, "error", "refuse", diagnose=True):
             rows = (await conn.execute(statement)).all()
     except Exception:
         return fallback  # the diagnosis is a bonus: the error stands without it

@@ -30,6 +30,7 @@ from ._source import Source, resolve_source
 from ._stream import stream
 from ._temporal import DEFAULT_INFINITY, Infinity, check_infinity
 from ._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
+from ._zerodates import DEFAULT_ZERO_DATES, ZeroDates, check_zero_dates
 
 __all__ = ["BatchFailure", "ProcessReport", "process"]
 
@@ -50,6 +51,7 @@ async def process(
     handler_timeout: float | None = None,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     infinity: Infinity = DEFAULT_INFINITY,
+    zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
 ) -> ProcessReport:
     """Stream ``statement`` and call ``handler(batch)`` on every batch, ``concurrency`` at a time.
 
@@ -117,7 +119,10 @@ async def process(
         :func:`rowstream.stream`.
 
     ``infinity``: what a PostgreSQL date or timestamp Python cannot hold becomes (``"error"``,
-    ``"null"``, ``"clamp"``, ``"text"``), as in :func:`rowstream.stream`.
+    ``"null"``, ``"clamp"``, ``"text"``), as in :func:`rowstream.stream`. ``zero_dates``:
+    what a MariaDB/MySQL zero date (``0000-00-00``) becomes: ``"refuse"`` (the default: the
+    run stops naming the column and the value), ``"null"`` (None) or ``"text"`` (the server's
+    text, a ``str``), as in :func:`rowstream.stream`; no effect on PostgreSQL and SQLite.
 
     Example::
 
@@ -144,6 +149,7 @@ async def process(
     )
     handler_timeout = check_read_timeout(handler_timeout, "handler_timeout")
     check_infinity(infinity)
+    check_zero_dates(zero_dates)
     books = Bookkeeper(
         concurrency=concurrency, on_error=on_error, store=checkpoint, progress=progress
     )
@@ -166,6 +172,7 @@ async def process(
             start_after=books.start_after,
             read_timeout=read_timeout,
             infinity=infinity,
+            zero_dates=zero_dates,
         ) as rows:
             books.bind(rows.key_columns, rows.key_of)
             books.sqlite = rows.dialect == "sqlite"

@@ -27,9 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from typing import Any, Literal
 
-import sqlalchemy as sa
-from sqlalchemy.sql.selectable import Select, TextualSelect
-
 from ._exceptions import ConfigurationError, QueryError
 
 __all__ = [
@@ -43,6 +40,7 @@ __all__ = [
     "edge",
     "encoders",
     "hits",
+    "marked",
     "psycopg_loaders",
     "refusal",
     "refused_by_driver",
@@ -75,7 +73,10 @@ _hits = [0]
 
 
 class Unrepresentable:
-    """A value the stream refuses (``infinity="error"``); never handed to the caller."""
+    """A value the stream refuses (``infinity="error"``); never handed to the caller.
+
+    rowstream._zerodates's :class:`ZeroDate` (MariaDB) is one too, with its own message.
+    """
 
     __slots__ = ("text", "typname")
 
@@ -84,12 +85,33 @@ class Unrepresentable:
         self.typname = typname
 
     def __repr__(self) -> str:
-        return f"Unrepresentable({self.text!r}, {self.typname!r})"
+        return f"{type(self).__name__}({self.text!r}, {self.typname!r})"
+
+    def refusal(self, column: str) -> QueryError:
+        """The one-line error naming ``column`` and the value."""
+        python = "date" if self.typname == "date" else "datetime"
+        if self.text.endswith("infinity"):
+            why = f"which Python's {python} cannot hold"
+        else:
+            why = f"outside the years 1 to 9999 that Python's {python} holds"
+        return QueryError(
+            f"column {column!r} ({self.typname}) holds {self.text}, {why}: pass "
+            "infinity='null', 'clamp' or 'text' to the stream, or select the column as text "
+            f"({column}::text), or export it with rowstream export, which writes it exactly",
+            column=column,
+        )
 
 
 def hits() -> int:
     """How many values became :class:`Unrepresentable` so far (compare two readings)."""
     return _hits[0]
+
+
+def marked(marker: Unrepresentable) -> Unrepresentable:
+    """``marker``, counted: the stream searches the batches for markers once :func:`hits`
+    moved."""
+    _hits[0] += 1
+    return marker
 
 
 def check_infinity(choice: str) -> Infinity:
@@ -170,8 +192,7 @@ _EXTREMES: dict[str, tuple[Any, Any]] = {
 def edge(choice: Infinity, text: str, typname: str, top: bool) -> Any:
     """What a value Python cannot hold becomes; ``top``: it lies after the year 9999."""
     if choice == "error":
-        _hits[0] += 1
-        return Unrepresentable(text, typname)
+        return marked(Unrepresentable(text, typname))
     if choice == "null":
         return None
     if choice == "clamp":
@@ -335,6 +356,11 @@ def window(statement: Any, *, skip: int, limit: int) -> tuple[Any, list[str]] | 
     """``statement``'s rows ``skip`` to ``skip + limit`` as plain columns, and their names:
     read again with the exact loaders, they show which column held the refused value. None
     for a bare ``text()`` (it cannot be wrapped)."""
+    # Here, not at the top: the CLI's parser reaches this module (rowstream._zerodates's
+    # option) and must not load SQLAlchemy.
+    import sqlalchemy as sa
+    from sqlalchemy.sql.selectable import Select, TextualSelect
+
     if not isinstance(statement, (Select, TextualSelect)):
         return None
     selected = list(statement.selected_columns)
@@ -387,15 +413,5 @@ def refusal(batch: Sequence[Any], keys: Sequence[str]) -> QueryError | None:
         if found is None:
             continue
         name, marker = found
-        python = "date" if marker.typname == "date" else "datetime"
-        if marker.text.endswith("infinity"):
-            why = f"which Python's {python} cannot hold"
-        else:
-            why = f"outside the years 1 to 9999 that Python's {python} holds"
-        return QueryError(
-            f"column {name!r} ({marker.typname}) holds {marker.text}, {why}: pass "
-            "infinity='null', 'clamp' or 'text' to the stream, or select the column as text "
-            f"({name}::text), or export it with rowstream export, which writes it exactly",
-            column=name,
-        )
+        return marker.refusal(name)
     return None

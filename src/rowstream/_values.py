@@ -31,8 +31,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from ._exceptions import ConfigurationError, SinkError
+from ._exceptions import SinkError
 from ._sinks._text import _pg_timestamp
+from ._zerodates import DEFAULT_ZERO_DATES, ZERO_DATES, ZeroDates, check_zero_dates
 
 __all__ = [
     "DEFAULT_ZERO_DATES",
@@ -47,10 +48,6 @@ __all__ = [
     "parquet_kind",
     "sqlite_affinity",
 ]
-
-ZeroDates = Literal["refuse", "null", "text"]
-ZERO_DATES: tuple[ZeroDates, ...] = ("refuse", "null", "text")
-DEFAULT_ZERO_DATES: ZeroDates = "refuse"
 
 # Integers a double holds exactly: a mix of integers and reals is a float64 column only then.
 _EXACT_IN_DOUBLE = 2**53
@@ -72,13 +69,6 @@ Kind = Literal[
     "blob",
     "boolean",
 ]
-
-
-def check_zero_dates(value: str) -> ZeroDates:
-    for choice in ZERO_DATES:
-        if value == choice:
-            return choice
-    raise ConfigurationError(f"unknown zero_dates {value!r}: choose one of {', '.join(ZERO_DATES)}")
 
 
 def sqlite_affinity(declared: str | None) -> Kind:

@@ -458,6 +458,8 @@ def _stream(source: Any, statement: Any, options: ExportOptions, strategy: Any) 
         batch_bytes=options.batch_bytes,
         read_timeout=options.read_timeout,
         strategy=strategy,
+        # Zero dates as the server's text: the export's plan applies zero_dates.
+        zero_dates="text",
     )
 
 

@@ -60,6 +60,9 @@ async def _stream_rows(
         batch_rows=options.batch_rows,
         batch_bytes=options.batch_bytes,
         read_timeout=options.read_timeout,
+        # MariaDB's zero dates come as the server's text: the export's plan decides (its
+        # zero_dates, with its own message and for every format), rowstream._values.
+        zero_dates="text",
     ) as rows:
         write = open_write(list(rows.keys()))
         async for batch in rows.batches():

@@ -6,6 +6,7 @@ Written by hand (not generated): this is where the two faces differ in mechanism
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from .._watchdog import SyncWatchdog as Watchdog
 from .._watchdog import sync_abandon as abandon
 from .._watchdog import sync_dispose as dispose
 from .._watchdog import sync_release as release
+from .._zerodates import ZeroDates, checked_cursor
 
 __all__ = [
     "Lock",
@@ -90,10 +92,45 @@ def exact_fetches(conn: sa.Connection) -> Iterator[None]:
 
 @contextlib.contextmanager
 def exact_temporals(
-    conn: sa.Connection, infinity: Infinity, *, diagnose: bool = False
+    conn: sa.Connection, infinity: Infinity, zero_dates: ZeroDates, *, diagnose: bool = False
 ) -> Iterator[None]:
     """While open, cursors created on ``conn`` load ``date``, ``timestamp`` and
-    ``timestamptz`` as rowstream._temporal says (psycopg only: PyMySQL and sqlite3 hold no
-    infinity); a cursor keeps its loaders to its end."""
-    with psycopg_loaders(conn.connection.driver_connection, infinity, diagnose=diagnose):
+    ``timestamptz`` as rowstream._temporal says (psycopg), and give MariaDB's zero dates as
+    ``zero_dates`` says (PyMySQL: :func:`_zero_date_rows`); sqlite3 holds neither. A cursor
+    keeps its loaders (its class) to its end."""
+    driver = conn.connection.driver_connection
+    if conn.dialect.name in ("mysql", "mariadb"):
+        with _zero_date_rows(driver, zero_dates):
+            yield
+        return
+    with psycopg_loaders(driver, infinity, diagnose=diagnose):
         yield
+
+
+@contextlib.contextmanager
+def _zero_date_rows(driver: Any, zero_dates: ZeroDates) -> Iterator[None]:
+    """While open, cursors of the PyMySQL connection ``driver`` hand their rows through
+    rowstream._zerodates's ``checked_rows`` (``"text"``: PyMySQL's own rows are the server's
+    text already). Its class is swapped back afterwards: the connection may be the caller's,
+    or go back to the pool. Any other driver: nothing to do."""
+    plain: Any = type(driver)
+    if zero_dates == "text" or not plain.__module__.startswith("pymysql"):
+        yield
+        return
+    driver.__class__ = _zero_date_connection(plain, zero_dates)
+    try:
+        yield
+    finally:
+        driver.__class__ = plain
+
+
+@functools.cache
+def _zero_date_connection(plain: type[Any], zero_dates: ZeroDates) -> type[Any]:
+    """PyMySQL's connection class ``plain``, whose cursors (of whichever class is asked for:
+    SQLAlchemy asks for an ``SSCursor`` for a server-side cursor) are checked ones."""
+
+    def cursor(self: Any, cursor: type[Any] | None = None) -> Any:
+        asked: Any = cursor or self.cursorclass
+        return checked_cursor(asked, zero_dates)(self)
+
+    return type(f"ZeroDate{plain.__name__}", (plain,), {"cursor": cursor})

@@ -23,6 +23,7 @@ from .._keys import Key, pageable
 from .._plan import Plan
 from .._temporal import DEFAULT_INFINITY, Infinity, refusal, refused_by_driver, window
 from .._translate import is_conversion_error, raise_translated, translate
+from .._zerodates import DEFAULT_ZERO_DATES, ZeroDates
 from ._acompat import Watchdog, abandon, exact_temporals, release
 from ._readonly import ReadOnlyTransaction
 from ._source import ResolvedSource
@@ -43,6 +44,7 @@ class KeysetStrategy:
         setup: tuple[str, ...] = (),
         watchdog: Watchdog | None = None,
         infinity: Infinity = DEFAULT_INFINITY,
+        zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
     ) -> None:
         statement = plan.statement
         if not isinstance(statement, Select):
@@ -58,6 +60,7 @@ class KeysetStrategy:
         self._setup = setup
         self._watchdog = watchdog or Watchdog(source.engine, None)
         self._infinity = infinity
+        self._zero_dates = zero_dates
         self._keys = list(statement.selected_columns.keys())
         self.exhausted = False
 
@@ -94,6 +97,7 @@ class KeysetStrategy:
 
     def _check_boundary(self, last: Any, beyond: Any) -> None:
         value = self._key.of(last)
+        self._key.check_known(value)
         if self._key.of(beyond) == value:
             names = ", ".join(self._key.names)
             shown = value[0] if len(value) == 1 else value
@@ -149,7 +153,7 @@ class KeysetStrategy:
         try:
             for sql in self._setup:
                 conn.exec_driver_sql(sql)
-            with exact_temporals(conn, self._infinity):
+            with exact_temporals(conn, self._infinity, self._zero_dates):
                 if self._plan.orm:
                     session = Session(bind=conn, autoflush=False, expire_on_commit=False)
                     try:
@@ -197,7 +201,7 @@ def _temporal_error(
         return fallback
     statement, names = found
     try:
-        with exact_temporals(conn, "error", diagnose=True):
+        with exact_temporals(conn, "error", "refuse", diagnose=True):
             rows = (conn.execute(statement)).all()
     except Exception:
         return fallback  # the diagnosis is a bonus: the error stands without it

@@ -45,6 +45,7 @@ from .._strategy import (
 from .._temporal import DEFAULT_INFINITY, Infinity, check_infinity, hits, refusal
 from .._translate import raise_translated
 from .._watchdog import DEFAULT_READ_TIMEOUT, check_read_timeout
+from .._zerodates import DEFAULT_ZERO_DATES, ZeroDates, check_zero_dates
 from ._acompat import Watchdog, sleep
 from ._cursor import CursorStrategy
 from ._keyfind import resolve_key
@@ -95,9 +96,11 @@ class SyncRowStream(KeyedStream):
         backoff: float = DEFAULT_BACKOFF,
         read_timeout: float | None = DEFAULT_READ_TIMEOUT,
         infinity: Infinity = DEFAULT_INFINITY,
+        zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
     ) -> None:
         check_stream_options(strategy, retries, backoff)
         self._infinity = check_infinity(infinity)
+        self._zero_dates = check_zero_dates(zero_dates)
         self._plan: Plan = make_plan(statement)
         self._sizer = BatchSizer(batch_rows=batch_rows, batch_bytes=batch_bytes)
         self._source_arg = source
@@ -254,6 +257,7 @@ class SyncRowStream(KeyedStream):
             setup=self._setup,
             watchdog=self._watchdog,
             infinity=self._infinity,
+            zero_dates=self._zero_dates,
         )
 
     def _cursor(self, source: ResolvedSource) -> Strategy:
@@ -267,6 +271,7 @@ class SyncRowStream(KeyedStream):
             setup=self._setup,
             watchdog=self._watchdog,
             infinity=self._infinity,
+            zero_dates=self._zero_dates,
         )
 
     def _check_open(self) -> None:
@@ -294,9 +299,10 @@ class SyncRowStream(KeyedStream):
                 attempt += 1
                 self._resume(exc, attempt)
         if hits() != self._hits:
-            # A date or timestamp Python cannot hold was read (rowstream._temporal): rare, so
-            # batches are searched only from then on (the count is not reset: a driver may
-            # decode rows a batch or more before they are delivered).
+            # A date or timestamp Python cannot hold was read (rowstream._temporal; a MariaDB
+            # zero date: rowstream._zerodates): rare, so batches are searched only from then
+            # on (the count is not reset: a driver may decode rows a batch or more before they
+            # are delivered).
             error = refusal(batch, self._strategy.keys())
             if error is not None:
                 raise error
@@ -386,6 +392,7 @@ def stream(
     backoff: float = DEFAULT_BACKOFF,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     infinity: Infinity = DEFAULT_INFINITY,
+    zero_dates: ZeroDates = DEFAULT_ZERO_DATES,
 ) -> SyncRowStream:
     """Stream the rows of ``statement`` from ``source`` with flat memory.
 
@@ -417,6 +424,14 @@ def stream(
     gives None, ``"clamp"`` the type's largest or smallest value, ``"text"`` PostgreSQL's text
     (``'infinity'``). A real 9999-12-31 always comes as itself. See docs/types-postgresql.md.
 
+    ``zero_dates`` says what a MariaDB/MySQL zero date in a ``DATE``, ``DATETIME`` or
+    ``TIMESTAMP`` column becomes (``0000-00-00``, ``2024-00-15``: no date, which the drivers
+    would hand back as a ``str``): ``"refuse"`` (the default) stops the stream naming the
+    column and the value; ``"null"`` gives None; ``"text"`` gives the server's text as a
+    ``str`` (``'0000-00-00'``, ``'0000-00-00 00:00:00.000000'`` for a ``DATETIME(6)``). Real
+    dates and NULLs come as themselves. PostgreSQL and SQLite have no zero dates: there the
+    option is accepted and has no effect. See docs/types-mariadb.md.
+
     Example::
 
         with rowstream.sync.stream(engine, select(Order).where(Order.status == "paid")) as rows:
@@ -436,4 +451,5 @@ def stream(
         backoff=backoff,
         read_timeout=read_timeout,
         infinity=infinity,
+        zero_dates=zero_dates,
     )
