@@ -165,6 +165,19 @@ def test_what_python_cannot_hold_is_refused_naming_the_column(
     assert "\n" not in message and "server rejected" not in message
 
 
+@pytest.mark.parametrize("face", FACES)
+def test_a_bare_text_query_is_refused_naming_the_column_too(pg_url: str, face: str) -> None:
+    # A text() cannot be read again as a window of plain columns: the column comes from the
+    # result being loaded (psycopg's, after SQLAlchemy closed the failed cursor).
+    query = sa.text("SELECT 1 AS id, 'infinity'::date AS due")
+    with pytest.raises(rowstream.QueryError) as caught:
+        _read(face, pg_url, query)
+    message = str(caught.value)
+    assert "due" in message and "(due::text)" in message and "infinity" in message
+    assert "infinity='null', 'clamp' or 'text'" in message
+    assert "\n" not in message and "server rejected" not in message
+
+
 @pytest.mark.usefixtures("table")
 @pytest.mark.parametrize("face", FACES)
 @pytest.mark.parametrize(("row", "column", "text", "clamped"), EDGES)

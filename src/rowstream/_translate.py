@@ -323,8 +323,8 @@ def _undecodable(inner: BaseException) -> str | None:
     return (
         f"cannot read {which}: a value is outside the years 1 to 9999 that Python's date and "
         f"datetime hold (a BC date, a later year or infinity; {_first_line(str(inner))}): "
-        f"select the column as text ({cast}), or export it with rowstream export, which "
-        "writes it exactly"
+        "pass infinity='null', 'clamp' or 'text' to the stream, or select the column as text "
+        f"({cast}), or export it with rowstream export, which writes it exactly"
     )
 
 
@@ -333,6 +333,10 @@ def _temporal_columns(frames: list[Any]) -> list[tuple[str, str]]:
     stack; DBAPI descriptions are sequences of (name, type code, ...)."""
     for frame in frames:
         description = getattr(frame.f_locals.get("self"), "description", None)
+        if description is None:
+            # SQLAlchemy closes a cursor that failed while it buffered the first rows: its
+            # description is gone, but psycopg's fetch still holds the result it was loading.
+            description = _result_description(frame.f_locals.get("res"))
         if not isinstance(description, (list, tuple)) or not description:
             continue
         found = []
@@ -345,6 +349,17 @@ def _temporal_columns(frames: list[Any]) -> list[tuple[str, str]]:
                 found.append((str(name), _PG_TEMPORAL_OIDS[oid]))
         return found
     return []
+
+
+def _result_description(result: Any) -> list[tuple[str, int]] | None:
+    """(name, type oid) of each column of a psycopg ``PGresult``, or None."""
+    try:
+        return [
+            (bytes(result.fname(i)).decode(), int(result.ftype(i)))
+            for i in range(int(result.nfields))
+        ]
+    except Exception:
+        return None
 
 
 def raise_translated(
