@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import rowstream
-from rowstream._dataset import MANIFEST_NAME, read_manifest, write_manifest
+from rowstream._dataset import MANIFEST_NAME, merge_parts, read_manifest, write_manifest
 from rowstream._exceptions import ConfigurationError, ResumeError, SinkError
 from rowstream._jobs import JobProgress, export_dataset
 from rowstream._snapshot import Snapshot
@@ -139,6 +139,11 @@ async def test_jobs_4_under_concurrent_writes_equals_the_table_at_the_snapshot(
     got = _dataset_rows(tmp_path / "ds", fmt)
     assert len(got) == len(set(got)) == ROWS
     assert got == before
+    # -o FILE is this dataset merged into one file (rowstream._export_jobs.export_jobs).
+    whole = tmp_path / "file" / f"whole.{fmt}"
+    whole.parent.mkdir()
+    assert merge_parts(tmp_path / "ds", whole)[0] == ROWS
+    assert _dataset_rows(whole.parent, fmt) == before
     if at_snapshot:
         assert at_snapshot == before
     assert sum(1 for r in got if r[1] is None) == sum(1 for r in before if r[1] is None)
