@@ -7,9 +7,12 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,3 +214,84 @@ def test_parts_written_by_gevent_greenlets_at_once(pg_url: str, table: str, tmp_
     csv_rows = sum(len((tmp_path / f"g{i}.csv").read_bytes().splitlines()) - 1 for i in (0, 1))
     assert csv_rows == ROWS
     assert sum(pq.read_table(tmp_path / f"g{i}.parquet").num_rows for i in (2, 3)) == ROWS
+
+
+class _SilencingProxy:
+    """A loopback TCP proxy that goes silent (sockets open, nothing passes) once ``after``
+    bytes came from the server: a network lost behind a proxy or a pooler, which TCP
+    keepalive between the client and the proxy never notices."""
+
+    def __init__(self, host: str, port: int, after: int) -> None:
+        self._target = (host, port)
+        self._after = after
+        self._down = 0
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def silent(self) -> bool:
+        return self._down >= self._after
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(self._target, timeout=10)
+                upstream.settimeout(None)
+                self._sockets += [client, upstream]
+                threading.Thread(
+                    target=self._pipe, args=(client, upstream, False), daemon=True
+                ).start()
+                threading.Thread(
+                    target=self._pipe, args=(upstream, client, True), daemon=True
+                ).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if self.silent:
+                    continue  # lost
+                if down:
+                    with self._lock:
+                        self._down += len(data)
+                dst.sendall(data)
+
+    def close(self) -> None:
+        """Cut every connection (the server's backends see them end, and leave)."""
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the pipes blocked reading it
+            sock.close()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_network_gone_silent_mid_part_fails_it_within_the_read_deadline(
+    pg_url: str, table: str, tmp_path: Path, fmt: str
+) -> None:
+    import sqlalchemy as sa
+
+    from rowstream._watchdog import CANCEL_GRACE, LIVENESS_TIMEOUT
+
+    with _held(pg_url) as snapshot:
+        (part,) = _plans(pg_url, fmt, snapshot, [{"kind": "all"}])
+        target = sa.make_url(pg_url)
+        # Past the connection's start and the snapshot's import, inside the COPY's data.
+        proxy = _SilencingProxy(target.host or "127.0.0.1", target.port or 5432, 1_000_000)
+        proxied = target.set(host="127.0.0.1", port=proxy.port)
+        out = tmp_path / f"part.{fmt}"
+        started = time.monotonic()
+        try:
+            with pytest.raises(rowstream.ConnectionLostError) as caught:
+                write_part(proxied, part, out, read_timeout=1.0)
+        finally:
+            proxy.close()
+    took = time.monotonic() - started
+    assert proxy.silent
+    assert took < 1.0 + LIVENESS_TIMEOUT + CANCEL_GRACE + 5, took
+    assert "within read_timeout=1s" in str(caught.value)
+    assert "nothing was written to the target" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

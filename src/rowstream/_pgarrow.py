@@ -38,7 +38,7 @@ from ._pgtypes import PgRead
 from ._source import APPLICATION_NAME
 from ._strategy import shielded
 from ._translate import scrub, translate
-from ._watchdog import LIBPQ_KEEPALIVE, Watchdog
+from ._watchdog import LIBPQ_KEEPALIVE, SyncWatchdog, Watchdog
 
 if TYPE_CHECKING:
     from ._snapshot import SnapshotInfo
@@ -108,6 +108,8 @@ _LIBPQ_KEYWORDS = frozenset(
 
 #: Seconds libpq waits for the server to answer a new connection (a silent network).
 CONNECT_TIMEOUT = 10
+#: Seconds between looks at whether the sync face's read deadline gave the session up.
+ABANDON_POLL = 0.25
 
 
 class CannotConnect(Exception):
@@ -420,15 +422,24 @@ class _Pump:
 
     def run_blocking(self) -> None:
         """:meth:`run` for the sync face: waits in the calling thread (a greenlet's, under
-        gevent or eventlet: ADBC's calls then block the hub for one batch at a time)."""
-        threads = self._start()
+        gevent or eventlet: ADBC's calls then block the hub for one batch at a time).
+
+        A session abandoned meanwhile (the read deadline expired: :meth:`_Session.terminate`)
+        stops the pump; its reader, which may wait on a silent network for good, is left
+        behind, as :meth:`run` leaves it."""
+        reader, writer = self._start()
         try:
-            for thread in threads:
-                thread.join()
+            while writer.is_alive():
+                writer.join(ABANDON_POLL)
+                if self._session.abandoned:
+                    self.stop()
+            if not self._session.abandoned:
+                reader.join()
         except BaseException:
             self.stop()
-            for thread in threads:
-                thread.join()
+            writer.join()
+            if not self._session.abandoned:
+                reader.join()
             raise
 
     async def run(self) -> None:
@@ -558,14 +569,16 @@ def copy_to_arrow_blocking(
     sql: str,
     read: PgRead,
     write: Callable[[pa.RecordBatch], object],
+    watchdog: SyncWatchdog,
     *,
     snapshot: SnapshotInfo | None = None,
     share: int = 1,
 ) -> int:
     """:func:`copy_to_arrow` for the sync face (rowstream._sync._pgparts): no event loop, so
-    it runs under gevent and eventlet too. No watchdog: a silent network is bounded by libpq's
-    keepalive and user timeout (:data:`rowstream._watchdog.LIBPQ_KEEPALIVE`), which end the
-    read with an error."""
+    it runs under gevent and eventlet too. ``watchdog`` bounds the wait for each batch as on
+    the async face (on expiry, unless the server still works on the query, the session is
+    abandoned and a ConnectionLostError raised); connecting and starting the transaction are
+    bounded by libpq's connect timeout, keepalive and user timeout."""
     try:
         session = _Session(libpq_conninfo(url), batch_bytes(share))
     except CannotConnect as exc:
@@ -575,11 +588,17 @@ def copy_to_arrow_blocking(
     try:
         session.begin(snapshot)
         reader = session.query(read.query(sql, adbc=True))
-        pump = _Pump(session, reader, read, write, lambda n: None, share)
-        pump.run_blocking()
+        with watchdog.watch(lambda: session, owned=False) as watch:
+            pump = _Pump(session, reader, read, write, lambda n: watch.kick(), share)
+            pump.run_blocking()
+            if session.abandoned:
+                raise ReadError("the read deadline expired")  # the watch says what happened
     except session.error as exc:
         raise translate(exc, url=url, resumable=False) from None
     finally:
-        session.close()
+        if session.abandoned:
+            in_background(session.close)  # its ROLLBACK would wait on the silent network
+        else:
+            session.close()
     _raise_first(pump, session, url)
     return pump.rows

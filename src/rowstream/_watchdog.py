@@ -504,10 +504,15 @@ def shut_down(fileno: int) -> None:
             sock.close()
 
 
-def sync_driver_of(conn: sa.Connection | None) -> Any:
-    """The driver connection behind a sync ``conn``, or None (closed, invalidated, not open)."""
+def sync_driver_of(conn: sa.Connection | Any | None) -> Any:
+    """The driver connection behind a sync ``conn``, or None (closed, invalidated, not open).
+
+    Anything else than a SQLAlchemy Connection is taken for a driver connection already (a
+    bare psycopg connection, ADBC's session of rowstream._pgarrow)."""
     if conn is None:
         return None
+    if not isinstance(conn, sa.Connection):
+        return conn
     try:
         # .connection of an invalidated Connection would reconnect: never ask it then.
         if conn.closed or conn.invalidated:
@@ -518,7 +523,14 @@ def sync_driver_of(conn: sa.Connection | None) -> Any:
 
 
 def sync_force_close(driver: Any) -> None:
-    """Shut a sync driver connection's socket down now; never raises."""
+    """Shut a sync driver connection's socket down now; never raises. A connection whose
+    socket is out of reach (ADBC's, rowstream._pgarrow._Session) is terminated instead: its
+    query cancelled, the connection given up without waiting on it."""
+    terminate = getattr(driver, "terminate", None)
+    if callable(terminate) and sync_socket_fileno(driver) is None:
+        with contextlib.suppress(Exception):
+            terminate()
+        return
     with contextlib.suppress(Exception):
         # PyMySQL's unbuffered result would read the rest of the rows when closed or
         # garbage-collected (from a dead socket, raising in __del__): nothing is left to read.
@@ -637,9 +649,10 @@ class SyncWatchdog(_Deadlines[sa.Engine]):
 
     @contextlib.contextmanager
     def watch(
-        self, conn: Callable[[], sa.Connection | None], *, owned: bool = True
+        self, conn: Callable[[], sa.Connection | Any | None], *, owned: bool = True
     ) -> Iterator[_SyncWatch | _Unwatched]:
-        """Bound the blocking waits inside the block (see :meth:`Watchdog.watch`)."""
+        """Bound the blocking waits inside the block (see :meth:`Watchdog.watch`); ``conn``
+        gives a SQLAlchemy Connection or a driver connection (:func:`sync_driver_of`)."""
         timeout = self.timeout
         if timeout is None:
             yield _UNWATCHED
@@ -671,7 +684,7 @@ class _SyncWatch:
     """One armed sync deadline (see :class:`SyncWatchdog`)."""
 
     def __init__(
-        self, dog: SyncWatchdog, conn: Callable[[], sa.Connection | None], timeout: float
+        self, dog: SyncWatchdog, conn: Callable[[], sa.Connection | Any | None], timeout: float
     ) -> None:
         self._dog = dog
         self._conn = conn

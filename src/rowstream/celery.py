@@ -561,7 +561,8 @@ def _export_part(ledger: Ledger, job: dict[str, Any], part: str, url: str) -> di
     spec = job["partitions"][part]
     path = ledger.root / str(spec["file"])
     # Fails at once, saying so, when the coordinator no longer holds the snapshot.
-    rows, size = write_part(url, PgPart.from_dict(spec.get("plan", {})), path)
+    plan = PgPart.from_dict(spec.get("plan", {}))
+    rows, size = write_part(url, plan, path, read_timeout=job.get("read_timeout"))
     return {"rows": rows, "bytes": size, "sha256": sha256_of(path)}
 
 

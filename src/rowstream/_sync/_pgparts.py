@@ -12,15 +12,18 @@ connection joined to the snapshot, verified -> COPY -> :mod:`rowstream._sinks` -
 - Parquet: ADBC's binary COPY (:func:`rowstream._pgarrow.copy_to_arrow_blocking`), as on the
   async face.
 
-Waits are bounded by libpq on both drivers: the connect timeout, then TCP keepalive and the
-user timeout (:data:`rowstream._watchdog.LIBPQ_KEEPALIVE`), which end a read on a silent
-network with an error; the ledger's lease then sends the part again.
+Every wait is bounded. Connecting and starting the transaction: libpq's connect timeout, TCP
+keepalive and user timeout (:data:`rowstream._watchdog.LIBPQ_KEEPALIVE`). Reading: the read
+deadline of the sync face (:class:`rowstream._watchdog.SyncWatchdog`, ``read_timeout``): when
+no data came for that long and the server is not working on the query, the connection is given
+up and the part fails with a ConnectionLostError (a network gone silent behind a proxy or a
+pooler, which keepalive cannot see); the ledger then sends the part again.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import ConfigurationError
 from .._pgcopy import SETTINGS, PgColumn, Unescape, jsonl_query
 from .._snapshot import POINT_QUERY, SnapshotInfo, cannot_join, check_point, join_statement
+from .._watchdog import DEFAULT_READ_TIMEOUT
 
 if TYPE_CHECKING:
     import psycopg
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 
     from .._sinks import Sinks
     from .._sinks._options import Format
+    from .._watchdog import SyncWatchdog
 
 __all__ = ["PgPart", "write_part"]
 
@@ -87,19 +92,40 @@ class PgPart:
             ) from None
 
 
-def write_part(url: str | URL, part: PgPart, path: Path) -> tuple[int, int]:
+def write_part(
+    url: str | URL,
+    part: PgPart,
+    path: Path,
+    *,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+) -> tuple[int, int]:
     """Write ``part`` from the database at ``url`` to ``path`` (atomically); return (rows,
-    bytes). Nothing is written when the snapshot cannot be joined: the coordinator is gone."""
-    from sqlalchemy.engine import make_url
+    bytes). Nothing is written when the snapshot cannot be joined (the coordinator is gone)
+    or the read deadline expires."""
+    from sqlalchemy.pool import NullPool
 
     from .._guard import check_read_only
+    from .._source import mask_url
+    from .._watchdog import SyncWatchdog, check_read_timeout, sync_dispose
+    from ._source import create_engine
+
+    # The ledger's folder is shared: what it says to run is checked again before it is sent.
+    sql = check_read_only(part.sql, "postgresql")
+    read_timeout = check_read_timeout(read_timeout)
+    # The read deadline's liveness check connects through this engine (and only it).
+    engine = create_engine(url, poolclass=NullPool)
+    watchdog = SyncWatchdog(engine, read_timeout, where=mask_url(engine.url), resumable=False)
+    try:
+        return _write(engine.url, sql, part, path, watchdog)
+    finally:
+        sync_dispose(engine)
+
+
+def _write(url: URL, sql: str, part: PgPart, path: Path, watchdog: SyncWatchdog) -> tuple[int, int]:
     from .._jobs import MIN_ROW_GROUP_BYTES
     from .._sinks import Sinks
     from .._sinks._output import open_output
 
-    # The ledger's folder is shared: what it says to run is checked again before it is sent.
-    sql = check_read_only(part.sql, "postgresql")
-    url = make_url(url)
     whole_file = part.compression if part.format != "parquet" else None
     row_group = None
     if part.format == "parquet":
@@ -110,9 +136,9 @@ def write_part(url: str | URL, part: PgPart, path: Path) -> tuple[int, int]:
         sinks = Sinks(part.format, out.out, part.compression, row_group_bytes=row_group)
         try:
             if part.format == "parquet":
-                rows = _parquet(url, sql, part, sinks)
+                rows = _parquet(url, sql, part, sinks, watchdog)
             else:
-                rows = _copy_text(url, sql, part, sinks)
+                rows = _copy_text(url, sql, part, sinks, watchdog)
             sinks.finish()
         except BaseException:
             sinks.abort()
@@ -120,18 +146,18 @@ def write_part(url: str | URL, part: PgPart, path: Path) -> tuple[int, int]:
     return rows, out.size
 
 
-def _parquet(url: URL, sql: str, part: PgPart, sinks: Sinks) -> int:
+def _parquet(url: URL, sql: str, part: PgPart, sinks: Sinks, watchdog: SyncWatchdog) -> int:
     from .._pgarrow import copy_to_arrow_blocking
     from .._pgtypes import PgRead
 
     read = PgRead(list(part.columns))
     sink = sinks.batches(read.columns)
     return copy_to_arrow_blocking(
-        url, sql, read, sink.write_batch, snapshot=part.snapshot, share=part.share
+        url, sql, read, sink.write_batch, watchdog, snapshot=part.snapshot, share=part.share
     )
 
 
-def _copy_text(url: URL, sql: str, part: PgPart, sinks: Sinks) -> int:
+def _copy_text(url: URL, sql: str, part: PgPart, sinks: Sinks, watchdog: SyncWatchdog) -> int:
     import psycopg
 
     from .._translate import translate
@@ -147,8 +173,8 @@ def _copy_text(url: URL, sql: str, part: PgPart, sinks: Sinks) -> int:
         lines = Unescape()
     try:
         with _session(url, part.snapshot) as conn, conn.cursor() as cursor:
-            with cursor.copy(statement) as copy:
-                for chunk in _gathered(copy):
+            with watchdog.watch(lambda: conn) as watch, cursor.copy(statement) as copy:
+                for chunk in _gathered(copy, watch.kick):
                     if lines is None:
                         sink.write_bytes(chunk)
                     else:
@@ -163,11 +189,13 @@ def _copy_text(url: URL, sql: str, part: PgPart, sinks: Sinks) -> int:
     return rows
 
 
-def _gathered(copy: psycopg.Copy) -> Iterator[bytes]:
-    """COPY's data in pieces of about :data:`GATHER_BYTES` (psycopg yields a row at a time)."""
+def _gathered(copy: psycopg.Copy, arrived: Callable[[], None]) -> Iterator[bytes]:
+    """COPY's data in pieces of about :data:`GATHER_BYTES` (psycopg yields a row at a time);
+    ``arrived`` is told each time some came."""
     held: list[bytes | bytearray | memoryview] = []
     size = 0
     for data in copy:
+        arrived()
         held.append(data)
         size += len(data)
         if size >= GATHER_BYTES:
