@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import functools
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -143,7 +143,7 @@ async def exact_temporals(
     raw = await conn.get_raw_connection()
     adapted: Any = raw.dbapi_connection
     if conn.dialect.name in ("mysql", "mariadb"):
-        async with _zero_date_rows(adapted, zero_dates):
+        with _zero_date_rows(adapted, zero_dates):
             yield
         return
     if not isinstance(adapted, AsyncAdapt_asyncpg_connection):
@@ -178,13 +178,18 @@ async def exact_temporals(
         pg._prepared_statement_cache = cache
 
 
-@contextlib.asynccontextmanager
-async def _zero_date_rows(adapted: Any, zero_dates: ZeroDates) -> AsyncIterator[None]:
+@contextlib.contextmanager
+def _zero_date_rows(adapted: Any, zero_dates: ZeroDates) -> Iterator[None]:
     """While open, cursors SQLAlchemy opens on the MySQL/MariaDB adapter ``adapted`` (asyncmy,
     aiomysql) hand their rows through rowstream._zerodates's ``checked_rows`` (``"text"``:
     the driver's own rows are the server's text already). Swapped back afterwards, as
     :func:`exact_fetches` does: the connection may be the caller's, or go back to the pool.
     The sync twin does the same to PyMySQL's connection.
+
+    A plain context manager, not an async one: nothing here awaits, and a stream cancelled
+    at the end of the program leaves :func:`exact_temporals` to asyncio's finalizer, which
+    closes the async generators in no particular order (an inner one closed first made the
+    outer's exit fail: "generator didn't stop after athrow()", printed as a traceback).
     """
     with text_protocol(adapted.driver_connection):
         if zero_dates == "text" or not isinstance(adapted, AsyncAdapt_dbapi_connection):
