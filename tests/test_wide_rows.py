@@ -268,3 +268,102 @@ def test_csv_and_jsonl_write_a_lone_row_as_they_write_it_among_others() -> None:
             first.write_rows([row])
         second.write_rows(rows)
         assert alone.getvalue() == together.getvalue()
+
+
+BINARY_TABLE = "wide_binary"
+
+
+@pytest.fixture
+def binary_table(pg_url: str) -> str:
+    engine = sync.create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {BINARY_TABLE}")
+            conn.exec_driver_sql(
+                f"CREATE TABLE {BINARY_TABLE} (id int PRIMARY KEY, b bytea, t text, v varchar(9),"
+                " c char(3), n numeric(12, 3), nn numeric, f float8, big bigint, small smallint,"
+                " u uuid, flag bool, nm name, o oid)"
+            )
+            conn.exec_driver_sql(
+                f"""INSERT INTO {BINARY_TABLE} VALUES
+                (1, '\\x00ff5c27', 'é\\\\"', 'x', 'ab', 1.5, 'NaN', 'Infinity', 9223372036854775807,
+                 -32768, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', true, 'nm', 4294967295),
+                (2, '', '', '', '', -0.001, 1e-20, 'NaN', -1, 0, NULL, false, '', 0),
+                (3, NULL, NULL, NULL, NULL, NULL, NULL, -1.7976931348623157e308, NULL, NULL, NULL,
+                 NULL, NULL, NULL),
+                (4, decode(repeat('ab', 300000), 'hex'), repeat('y', 5), 'z', 'c', 0,
+                 12345678901234567890.123456789, 0.1, 2, 3,
+                 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', true, 'n', 7)"""
+            )
+    finally:
+        engine.dispose()
+    return BINARY_TABLE
+
+
+def test_sync_bytea_results_come_in_binary_with_the_values_of_text(
+    pg_url: str, binary_table: str
+) -> None:
+    """psycopg's text sends bytea as hex (twice its size, held twice by libpq): a result
+    holding bytea whose columns all load the same in binary is read in binary
+    (rowstream._sync._acompat._binary_wide_rows), and gives exactly the rows text gives."""
+    import psycopg
+
+    from rowstream._pgarrow import libpq_conninfo
+
+    query = f"SELECT * FROM {binary_table} ORDER BY id"
+    with psycopg.connect(libpq_conninfo(sa.make_url(pg_url))) as plain:
+        want = [tuple(r) for r in plain.execute(query).fetchall()]  # text, psycopg's loaders
+    engine = sync.create_engine(pg_url)
+    table = sa.Table(binary_table, sa.MetaData(), autoload_with=engine)
+    engine.dispose()
+    statements = {
+        "cursor": sa.text(query),
+        "keyset": sa.select(table).order_by(table.c.id),  # pages by the primary key
+    }
+    for strategy, statement in statements.items():
+        with sync.stream(pg_url, statement, strategy=strategy, batch_rows=1) as rows:
+            got = [tuple(r) for r in rows]
+        assert len(got) == len(want) == 4
+        for a, b in zip(got, want, strict=True):
+            assert [type(x) for x in a] == [type(x) for x in b]
+            # NaN is not equal to itself: compare their texts.
+            assert [repr(x) for x in a] == [repr(x) for x in b]
+
+
+def test_only_exact_results_switch_to_binary_and_the_connection_leaves_as_it_came(
+    pg_url: str, binary_table: str
+) -> None:
+    from psycopg.pq import Format
+
+    from rowstream._sync._acompat import exact_temporals
+
+    engine = sync.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            before = driver.server_cursor_factory
+            cases = {
+                f"SELECT id, b, n, t FROM {binary_table}": Format.BINARY,
+                f"SELECT id, t FROM {binary_table}": Format.TEXT,  # no bytea: nothing to gain
+                f"SELECT b, 1.5::float4 FROM {binary_table}": Format.TEXT,  # float4 differs
+                f"SELECT b, now() FROM {binary_table}": Format.TEXT,  # another tzinfo
+                f"SELECT b, 'x'::regclass FROM {binary_table}": Format.TEXT,  # not known
+            }
+            with exact_temporals(conn, "error", "refuse"):
+                for i, (sql, expected) in enumerate(cases.items()):
+                    with driver.cursor(name=f"c{i}") as cursor:
+                        cursor.execute(sql.replace("'x'::regclass", "'pg_class'::regclass"))
+                        cursor.fetchmany(1)
+                        formats = {
+                            cursor.pgresult.fformat(k) for k in range(cursor.pgresult.nfields)
+                        }
+                        assert formats == {expected}, sql
+            # infinity= choices load temporal text with rowstream's loaders: text stays.
+            with exact_temporals(conn, "null", "refuse"), driver.cursor(name="inf") as cursor:
+                cursor.execute(f"SELECT id, b FROM {binary_table}")
+                cursor.fetchmany(1)
+                assert cursor.pgresult.fformat(1) == Format.TEXT
+            assert driver.server_cursor_factory is before
+            conn.rollback()
+    finally:
+        engine.dispose()
