@@ -46,17 +46,16 @@ from ._arrow import ArrowColumn, rows_batch, schema_of
 from ._exceptions import SinkError
 from ._pgcopy import quote_ident
 from ._sinks._options import check_edge_values
+from ._temporal import DAY_US, INT32_MAX, INT64_MAX, PG_EPOCH_UNIX_DAYS, _civil, date_text
 
 if TYPE_CHECKING:
     from ._pgcopy import PgColumn
 
 __all__ = ["PgRead"]
 
-INT64_MAX = 2**63 - 1
-INT32_MAX = 2**31 - 1
 # PostgreSQL's epoch (2000-01-01) in Unix days and microseconds.
-PG_EPOCH_DAYS = 10_957
-PG_EPOCH_US = PG_EPOCH_DAYS * 86_400_000_000
+PG_EPOCH_DAYS = PG_EPOCH_UNIX_DAYS
+PG_EPOCH_US = PG_EPOCH_DAYS * DAY_US
 # PostgreSQL's first day, 4714-11-24 BC, in Unix days: every finite value is at or after it,
 # every value ADBC wrapped is far below it.
 FIRST_DAY = -2_440_588
@@ -374,26 +373,4 @@ def _render(value: int, wide: bool) -> str:
         if fraction:
             clock += f".{fraction:06d}".rstrip("0")
         return f"{_civil(days)} {clock}"
-    pg = (value - PG_EPOCH_DAYS + 2**31) % 2**32 - 2**31
-    if pg == INT32_MAX:
-        return "infinity"
-    if pg == -(2**31):
-        return "-infinity"
-    return _civil(pg + PG_EPOCH_DAYS)
-
-
-def _civil(days: int) -> str:
-    """The proleptic Gregorian date of a Unix day, BC as PostgreSQL writes it
-    (Howard Hinnant's days_from_civil, inverted)."""
-    z = days + 719_468
-    era = z // 146_097
-    doe = z - era * 146_097
-    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    year = yoe + era * 400 + (month <= 2)
-    if year <= 0:
-        return f"{1 - year:04d}-{month:02d}-{day:02d} BC"
-    return f"{year:04d}-{month:02d}-{day:02d}"
+    return date_text((value - PG_EPOCH_DAYS + 2**31) % 2**32 - 2**31)
