@@ -254,6 +254,14 @@ class _Session:
         with contextlib.suppress(Exception):
             self._statement.cancel()
 
+    def release(self) -> None:
+        """Close the session, or, when it was abandoned, leave that to a thread of its own:
+        its ROLLBACK would wait on the silent network."""
+        if self.abandoned:
+            in_background(self.close)
+        else:
+            self.close()
+
     def close(self) -> None:
         if self._begun:
             with contextlib.suppress(Exception):
@@ -540,10 +548,7 @@ async def copy_to_arrow(
     except session.error as exc:
         raise translate(exc, url=url, resumable=False) from None
     finally:
-        if session.abandoned:
-            in_background(session.close)  # its ROLLBACK would wait on the silent network
-        else:
-            await shielded(asyncio.to_thread(session.close))
+        await shielded(asyncio.to_thread(session.release))
     _raise_first(pump, session, url)
     return pump.rows
 
@@ -596,9 +601,6 @@ def copy_to_arrow_blocking(
     except session.error as exc:
         raise translate(exc, url=url, resumable=False) from None
     finally:
-        if session.abandoned:
-            in_background(session.close)  # its ROLLBACK would wait on the silent network
-        else:
-            session.close()
+        session.release()
     _raise_first(pump, session, url)
     return pump.rows
